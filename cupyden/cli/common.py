@@ -1,0 +1,64 @@
+"""What every command shares: error handling and option conversion."""
+
+import sys
+
+from docopt import DocoptExit, docopt
+
+from ..errors import InputError
+
+
+def run(doc, argv, body, name):
+    """Parse ``argv`` with the docopt usage ``doc``, call ``body(args)``, map errors to codes.
+
+    An :class:`InputError` prints ``NAME: error: MESSAGE`` on one line to stderr and gives
+    exit code 2; a usage error prints the usage and gives 2.
+
+    Returns
+    -------
+    int
+        body's return value (0 when it returns None), or 2.
+    """
+    try:
+        args = docopt(doc, argv=argv)
+    except DocoptExit as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    try:
+        rc = body(args)
+    except InputError as exc:
+        print("%s: error: %s" % (name, " ".join(str(exc).split())), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("%s: interrupted" % name, file=sys.stderr)
+        return 130
+    return 0 if rc is None else rc
+
+
+def as_int(args, key, minimum=None):
+    """Option ``key`` as an int (>= minimum); InputError otherwise."""
+    try:
+        v = int(args[key])
+    except (TypeError, ValueError):
+        raise InputError("%s must be an integer, got %r" % (key, args[key]))
+    if minimum is not None and v < minimum:
+        raise InputError("%s must be >= %d, got %d" % (key, minimum, v))
+    return v
+
+
+def as_float(args, key, minimum=None, maximum=None):
+    """Option ``key`` as a float in [minimum, maximum]; InputError otherwise."""
+    try:
+        v = float(args[key])
+    except (TypeError, ValueError):
+        raise InputError("%s must be a number, got %r" % (key, args[key]))
+    if (minimum is not None and v < minimum) or (maximum is not None and v > maximum):
+        raise InputError("%s must be in [%s, %s], got %g" % (key, minimum, maximum, v))
+    return v
+
+
+def as_choice(args, key, choices):
+    """Option ``key`` as one of ``choices``; InputError otherwise."""
+    v = args[key]
+    if v not in choices:
+        raise InputError("%s must be one of %s, got %r" % (key, ", ".join(choices), v))
+    return v

@@ -1,0 +1,31 @@
+"""Inverted dropout (Srivastava et al. 2014): y = x * mask / (1 - p), mask ~ Bernoulli(1 - p).
+
+The mask is drawn by the caller (the Dropout layer, from its own seeded generator) so
+that the op is a pure function and can be gradient-checked with a fixed mask.
+"""
+
+
+def dropout_forward(x, mask, p):
+    """Dropout forward.
+
+    Parameters
+    ----------
+    x : array, any shape
+    mask : bool array, shape of x
+        True for kept elements.
+    p : float
+        Drop probability in [0, 1).
+
+    Returns
+    -------
+    y : array, shape of x
+    cache : array
+        The scaled mask, mask / (1 - p), dtype of x.
+    """
+    scale = (mask / (1.0 - p)).astype(x.dtype)
+    return x * scale, scale
+
+
+def dropout_backward(dy, cache):
+    """dx = dy * mask / (1 - p)."""
+    return dy * cache

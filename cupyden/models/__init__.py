@@ -1,0 +1,21 @@
+"""Denoising networks: DnCNN (the seed's residual CNN) and U-Net."""
+
+from .dncnn import DnCNN
+from .unet import UNet
+
+ARCHITECTURES = {"dncnn": DnCNN, "unet": UNet}
+
+
+def build_model(config):
+    """Rebuild a model from its ``config()`` dict, e.g. {"arch": "dncnn", "depth": 12}.
+
+    Raises
+    ------
+    ValueError
+        For an unknown architecture.
+    """
+    config = dict(config)
+    arch = config.pop("arch")
+    if arch not in ARCHITECTURES:
+        raise ValueError("unknown architecture %r (known: %s)" % (arch, ", ".join(ARCHITECTURES)))
+    return ARCHITECTURES[arch](**config)

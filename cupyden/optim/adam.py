@@ -1,0 +1,91 @@
+"""Adam (Kingma & Ba 2015, Algorithm 1) with optional decoupled weight decay
+(AdamW; Loshchilov & Hutter 2019), over the flat parameter buffer.
+
+Two implementations of one update: a readable NumPy/CuPy reference, one comment per line,
+and one fused CuPy ElementwiseKernel (``cupyden.kernels.adam``) that reads and writes each
+parameter, gradient and moment once (Chainer v1's fused Adam did the same).
+"""
+
+import numpy
+
+from ..backend import get_array_module
+
+
+class Adam:
+    """Adam over a :class:`~cupyden.optim.params.Parameters` buffer.
+
+    Parameters
+    ----------
+    params : Parameters
+    lr : float
+        Learning rate (step size alpha).
+    beta1, beta2 : float
+        Decay rates of the first and second moment estimates.
+    eps : float
+        Added to sqrt(v_hat) in the denominator.
+    weight_decay : float
+        Decoupled weight decay per unit learning rate (AdamW); 0 disables it.
+    fused : bool or None
+        Use the fused GPU kernel; None means "on the GPU, yes".
+
+    Attributes
+    ----------
+    m, v : 1-D arrays like ``params.data``
+        First and second moment estimates; ``params.named(m)`` gives them by name.
+    t : int
+        Steps taken.
+    """
+
+    def __init__(self, params, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 fused=None):
+        self.params = params
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.weight_decay = weight_decay
+        xp = get_array_module(params.data)
+        self.m = xp.zeros_like(params.data)
+        self.v = xp.zeros_like(params.data)
+        self.t = 0
+        self.fused = (xp is not numpy) if fused is None else fused
+
+    def step(self):
+        """One update of every parameter from ``params.grad``."""
+        self.t += 1
+        if self.fused:
+            from ..kernels.adam import adam_step
+            adam_step(self.params.data, self.params.grad, self.m, self.v, self.lr, self.beta1,
+                      self.beta2, self.eps, self.weight_decay, self.t)
+        else:
+            adam_step_reference(self.params.data, self.params.grad, self.m, self.v, self.lr,
+                                self.beta1, self.beta2, self.eps, self.weight_decay, self.t)
+
+    def state(self):
+        """{"step": t, "m": {name: array}, "v": {name: array}} on the host."""
+        return {"step": self.t, "m": self.params.named(self.m), "v": self.params.named(self.v)}
+
+    def load_state(self, state):
+        """Restore from :meth:`state`'s output (moments matched by name)."""
+        self.t = int(state["step"])
+        self.params.load_named(self.m, state["m"])
+        self.params.load_named(self.v, state["v"])
+
+
+def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+    """One Adam step in place on flat arrays p, g, m, v (same shape and dtype).
+
+    Parameters
+    ----------
+    p, g, m, v : array (P,)
+        Parameters, gradients, first and second moments; p, m, v updated in place.
+    lr, beta1, beta2, eps, weight_decay : float
+    t : int
+        The step number, starting at 1 (for the bias corrections).
+    """
+    m *= beta1
+    m += (1 - beta1) * g                         # m_t = beta1 m_{t-1} + (1 - beta1) g
+    v *= beta2
+    v += (1 - beta2) * g * g                     # v_t = beta2 v_{t-1} + (1 - beta2) g^2
+    m_hat = m / (1 - beta1 ** t)                 # bias-corrected first moment
+    v_hat = v / (1 - beta2 ** t)                 # bias-corrected second moment
+    if weight_decay:
+        p -= lr * weight_decay * p               # decoupled decay: p <- p - lr * wd * p
+    p -= lr * m_hat / (v_hat ** 0.5 + eps)       # p <- p - lr * m_hat / (sqrt(v_hat) + eps)
