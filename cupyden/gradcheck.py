@@ -161,16 +161,16 @@ def _away_from_zero(rng, shape, margin=0.1):
     return numpy.sign(x) * (margin + numpy.abs(x))
 
 
-def layer_case(name, layer, inputs, xp, training=True, reseed=False):
-    """A Case for a layer (or model) with its parameters in a float64 flat buffer."""
+def layer_case(name, layer, inputs, xp, training=True, reseed=False, dtype=numpy.float64):
+    """A Case for a layer (or model) with its parameters in a flat buffer of ``dtype``."""
     model = layer if isinstance(layer, Model) else _One(layer)
-    model.to(xp, numpy.float64)
+    model.to(xp, dtype)
     model.train()
     if not training:
         for _, lay in model.named_layers():
             lay.training = False
     params = Parameters(model) if model.named_parameters() else None
-    inputs = [xp.asarray(x) for x in inputs]
+    inputs = [xp.asarray(x, dtype) for x in inputs]
 
     def forward(xs):
         if reseed:
@@ -186,11 +186,11 @@ def layer_case(name, layer, inputs, xp, training=True, reseed=False):
     return Case(name, forward, backward, inputs, params)
 
 
-def loss_case(name, xp, rng):
+def loss_case(name, xp, rng, dtype=numpy.float64):
     """A Case for a loss against a fixed random target (the prediction is the input)."""
     fwd, bwd = LOSSES[name]
-    pred = xp.asarray(rng.standard_normal((2, 1, 5, 6)))
-    target = xp.asarray(rng.standard_normal((2, 1, 5, 6)))
+    pred = xp.asarray(rng.standard_normal((2, 1, 5, 6)), dtype)
+    target = xp.asarray(rng.standard_normal((2, 1, 5, 6)), dtype)
     state = {}
 
     def forward(xs):
@@ -203,14 +203,17 @@ def loss_case(name, xp, rng):
     return Case("loss " + name, forward, backward, [pred], None)
 
 
-def all_cases(xp, seed=0):
-    """Every op (through its layer), loss and model, with small float64 inputs.
+def all_cases(xp, seed=0, dtype=numpy.float64):
+    """Every op (through its layer), loss and model, with small inputs.
 
     Parameters
     ----------
     xp : module
         numpy or cupy.
     seed : int
+        The same seed gives the same inputs and weights on either module.
+    dtype : numpy dtype
+        float64 for gradient checks; float32 to compare devices.
 
     Returns
     -------
@@ -219,39 +222,36 @@ def all_cases(xp, seed=0):
     rng = numpy.random.default_rng(seed)
     r = rng.standard_normal
     cases = []
+
+    def add(name, layer, inputs, **kw):
+        cases.append(layer_case(name, layer, inputs, xp, dtype=dtype, **kw))
+        return cases[-1]
+
     for k, s, p, hw in [(1, 1, 0, (5, 6)), (3, 1, 1, (6, 7)), (3, 2, 1, (7, 6)),
                         (5, 1, 2, (6, 6)), (5, 2, 2, (9, 8)), (7, 1, 3, (8, 7)),
                         (11, 1, 5, (12, 11))]:
-        cases.append(layer_case("conv2d k%d s%d p%d" % (k, s, p),
-                                Conv2d(2, 3, k, stride=s, padding=p, rng=rng),
-                                [r((2, 2) + hw)], xp))
-    # fused activations: inputs scaled down so pre-activations rarely sit near 0
-    cases.append(layer_case("conv2d+relu", Conv2d(2, 3, 3, activation="relu", rng=rng),
-                            [r((2, 2, 6, 5))], xp))
-    cases.append(layer_case("conv2d+leaky_relu 0.1",
-                            Conv2d(2, 3, 3, activation="leaky_relu", slope=0.1, rng=rng),
-                            [r((2, 2, 5, 6))], xp))
-    cases.append(layer_case("relu", ReLU(), [_away_from_zero(rng, (2, 3, 4, 5))], xp))
-    cases.append(layer_case("leaky_relu 0.1", LeakyReLU(0.1),
-                            [_away_from_zero(rng, (2, 3, 4, 5))], xp))
-    cases.append(layer_case("maxpool2d 2", MaxPool2d(2), [r((2, 2, 6, 7))], xp))
-    cases.append(layer_case("upsample2d x2", Upsample2d(), [r((2, 2, 3, 4))], xp))
-    odd = Upsample2d()
-    odd_case = layer_case("upsample2d to 7x9", odd, [r((2, 2, 3, 4))], xp)
-    cases.append(odd_case._replace(forward=lambda xs: odd.forward(xs[0], (7, 9))))
-    cases.append(layer_case("concat", Concat(), [r((2, 2, 3, 4)), r((2, 3, 3, 4))], xp))
-    cases.append(layer_case("flatten", Flatten(), [r((2, 2, 3, 4))], xp))
-    cases.append(layer_case("reflection_pad2d 2", ReflectionPad2d(2), [r((2, 2, 5, 4))], xp))
-    cases.append(layer_case("batchnorm2d train", BatchNorm2d(3), [r((4, 3, 3, 2))], xp))
-    cases.append(layer_case("batchnorm2d eval", BatchNorm2d(3), [r((4, 3, 3, 2))], xp,
-                            training=False))
-    cases.append(layer_case("dropout 0.3", Dropout(0.3, seed=1), [r((2, 3, 4, 5))], xp,
-                            reseed=True))
-    cases.append(layer_case("linear", Linear(7, 4, rng=rng), [r((3, 7))], xp))
+        add("conv2d k%d s%d p%d" % (k, s, p), Conv2d(2, 3, k, stride=s, padding=p, rng=rng),
+            [r((2, 2) + hw)])
+    add("conv2d+relu", Conv2d(2, 3, 3, activation="relu", rng=rng), [r((2, 2, 6, 5))])
+    add("conv2d+leaky_relu 0.1", Conv2d(2, 3, 3, activation="leaky_relu", slope=0.1, rng=rng),
+        [r((2, 2, 5, 6))])
+    add("relu", ReLU(), [_away_from_zero(rng, (2, 3, 4, 5))])
+    add("leaky_relu 0.1", LeakyReLU(0.1), [_away_from_zero(rng, (2, 3, 4, 5))])
+    add("maxpool2d 2", MaxPool2d(2), [r((2, 2, 6, 7))])
+    add("upsample2d x2", Upsample2d(), [r((2, 2, 3, 4))])
+    odd = Upsample2d()                      # output size given, as from a skip connection
+    case = layer_case("upsample2d to 7x9", odd, [r((2, 2, 3, 4))], xp, dtype=dtype)
+    cases.append(case._replace(forward=lambda xs: odd.forward(xs[0], (7, 9))))
+    add("concat", Concat(), [r((2, 2, 3, 4)), r((2, 3, 3, 4))])
+    add("flatten", Flatten(), [r((2, 2, 3, 4))])
+    add("reflection_pad2d 2", ReflectionPad2d(2), [r((2, 2, 5, 4))])
+    add("batchnorm2d train", BatchNorm2d(3), [r((4, 3, 3, 2))])
+    add("batchnorm2d eval", BatchNorm2d(3), [r((4, 3, 3, 2))], training=False)
+    add("dropout 0.3", Dropout(0.3, seed=1), [r((2, 3, 4, 5))], reseed=True)
+    add("linear", Linear(7, 4, rng=rng), [r((3, 7))])
     for name in sorted(LOSSES):
-        cases.append(loss_case(name, xp, rng))
-    cases.append(layer_case("model dncnn-12/32", DnCNN(12, 32, seed=seed), [r((1, 1, 12, 12))], xp))
-    cases.append(layer_case("model dncnn-4/8", DnCNN(4, 8, seed=seed), [r((2, 1, 7, 6))], xp))
-    cases.append(layer_case("model unet base 4", UNet(base=4, seed=seed), [r((2, 1, 13, 11))], xp))
+        cases.append(loss_case(name, xp, rng, dtype))
+    add("model dncnn-12/32", DnCNN(12, 32, seed=seed), [r((1, 1, 12, 12))])
+    add("model dncnn-4/8", DnCNN(4, 8, seed=seed), [r((2, 1, 7, 6))])
+    add("model unet base 4", UNet(base=4, seed=seed), [r((2, 1, 13, 11))])
     return cases
-
