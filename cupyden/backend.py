@@ -228,3 +228,36 @@ def elementwise_kernel(in_params, out_params, operation, name, preamble=""):
     if cupy is None:
         raise RuntimeError("CuPy kernels requested but CuPy is not available")
     return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble)
+
+
+def pinned_empty(shape, dtype):
+    """A NumPy array in page-locked host memory (fast, asynchronous copies to the GPU).
+
+    Parameters
+    ----------
+    shape : tuple
+    dtype : numpy dtype
+
+    Returns
+    -------
+    numpy.ndarray backed by ``cupy.cuda.alloc_pinned_memory``.
+    """
+    dtype = numpy.dtype(dtype)
+    n = int(numpy.prod(shape))
+    mem = cupy.cuda.alloc_pinned_memory(n * dtype.itemsize)
+    return numpy.frombuffer(mem, dtype, n).reshape(shape)
+
+
+def new_stream():
+    """A non-blocking CUDA stream (for host-to-device copies beside the compute)."""
+    return cupy.cuda.Stream(non_blocking=True)
+
+
+def new_event():
+    """A CUDA event (timing disabled: it only orders work)."""
+    return cupy.cuda.Event(disable_timing=True)
+
+
+def current_stream():
+    """CuPy's current CUDA stream (the one kernels are queued on)."""
+    return cupy.cuda.get_current_stream()

@@ -1,9 +1,25 @@
 """The training loop: one place, readable top to bottom.
 
 One step is: model.forward -> loss.forward -> loss.backward -> model.backward -> Adam.
+``fit`` adds what a run needs around it: the loader, validation every N steps, the best
+model kept, a checkpoint to resume from, history.csv and the loss curve.
 """
 
+import csv
+import os
+import time
+
+import numpy
+
+from . import report
+from .backend import synchronize
+from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.loader import Loader
 from .losses import LOSSES
+from .models import build_model
+from .optim import Adam, Parameters
+
+HISTORY_FIELDS = ("step", "train_loss", "val_loss", "lr", "seconds")
 
 
 def train_step(model, params, optimizer, loss, x, target):
@@ -35,14 +51,140 @@ def train_step(model, params, optimizer, loss, x, target):
     return value
 
 
-def evaluate(model, loss, x, target):
-    """Loss of the model on (x, target) without keeping caches; returns a float."""
+def evaluate(model, loss, x, target, batch_size=None):
+    """Mean loss of the model on (x, target), in batches, without keeping caches.
+
+    Parameters
+    ----------
+    model : Model
+    loss : str
+    x, target : arrays (N, C, H, W) of the model's array module
+    batch_size : int or None
+        None evaluates everything at once.
+
+    Returns
+    -------
+    float
+    """
     forward, _ = LOSSES[loss]
     keep = [(layer, layer.training, layer.keep_cache) for _, layer in model.named_layers()]
     model.eval()
     try:
-        value, _ = forward(model.forward(x), target)
+        B = batch_size or len(x)
+        total = 0.0
+        for i in range(0, len(x), B):
+            value, _ = forward(model.forward(x[i:i + B]), target[i:i + B])
+            total += float(value) * len(x[i:i + B])
     finally:
         for layer, training, keep_cache in keep:
             layer.training, layer.keep_cache = training, keep_cache
-    return float(value)
+    return total / len(x)
+
+
+def read_history(path, upto=None):
+    """Rows of history.csv (as dicts of numbers) with step <= upto."""
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in rows:
+        r["step"] = int(r["step"])
+    return [r for r in rows if upto is None or r["step"] <= upto]
+
+
+def write_history(path, rows):
+    """Write history.csv atomically."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r[k] for k in HISTORY_FIELDS})
+    os.replace(tmp, path)
+
+
+def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
+    """Train a denoiser on a patch store.
+
+    Parameters
+    ----------
+    store : cupyden.io.store.PatchStore
+    out_dir : str
+        Receives model.h5 (the best model by validation loss), checkpoint.h5 (the latest
+        state, with Adam's moments, for ``--resume``), history.csv, loss_curve.png.
+    config : dict
+        "model" (a model config), "loss", "lr", "batch_size", "steps", "val_every",
+        "val_patches", "seed", and anything else worth keeping (pair source, binning);
+        all of it is saved in the checkpoints.
+    xp : module
+        numpy or cupy.
+    resume : str or None
+        A checkpoint.h5 to continue from (same config).
+    progress : bool
+        Show a tqdm progress bar.
+    log : callable
+
+    Returns
+    -------
+    list of dict
+        The history rows.
+    """
+    from tqdm import tqdm
+
+    model = build_model(config["model"]).to(xp, numpy.float32).train()
+    params = Parameters(model)
+    opt = Adam(params, lr=config["lr"])
+    start, best, history = 0, (float("inf"), 0), []
+    hist_path = os.path.join(out_dir, "history.csv")
+    if resume:
+        ck = load_checkpoint(resume)
+        model.load_state(ck["weights"])
+        opt.load_state(ck["adam"])
+        start = ck["step"]
+        best = tuple(ck["provenance"].get("best", best))
+        history = read_history(hist_path, upto=start)
+        log("resumed from %s at step %d" % (resume, start))
+    B, steps, loss = config["batch_size"], config["steps"], config["loss"]
+    n_val = min(store.size("val"), config["val_patches"])
+    vx, vy = store.read("val", numpy.arange(n_val))
+    vx, vy = xp.asarray(vx), xp.asarray(vy)
+    loader = Loader(store, B, xp, seed=config["seed"], start=start)
+    per_epoch = loader.per_epoch
+    t0, t_last, running, n_running = time.perf_counter(), time.perf_counter(), 0.0, 0
+    elapsed0 = history[-1]["seconds"] if history else 0.0
+    bar = tqdm(total=steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True)
+    try:
+        for step in range(start + 1, steps + 1):
+            x, y = next(loader)
+            running = running + train_step(model, params, opt, loss, x, y)   # on the device
+            n_running += 1
+            bar.update(1)
+            if step % config["val_every"] == 0 or step == steps:
+                train_loss = float(running) / n_running        # one synchronisation
+                val_loss = evaluate(model, loss, vx, vy, B)
+                now = time.perf_counter()
+                rate = n_running * B / (now - t_last)
+                history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss,
+                                "lr": opt.lr, "seconds": elapsed0 + now - t0})
+                bar.set_postfix(loss="%.4g" % train_loss, val="%.4g" % val_loss,
+                                patches_per_s="%.0f" % rate)
+                running, n_running, t_last = 0.0, 0, now
+                if val_loss < best[0]:
+                    best = (val_loss, step)
+                    save_checkpoint(os.path.join(out_dir, "model.h5"), model.state(), config,
+                                    step, step // per_epoch, None, {"seed": config["seed"]},
+                                    {"best": list(best)})
+                save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), model.state(), config,
+                                step, step // per_epoch, opt.state(), {"seed": config["seed"]},
+                                {"best": list(best)})
+                write_history(hist_path, history)
+    finally:
+        bar.close()
+        loader.close()
+        synchronize(xp)
+    if history:
+        report.loss_curve(history, os.path.join(out_dir, "loss_curve.png"))
+    log("best validation loss %.5g at step %d; wait for data: %.1f%% of %.1f s"
+        % (best[0], best[1], 100 * loader.wait_seconds / max(time.perf_counter() - t0, 1e-9),
+           time.perf_counter() - t0))
+    return history

@@ -29,8 +29,10 @@ def test_conv_equals_loop_reference(xp, kernel, stride, hw):
         assert rel(got, ref) < 1e-12
 
 
-def test_conv_blocks_of_rows_equal_one_block(xp, monkeypatch):
-    """Row bands (the CPU path) and whole-batch blocks give the same result."""
+@pytest.mark.parametrize("keep_columns", [True, False])
+def test_conv_blocks_of_rows_equal_one_block(xp, monkeypatch, keep_columns):
+    """Row bands (the CPU path) and whole-batch blocks give the same result, with the
+    columns kept for the backward pass or rebuilt there."""
     rng = numpy.random.default_rng(1)
     x = xp.asarray(rng.standard_normal((2, 3, 17, 13)))
     w = xp.asarray(rng.standard_normal((5, 3, 3, 3)))
@@ -40,8 +42,11 @@ def test_conv_blocks_of_rows_equal_one_block(xp, monkeypatch):
     g1 = conv.conv2d_backward(dy, c1)
     name = "BLOCK_ELEMENTS_CPU" if xp is numpy else "BLOCK_ELEMENTS_GPU"
     monkeypatch.setattr(conv, name, 27 * 7 * 2)   # two output rows per block
+    if not keep_columns:
+        monkeypatch.setattr(conv, "KEEP_COLUMNS_CPU" if xp is numpy else "KEEP_COLUMNS_GPU", 0)
     assert len(list(conv._blocks(2, 9, 7, 27, xp))) == 10
     y2, c2 = conv.conv2d_forward(x, w, b, 2, 1, slope=0.0)
+    assert (c2.cols is not None) == keep_columns
     assert rel(y2, y1) < 1e-14
     for a, b_ in zip(conv.conv2d_backward(dy, c2), g1):
         assert rel(a, b_) < 1e-14

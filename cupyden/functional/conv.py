@@ -19,8 +19,10 @@ Backward, with dy (N, F, OH, OW):
     dxpad[n, c, oh * S + kh, ow * S + kw] += dcol[c, kh, kw, n, oh, ow]       (col2im)
 
 The columns are built block by block (a few output rows on the CPU, so that a block stays
-in cache; whole batches on the GPU) and rebuilt in the backward pass rather than kept:
-the cache holds the padded input only, about K times less memory than the columns.
+in cache; whole batches on the GPU). For the backward pass they are kept when all of a
+layer's columns fit in ``KEEP_COLUMNS_*`` elements (small training batches: no rebuild),
+and rebuilt block by block otherwise (the cache then holds only the padded input, K times
+less memory than the columns).
 
 A fused activation (ReLU or LeakyReLU) may follow the bias, as cuDNN's fused
 conv + bias + activation graph does; its backward uses the output y.
@@ -37,6 +39,10 @@ from .activation import activate_, activation_backward
 #: 4-8 rows of a 1024-px-wide image), 2^28 on the GPU (1 GiB of float32).
 BLOCK_ELEMENTS_CPU = 2 * 1024 * 1024
 BLOCK_ELEMENTS_GPU = 1 << 28
+#: A layer's columns are kept for the backward pass up to this many elements (256 MB of
+#: float32 on the CPU, 2 GiB on the GPU), and rebuilt there beyond.
+KEEP_COLUMNS_CPU = 64 * 1024 * 1024
+KEEP_COLUMNS_GPU = 1 << 29
 
 
 class Conv2dCache(NamedTuple):
@@ -51,6 +57,8 @@ class Conv2dCache(NamedTuple):
         The output, kept only when an activation is fused.
     slope : float or None
         The fused activation's negative slope (0 for ReLU), or None.
+    cols : list of arrays (K, nb * R * OW) or None
+        Each block's columns, when kept (see ``KEEP_COLUMNS_*``).
     """
     xpad: object
     w: object
@@ -59,6 +67,7 @@ class Conv2dCache(NamedTuple):
     x_shape: tuple
     y: object
     slope: object
+    cols: object
 
 
 def output_size(size, kernel, stride, padding):
@@ -191,19 +200,23 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
     xpad = xp.ascontiguousarray(pad_zeros(x, padding))
     wm = w.reshape(F, C * KH * KW)                      # (F, K)
     y = xp.empty((N, F, OH, OW), x.dtype)
+    limit = KEEP_COLUMNS_CPU if xp is numpy else KEEP_COLUMNS_GPU
+    cols = [] if keep_cache and C * KH * KW * N * OH * OW <= limit else None
     buf = None
     for n0, n1, r0, r1 in _blocks(N, OH, OW, C * KH * KW, xp):
         nb, R = n1 - n0, r1 - r0
-        if buf is None:
+        if buf is None and cols is None:              # one buffer reused by every block
             buf = xp.empty(C * KH * KW * nb * R * OW, x.dtype)
         col = im2col(xpad, KH, KW, stride, n0, n1, r0, r1, OW, out=buf)
+        if cols is not None:
+            cols.append(col)
         yb = wm @ col                                   # (F, nb * R * OW)
         if b is not None:
             yb += b[:, None]
         activate_(yb, slope)
         y[n0:n1, :, r0:r1] = yb.reshape(F, nb, R, OW).transpose(1, 0, 2, 3)
     cache = Conv2dCache(xpad, w, stride, padding, x.shape, y if slope is not None else None,
-                        slope) if keep_cache else None
+                        slope, cols) if keep_cache else None
     return y, cache
 
 
@@ -232,11 +245,14 @@ def conv2d_backward(dy, cache):
     dwm = xp.zeros_like(wm)                             # (F, K)
     dxpad = xp.zeros_like(xpad)
     buf = None
-    for n0, n1, r0, r1 in _blocks(N, OH, OW, C * KH * KW, xp):
+    for i, (n0, n1, r0, r1) in enumerate(_blocks(N, OH, OW, C * KH * KW, xp)):
         nb, R = n1 - n0, r1 - r0
-        if buf is None:
-            buf = xp.empty(C * KH * KW * nb * R * OW, xpad.dtype)
-        col = im2col(xpad, KH, KW, S, n0, n1, r0, r1, OW, out=buf)
+        if cache.cols is not None:
+            col = cache.cols[i]
+        else:
+            if buf is None:
+                buf = xp.empty(C * KH * KW * nb * R * OW, xpad.dtype)
+            col = im2col(xpad, KH, KW, S, n0, n1, r0, r1, OW, out=buf)
         dyb = dy[n0:n1, :, r0:r1].transpose(1, 0, 2, 3).reshape(F, nb * R * OW)
         dwm += dyb @ col.T                              # (F, K)
         dcol = wm.T @ dyb                               # (K, nb * R * OW)

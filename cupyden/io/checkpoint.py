@@ -1,0 +1,106 @@
+"""Checkpoints: one HDF5 file per model state, written atomically.
+
+Layout (h5py):
+
+    /weights/<name>     every parameter and buffer by name ("conv3.w", "bn1.running_mean")
+    /adam/m/<name>, /adam/v/<name>   Adam's moments by parameter name (when saved)
+    attributes: step, epoch, adam_step, config (JSON: model and training settings),
+                rng (JSON: the seed; batches are a pure function of seed and step, see
+                ``cupyden.io.loader``), provenance (JSON), format = "cupyden-checkpoint-1"
+
+A model file for ``cupyden-denoise`` is the same file (the Adam group is optional).
+"""
+
+import json
+import os
+import tempfile
+
+import h5py
+import numpy
+
+from ..errors import InputError
+
+FORMAT = "cupyden-checkpoint-1"
+
+
+def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None, rng=None,
+                    provenance=None):
+    """Write a checkpoint atomically (temporary file in the same folder, then rename).
+
+    Parameters
+    ----------
+    path : str
+    model_state : dict name -> numpy array
+        ``Model.state()``.
+    config : dict
+        Must hold "model" (``Model.config()``); JSON-serialisable.
+    step, epoch : int
+    adam_state : dict or None
+        ``Adam.state()``.
+    rng, provenance : dict or None
+        JSON-serialisable.
+
+    Raises
+    ------
+    InputError
+        The folder is missing or not writable.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    except OSError as exc:
+        raise InputError("%s: cannot write checkpoint (%s)" % (folder, exc.strerror))
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["step"], f.attrs["epoch"] = int(step), int(epoch)
+            f.attrs["config"] = json.dumps(config)
+            f.attrs["rng"] = json.dumps(rng or {})
+            f.attrs["provenance"] = json.dumps(provenance or {})
+            for name, arr in model_state.items():
+                f.create_dataset("weights/" + name, data=numpy.asarray(arr))
+            if adam_state is not None:
+                f.attrs["adam_step"] = int(adam_state["step"])
+                for moment in ("m", "v"):
+                    for name, arr in adam_state[moment].items():
+                        f.create_dataset("adam/%s/%s" % (moment, name), data=arr)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    """Read a checkpoint.
+
+    Returns
+    -------
+    dict with keys "weights" (name -> array), "config", "step", "epoch", "rng",
+    "provenance", and "adam" ({"step", "m", "v"}) or None.
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable, or not a cupyden checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise InputError("%s: no such model or checkpoint file" % path)
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise InputError("%s: not a readable HDF5 file (%s)" % (path, exc))
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise InputError("%s: not a cupyden checkpoint" % path)
+        out = {"weights": {k: f["weights"][k][()] for k in f["weights"]},
+               "config": json.loads(f.attrs["config"]),
+               "step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
+               "rng": json.loads(f.attrs["rng"]),
+               "provenance": json.loads(f.attrs["provenance"]), "adam": None}
+        if "adam" in f:
+            out["adam"] = {"step": int(f.attrs["adam_step"]),
+                           "m": {k: f["adam/m"][k][()] for k in f["adam/m"]},
+                           "v": {k: f["adam/v"][k][()] for k in f["adam/v"]}}
+    return out

@@ -1,0 +1,182 @@
+"""MRC files through mrcfile: micrographs, movies and stacks, volumes.
+
+Reading never opens a file for writing (``mrcfile.open(mode='r')`` or ``mrcfile.mmap``
+read-only). Writing goes to a temporary file in the target folder, renamed when complete,
+so an interrupted write never leaves a half-written output.
+
+Units: pixel size in Å/px; dose in e⁻/Å².
+"""
+
+import os
+import tempfile
+import warnings
+from typing import NamedTuple
+
+import mrcfile
+import numpy
+
+from ..errors import InputError
+
+#: MRC modes that hold real images: int8, int16, float32, uint16, float16 (MRC2014).
+REAL_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+
+
+class Micrograph(NamedTuple):
+    """An image or volume read from a file.
+
+    data : numpy array, (H, W) for a micrograph, (Z, H, W) for a movie, stack or volume
+        Values as stored (a memory map for movies and stacks opened with ``mmap=True``).
+    pixel_size : float
+        Å/px (0.0 when the header gives none).
+    dose : float or None
+        e⁻/Å² from an FEI1/FEI2 extended header, when present.
+    path : str
+    """
+    data: object
+    pixel_size: float
+    dose: object
+    path: str
+
+
+def _open(path, mmap):
+    if not os.path.exists(path):
+        raise InputError("%s: no such file" % path)
+    if not os.path.isfile(path):
+        raise InputError("%s: not a file" % path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if mmap:
+                return mrcfile.mmap(path, mode="r")
+            return mrcfile.open(path, mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "smaller than" in msg or "truncat" in msg.lower() or isinstance(exc, EOFError):
+            raise InputError("%s: truncated MRC file (%s)" % (path, msg))
+        raise InputError("%s: not a readable MRC file (%s)" % (path, msg))
+
+
+def _dose(mrc):
+    """Dose in e⁻/Å² from an FEI extended header (stored in e⁻/m²), else None."""
+    try:
+        ext = mrc.indexed_extended_header
+        if ext is not None and "Dose" in ext.dtype.names:
+            dose = float(ext["Dose"][0]) * 1e-20
+            return dose if dose > 0 else None
+    except Exception:
+        return None
+    return None
+
+
+def read_mrc(path, ndim=None, mmap=False, check_values=True):
+    """Read an MRC file.
+
+    Parameters
+    ----------
+    path : str
+    ndim : int or None
+        2 to require a single image (a 1-section stack is accepted as 2-D), 3 to require
+        a stack or volume; None accepts either.
+    mmap : bool
+        Memory-map the data (movies, stacks) instead of reading it.
+    check_values : bool
+        Refuse NaN/Inf and constant images (reads all the data).
+
+    Returns
+    -------
+    Micrograph
+
+    Raises
+    ------
+    InputError
+        Missing, unreadable or truncated file; unsupported mode (complex or packed 4-bit
+        modes); wrong number of dimensions; NaN or Inf; a constant image.
+    """
+    mrc = _open(path, mmap)
+    try:
+        mode = int(mrc.header.mode)
+        if mode not in REAL_MODES:
+            raise InputError("%s: unsupported MRC mode %d (supported: %s)" % (
+                path, mode, ", ".join("%d %s" % kv for kv in REAL_MODES.items())))
+        data = mrc.data
+        if data is None:
+            raise InputError("%s: the MRC file holds no data" % path)
+        if ndim == 2 and data.ndim == 3 and data.shape[0] == 1:
+            data = data[0]
+        if ndim is not None and data.ndim != ndim:
+            what = {2: "a single 2-D micrograph", 3: "a stack, movie or volume"}[ndim]
+            raise InputError("%s: has shape %s but %s is needed" % (path, data.shape, what))
+        if not mmap:
+            data = numpy.array(data)
+        pixel_size = float(mrc.voxel_size.x)
+        dose = _dose(mrc)
+    finally:
+        if not mmap:
+            mrc.close()
+    if check_values:
+        check_image(data, path)
+    return Micrograph(data, pixel_size, dose, path)
+
+
+def check_image(data, name):
+    """Refuse NaN/Inf and constant images.
+
+    Raises
+    ------
+    InputError
+    """
+    if data.dtype.kind == "f" and not numpy.isfinite(data).all():
+        raise InputError("%s: contains NaN or Inf values" % name)
+    if data.size == 0 or data.min() == data.max():
+        raise InputError("%s: the image is constant (every pixel %s)" % (
+            name, data.flat[0] if data.size else "missing"))
+
+
+def write_mrc(path, data, pixel_size, float16=False):
+    """Write an image or stack atomically (temporary file in the same folder, then rename).
+
+    Parameters
+    ----------
+    path : str
+        Output file; its folder must exist and be writable.
+    data : array (H, W) or (Z, H, W), real
+        Written as float32 (mode 2), or float16 (mode 12) when ``float16``.
+    pixel_size : float
+        Å/px, kept in the header.
+    float16 : bool
+        Write mode 12 after checking the values fit (|x| <= 65504, no underflow of the
+        whole image).
+
+    Raises
+    ------
+    InputError
+        The folder is missing or not writable, or the values do not fit float16.
+    """
+    data = numpy.asarray(data)
+    if float16:
+        peak = float(numpy.abs(data).max()) if data.size else 0.0
+        if peak > 65504:
+            raise InputError("%s: values up to %g do not fit float16 (max 65504); "
+                             "write float32 instead" % (path, peak))
+        out = data.astype(numpy.float16)
+    else:
+        out = data.astype(numpy.float32)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError("%s: output folder does not exist" % folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mrc", dir=folder)
+    except OSError as exc:
+        raise InputError("%s: cannot write to folder (%s)" % (folder, exc.strerror))
+    os.close(fd)
+    try:
+        with mrcfile.new(tmp, overwrite=True) as mrc:
+            mrc.set_data(out)
+            mrc.voxel_size = pixel_size
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        if isinstance(exc, OSError):
+            raise InputError("%s: cannot write (%s)" % (path, exc.strerror or exc))
+        raise

@@ -1,0 +1,256 @@
+"""Sources of two noisy views of one signal (Noise2Noise pairs; Lehtinen et al. 2018).
+
+(a) a movie -> even/odd frame sums (``cupyden.io.movies``);
+(b) even/odd half micrographs in two folders, paired by basename (:func:`pair_halves`);
+(c) one counting-mode micrograph -> binomial count split (:func:`count_split`);
+(d) a clean image + synthetic noise, for supervised training (:func:`synthetic_pair`).
+
+The count split: if a pixel holds n ~ Poisson(lambda) electrons, drawing
+a ~ Binomial(n, 1/2) and b = n - a gives a ~ Poisson(lambda/2) and b ~ Poisson(lambda/2),
+independent (the "thinning" property of the Poisson distribution). So one exposure gives
+two images with the same signal and independent noise, which is all Noise2Noise needs.
+It holds only for Poisson-like noise, hence the checks in :func:`poisson_check`.
+"""
+
+import glob
+import os
+import re
+from typing import NamedTuple
+
+import numpy
+
+from ..errors import InputError
+from .mrc import read_mrc
+
+#: Noise power in [0.1, 0.3] Nyquist over that in [0.6, 0.95] Nyquist must lie in this
+#: range: the K2 micrograph gives 0.99; a Gaussian blur of sigma 0.5 px gives 2.5.
+FLATNESS_RANGE = (0.5, 2.0)
+#: The scale from the dose and the one from high-frequency variance/mean must agree to this
+#: factor (K2: 101.5 and 103.9 values per electron).
+SCALE_AGREEMENT = 4.0 / 3.0
+
+
+def band_powers(image):
+    """Mean noise power in a low band [0.1, 0.3] and a high band [0.6, 0.95] of Nyquist.
+
+    Power is |FFT(x - mean)|^2 / (H W), so white noise of variance s^2 gives s^2 in every
+    band (Parseval).
+
+    Parameters
+    ----------
+    image : array (H, W)
+
+    Returns
+    -------
+    (float, float)
+        Low-band and high-band power, in squared image units.
+    """
+    x = numpy.asarray(image, numpy.float64)
+    x = x - x.mean()
+    H, W = x.shape
+    power = numpy.abs(numpy.fft.rfft2(x)) ** 2 / (H * W)
+    r = numpy.hypot(numpy.fft.fftfreq(H)[:, None], numpy.fft.rfftfreq(W)[None, :]) / 0.5
+    return float(power[(r > 0.1) & (r < 0.3)].mean()), float(power[(r > 0.6) & (r < 0.95)].mean())
+
+
+class CountScale(NamedTuple):
+    """How image values map to electron counts.
+
+    scale : float
+        Image units per electron (the value used).
+    scale_hf : float
+        From the data: high-band noise power / mean (a Poisson variable has variance =
+        mean, so s^2 lambda / (s lambda) = s).
+    scale_dose : float or None
+        mean / (dose * pixel_size^2), when the dose is known.
+    flatness : float
+        Low-band / high-band noise power (1 for white noise).
+    """
+    scale: float
+    scale_hf: float
+    scale_dose: object
+    flatness: float
+
+
+def poisson_check(image, pixel_size, dose=None, name="micrograph"):
+    """Estimate the value-per-electron scale and refuse noise that is not Poisson-like.
+
+    Parameters
+    ----------
+    image : array (H, W)
+        A counting-mode micrograph (gain-corrected values are fine).
+    pixel_size : float
+        Å/px.
+    dose : float or None
+        e⁻/Å² (from the header or the user); None uses the data alone.
+    name : str
+        For messages.
+
+    Returns
+    -------
+    CountScale
+
+    Raises
+    ------
+    InputError
+        Non-positive mean, noise power far from flat (spatially correlated noise, as on
+        integrating detectors or after filtering), or a dose-based scale that disagrees
+        with the data (variance/mean of the counts far from 1).
+    """
+    mean = float(numpy.mean(image))
+    if mean <= 0:
+        raise InputError("%s: mean value %g <= 0; a count split needs counts" % (name, mean))
+    low, high = band_powers(image)
+    flatness = low / high
+    if not FLATNESS_RANGE[0] <= flatness <= FLATNESS_RANGE[1]:
+        raise InputError(
+            "%s: noise is not Poisson-like: its power at 0.1-0.3 Nyquist is %.2fx that at "
+            "0.6-0.95 Nyquist (white shot noise gives ~1; allowed %g-%g), so a count split "
+            "would not give independent halves; use even/odd frame sums or half micrographs"
+            % (name, flatness, FLATNESS_RANGE[0], FLATNESS_RANGE[1]))
+    scale_hf = high / mean
+    scale_dose = None
+    if dose:
+        if pixel_size <= 0:
+            raise InputError("%s: the pixel size is unknown; pass --pixel-size" % name)
+        scale_dose = mean / (dose * pixel_size ** 2)
+        ratio = scale_hf / scale_dose
+        if not 1 / SCALE_AGREEMENT <= ratio <= SCALE_AGREEMENT:
+            raise InputError(
+                "%s: counts from the dose (%.3g e/A^2 -> %.3g values per electron) have "
+                "variance/mean %.2f, far from 1: the noise is not Poisson-like, or the dose "
+                "is wrong (check --dose)" % (name, dose, scale_dose, ratio))
+    return CountScale(scale_dose if scale_dose else scale_hf, scale_hf, scale_dose, flatness)
+
+
+def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
+    """Split one counting-mode micrograph into two halves with independent Poisson noise.
+
+    counts = round(x / scale) (values are not exact multiples of the scale after gain
+    correction, so they are rounded to counts first); a ~ Binomial(counts, 1/2);
+    b = counts - a.
+
+    Parameters
+    ----------
+    image : array (H, W)
+    pixel_size : float
+        Å/px.
+    dose : float or None
+        e⁻/Å².
+    seed : int
+        Seed of the binomial draws.
+    name : str
+
+    Returns
+    -------
+    a, b : float32 arrays (H, W)
+        The halves, in electron counts; a + b equals the rounded counts exactly.
+    info : CountScale
+
+    Raises
+    ------
+    InputError
+        See :func:`poisson_check`.
+    """
+    info = poisson_check(image, pixel_size, dose, name)
+    counts = numpy.clip(numpy.rint(numpy.asarray(image, numpy.float64) / info.scale), 0, None)
+    counts = counts.astype(numpy.int64)
+    a = numpy.random.default_rng(seed).binomial(counts, 0.5)
+    return a.astype(numpy.float32), (counts - a).astype(numpy.float32), info
+
+
+_HALF_TAG = re.compile(r"[_.-](even|odd|evn|half1|half2)$", re.IGNORECASE)
+
+
+def _key(path):
+    base = os.path.splitext(os.path.basename(path))[0]
+    return _HALF_TAG.sub("", base)
+
+
+def expand(patterns):
+    """Files named by folders, globs or paths (sorted, .mrc/.mrcs in folders).
+
+    Raises
+    ------
+    InputError
+        A pattern matches nothing.
+    """
+    out = []
+    for p in ([patterns] if isinstance(patterns, str) else patterns):
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(p, "*.mrc")))
+        else:
+            found = sorted(glob.glob(p)) or ([p] if os.path.exists(p) else [])
+        if not found:
+            raise InputError("%s: matches no file" % p)
+        out.extend(found)
+    return out
+
+
+def pair_halves(even, odd):
+    """Pair even and odd half micrographs by basename.
+
+    A trailing ``_even``/``_odd`` (or ``_EVN``, ``_ODD``, ``_half1``, ``_half2``) before
+    the extension is ignored, so ``mic01_EVN.mrc`` pairs with ``mic01_ODD.mrc``.
+
+    Parameters
+    ----------
+    even, odd : str or list of str
+        Folders, globs or files.
+
+    Returns
+    -------
+    list of (str, str)
+        (even path, odd path), sorted by name.
+
+    Raises
+    ------
+    InputError
+        Names without a partner (all listed), or pairs whose shapes differ (all listed).
+    """
+    ev = {_key(p): p for p in expand(even)}
+    od = {_key(p): p for p in expand(odd)}
+    only_even, only_odd = sorted(set(ev) - set(od)), sorted(set(od) - set(ev))
+    if only_even or only_odd:
+        raise InputError("unmatched half micrographs: even only: [%s]; odd only: [%s]"
+                         % (", ".join(only_even), ", ".join(only_odd)))
+    pairs = [(ev[k], od[k]) for k in sorted(ev)]
+    bad = []
+    for e, o in pairs:
+        se = read_mrc(e, ndim=2, mmap=True, check_values=False).data.shape
+        so = read_mrc(o, ndim=2, mmap=True, check_values=False).data.shape
+        if se != so:
+            bad.append("%s %s vs %s %s" % (os.path.basename(e), se, os.path.basename(o), so))
+    if bad:
+        raise InputError("half micrographs differ in shape: %s" % "; ".join(bad))
+    return pairs
+
+
+def synthetic_pair(clean, noise="gaussian", level=1.0, seed=0):
+    """A noisy input for a clean image, for supervised training.
+
+    Parameters
+    ----------
+    clean : array (H, W), float
+    noise : "gaussian" or "poisson"
+        Gaussian: add N(0, level^2) in image units. Poisson: treat ``clean`` (shifted to be
+        non-negative and scaled to mean ``level``) as the expected counts per pixel and
+        draw Poisson counts; the target is rescaled the same way.
+    level : float
+        Gaussian sigma, or mean counts per pixel (dose x pixel size^2) for Poisson.
+    seed : int
+
+    Returns
+    -------
+    noisy, target : float32 arrays (H, W)
+    """
+    rng = numpy.random.default_rng(seed)
+    clean = numpy.asarray(clean, numpy.float64)
+    if noise == "gaussian":
+        return (clean + level * rng.standard_normal(clean.shape)).astype(numpy.float32), \
+            clean.astype(numpy.float32)
+    if noise == "poisson":
+        lam = clean - clean.min()
+        lam *= level / max(lam.mean(), 1e-12)
+        return rng.poisson(lam).astype(numpy.float32), lam.astype(numpy.float32)
+    raise InputError("noise must be 'gaussian' or 'poisson', got %r" % noise)

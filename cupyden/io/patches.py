@@ -1,0 +1,161 @@
+"""From micrographs to training patches: binning, one normalisation per micrograph,
+patch cutting with a stride, train/validation split, augmentation.
+"""
+
+from typing import NamedTuple
+
+import numpy
+
+from ..backend import get_array_module
+from ..errors import InputError
+
+
+class Normalization(NamedTuple):
+    """x_normalised = (x - loc) / scale, one statistic per micrograph.
+
+    loc, scale : float
+        In image units.
+    method : str
+        "robust": loc = median, scale = 1.4826 * median absolute deviation (the normal
+        distribution's standard deviation; falls back to the standard deviation when the
+        MAD is 0). "percentile": loc = mean, scale = 95th percentile of |x - mean| (the
+        seed's scaling).
+    """
+    loc: float
+    scale: float
+    method: str
+
+    def apply(self, x):
+        """(x - loc) / scale as float32 (a new array)."""
+        return ((x - self.loc) * (1.0 / self.scale)).astype(numpy.float32)
+
+    def invert(self, y):
+        """y * scale + loc."""
+        return y * self.scale + self.loc
+
+
+def normalization(image, method="robust"):
+    """The normalisation statistic of one micrograph.
+
+    Parameters
+    ----------
+    image : array (H, W) or (Z, H, W)
+    method : "robust" or "percentile"
+
+    Returns
+    -------
+    Normalization
+
+    Raises
+    ------
+    InputError
+        Unknown method, or a constant image.
+    """
+    xp = get_array_module(image)
+    x = image.astype(numpy.float64).ravel()
+    if method == "robust":
+        loc = float(xp.median(x))
+        scale = 1.4826 * float(xp.median(abs(x - loc)))
+        if scale == 0:
+            scale = float(x.std())
+    elif method == "percentile":
+        loc = float(x.mean())
+        scale = float(xp.percentile(abs(x - loc), 95))
+    else:
+        raise InputError("normalisation must be 'robust' or 'percentile', got %r" % method)
+    if not scale > 0:
+        raise InputError("the image is constant: it cannot be normalised")
+    return Normalization(loc, scale, method)
+
+
+def fourier_bin(image, factor):
+    """Bin by Fourier cropping: keep frequencies below the new Nyquist, no aliasing.
+
+    The image is cropped to multiples of ``factor``, transformed (real FFT), the central
+    (H/b, W/b) block of frequencies kept and transformed back; values keep their mean.
+    For a count split, split first and bin each half afterwards: the halves stay
+    independent (DATA.md, "Binning").
+
+    Parameters
+    ----------
+    image : array (H, W)
+    factor : int
+        1 returns the image unchanged.
+
+    Returns
+    -------
+    array (H // factor, W // factor), float32
+        Pixel size becomes factor times larger.
+    """
+    if factor == 1:
+        return image
+    xp = get_array_module(image)
+    H, W = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    h, w = H // factor, W // factor
+    f = xp.fft.rfft2(image[:H, :W].astype(numpy.float64))
+    # rows: keep frequencies 0..h/2-1 and -h/2..-1 (the FFT's order); columns 0..w/2
+    rows = xp.concatenate([xp.arange(0, (h + 1) // 2), xp.arange(H - h // 2, H)])
+    cropped = f[rows][:, :w // 2 + 1]
+    return (xp.fft.irfft2(cropped, s=(h, w)) * (h * w) / (H * W)).astype(numpy.float32)
+
+
+def patch_origins(length, patch, stride):
+    """Start positions along one axis: 0, stride, ..., plus one flush with the end."""
+    if length < patch:
+        return []
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+def cut_patches(a, b, patch, stride, rows=None):
+    """Cut aligned patches from two views.
+
+    Parameters
+    ----------
+    a, b : arrays (H, W), float32, normalised
+    patch : int
+        Side in pixels.
+    stride : int
+        Step between patch origins, in pixels.
+    rows : (int, int) or None
+        Only patches lying wholly within rows [r0, r1).
+
+    Returns
+    -------
+    pa, pb : arrays (n, 1, patch, patch), float32
+
+    Raises
+    ------
+    InputError
+        The region is smaller than one patch.
+    """
+    r0, r1 = rows if rows is not None else (0, a.shape[0])
+    ys = [r0 + y for y in patch_origins(r1 - r0, patch, stride)]
+    xs = patch_origins(a.shape[1], patch, stride)
+    if not ys or not xs:
+        raise InputError("a region of %dx%d px is smaller than one %d px patch; use a "
+                         "smaller --patch-size" % (r1 - r0, a.shape[1], patch))
+    pa = numpy.stack([a[y:y + patch, x:x + patch] for y in ys for x in xs])[:, None]
+    pb = numpy.stack([b[y:y + patch, x:x + patch] for y in ys for x in xs])[:, None]
+    return pa.astype(numpy.float32), pb.astype(numpy.float32)
+
+
+def augment(x, y, rng):
+    """Random dihedral transform (flips and 90-degree rotations) and a random swap of the
+    two views, per sample, in place on host arrays.
+
+    Parameters
+    ----------
+    x, y : numpy arrays (N, C, P, P)
+    rng : numpy.random.Generator
+    """
+    ops = rng.integers(0, 8, size=x.shape[0])
+    swap = rng.random(x.shape[0]) < 0.5
+    for i, (op, s) in enumerate(zip(ops, swap)):
+        a, b = (y[i], x[i]) if s else (x[i], y[i])
+        a, b = numpy.rot90(a, op % 4, axes=(1, 2)), numpy.rot90(b, op % 4, axes=(1, 2))
+        if op >= 4:
+            a, b = a[:, :, ::-1], b[:, :, ::-1]
+        x[i], y[i] = a.copy(), b.copy()

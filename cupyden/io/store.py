@@ -1,0 +1,131 @@
+"""The HDF5 patch store: training and validation patch pairs on disk, any size.
+
+Layout (h5py):
+
+    /train/input, /train/target   (n, 1, P, P) float32 or float16, one chunk per patch
+    /val/input,   /val/target     likewise
+    attributes: patch (px), dtype, pixel_size (Å/px), bin, normalisation method, the
+    per-micrograph statistics (JSON), the pair source and the input files (provenance)
+
+The store is built once (written to a temporary file in the target folder, renamed when
+complete) and reused by later runs with ``--store``. Datasets are resizable, so patches
+are appended micrograph by micrograph and the whole set never needs to fit in memory.
+"""
+
+import json
+import os
+import tempfile
+
+import h5py
+import numpy
+
+from ..errors import InputError
+
+SPLITS = ("train", "val")
+
+
+class PatchStoreWriter:
+    """Build a patch store; use as a context manager.
+
+    Parameters
+    ----------
+    path : str
+        Final path; written as a temporary file beside it, renamed on success, removed
+        on failure.
+    patch : int
+        Patch side in pixels.
+    dtype : "float32" or "float16"
+    attrs : dict
+        JSON-serialisable provenance, stored as attributes.
+    """
+
+    def __init__(self, path, patch, dtype="float32", attrs=None):
+        self.path, self.patch, self.dtype = path, patch, numpy.dtype(dtype)
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+        except OSError as exc:
+            raise InputError("%s: cannot write to folder (%s)" % (folder, exc.strerror))
+        os.close(fd)
+        self.f = h5py.File(self.tmp, "w")
+        for split in SPLITS:
+            for role in ("input", "target"):
+                self.f.create_dataset("%s/%s" % (split, role), shape=(0, 1, patch, patch),
+                                      maxshape=(None, 1, patch, patch), dtype=self.dtype,
+                                      chunks=(1, 1, patch, patch))
+        self.f.attrs["patch"] = patch
+        self.f.attrs["dtype"] = self.dtype.name
+        for k, v in (attrs or {}).items():
+            self.f.attrs[k] = json.dumps(v)
+
+    def append(self, split, inputs, targets):
+        """Append patch pairs (n, 1, P, P) to ``split`` ("train" or "val")."""
+        for role, arr in (("input", inputs), ("target", targets)):
+            ds = self.f["%s/%s" % (split, role)]
+            n = ds.shape[0]
+            ds.resize(n + len(arr), axis=0)
+            ds[n:] = arr.astype(self.dtype)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, value, tb):
+        self.f.close()
+        if kind is None:
+            os.replace(self.tmp, self.path)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        return False
+
+
+class PatchStore:
+    """Read access to a patch store.
+
+    Parameters
+    ----------
+    path : str
+
+    Raises
+    ------
+    InputError
+        Missing file, not HDF5, or not a cupyden patch store.
+    """
+
+    def __init__(self, path):
+        if not os.path.isfile(path):
+            raise InputError("%s: no such patch store" % path)
+        try:
+            self.f = h5py.File(path, "r")
+        except OSError as exc:
+            raise InputError("%s: not a readable HDF5 file (%s)" % (path, exc))
+        if "train/input" not in self.f:
+            raise InputError("%s: not a cupyden patch store (no /train/input)" % path)
+        self.path = path
+        self.patch = int(self.f.attrs["patch"])
+
+    def attr(self, key, default=None):
+        """A JSON attribute, decoded."""
+        return json.loads(self.f.attrs[key]) if key in self.f.attrs else default
+
+    def size(self, split):
+        """Number of patch pairs in ``split``."""
+        return self.f["%s/input" % split].shape[0]
+
+    def read(self, split, indices, out_x=None, out_y=None):
+        """Patch pairs at ``indices`` (any order), as float32 (n, 1, P, P) arrays.
+
+        Reads in increasing index order (what HDF5 needs) and puts each pair where its
+        index stands in ``indices``; writes into ``out_x``/``out_y`` when given.
+        """
+        indices = numpy.asarray(indices)
+        order = numpy.argsort(indices)
+        sorted_idx = indices[order]
+        shape = (len(indices), 1, self.patch, self.patch)
+        x = numpy.empty(shape, numpy.float32) if out_x is None else out_x
+        y = numpy.empty(shape, numpy.float32) if out_y is None else out_y
+        x[order] = self.f["%s/input" % split][sorted_idx]
+        y[order] = self.f["%s/target" % split][sorted_idx]
+        return x, y
+
+    def close(self):
+        self.f.close()

@@ -1,0 +1,73 @@
+"""Metrics that show whether denoising helped.
+
+Without a clean reference, two halves A and B of one exposure (independent noise, same
+signal) give the spectral SNR through their correlation (Frank & Al-Ali 1975, Nature 256:
+376): SNR = c / (1 - c) for the Pearson correlation c of A and B. For a denoiser f trained
+without B, the correlation of f(A) with the raw B gives the "mixed" SNR, and the denoised
+image's SNR is SNR_mixed^2 / SNR_raw (Palovcak & Cheng 2020, eq. 3 of "Noise2Noise
+denoising of cryo-EM micrographs"); the gain over a raw half in dB is
+10 log10(SNR_denoised / SNR_raw) = 20 log10(SNR_mixed / SNR_raw).
+"""
+
+import numpy
+
+
+def gaussian_highpass(image, cutoff):
+    """Remove spatial frequencies below ``cutoff`` (1/px) with a Gaussian filter.
+
+    H(k) = 1 - exp(-|k|^2 / (2 cutoff^2)) applied in Fourier space (removes the ice
+    gradient and the mean before correlating).
+
+    Parameters
+    ----------
+    image : array (H, W)
+    cutoff : float
+        In 1/px (DATA.md uses 1/200).
+
+    Returns
+    -------
+    float64 array (H, W)
+    """
+    x = numpy.asarray(image, numpy.float64)
+    H, W = x.shape
+    k2 = numpy.fft.fftfreq(H)[:, None] ** 2 + numpy.fft.rfftfreq(W)[None, :] ** 2
+    return numpy.fft.irfft2(numpy.fft.rfft2(x) * (1 - numpy.exp(-k2 / (2 * cutoff ** 2))), s=(H, W))
+
+
+def pearson(a, b):
+    """Pearson correlation of two arrays of the same shape (float)."""
+    a = numpy.asarray(a, numpy.float64).ravel()
+    b = numpy.asarray(b, numpy.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    return float(numpy.dot(a, b) / numpy.sqrt(numpy.dot(a, a) * numpy.dot(b, b)))
+
+
+def snr_from_cc(c):
+    """SNR = c / (1 - c) (Frank & Al-Ali 1975)."""
+    return c / (1.0 - c)
+
+
+def halves_gain(denoised_a, raw_a, raw_b, cutoff=1 / 200):
+    """How much a denoiser improved half A, judged by the untouched half B.
+
+    Parameters
+    ----------
+    denoised_a, raw_a, raw_b : arrays (H, W)
+        f(A), A and B on a region the denoiser was not trained on.
+    cutoff : float
+        Gaussian high-pass cutoff in 1/px.
+
+    Returns
+    -------
+    dict
+        "cc_raw" = corr(A, B), "cc_denoised" = corr(f(A), B), "snr_raw", "snr_mixed",
+        "snr_denoised" = snr_mixed^2 / snr_raw, "gain_db" = 20 log10(snr_mixed / snr_raw).
+    """
+    hb = gaussian_highpass(raw_b, cutoff)
+    cc_raw = pearson(gaussian_highpass(raw_a, cutoff), hb)
+    cc_den = pearson(gaussian_highpass(denoised_a, cutoff), hb)
+    s_raw, s_mix = snr_from_cc(cc_raw), snr_from_cc(cc_den)
+    gain = 20 * numpy.log10(s_mix / s_raw) if s_raw > 0 and s_mix > 0 else float("nan")
+    return {"cc_raw": cc_raw, "cc_denoised": cc_den, "snr_raw": s_raw, "snr_mixed": s_mix,
+            "snr_denoised": s_mix ** 2 / s_raw if s_raw > 0 else float("nan"),
+            "gain_db": float(gain)}
