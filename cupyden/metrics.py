@@ -71,3 +71,34 @@ def halves_gain(denoised_a, raw_a, raw_b, cutoff=1 / 200):
     return {"cc_raw": cc_raw, "cc_denoised": cc_den, "snr_raw": s_raw, "snr_mixed": s_mix,
             "snr_denoised": s_mix ** 2 / s_raw if s_raw > 0 else float("nan"),
             "gain_db": float(gain)}
+
+
+def frc(a, b, n_rings=None):
+    """Fourier ring correlation of two images (Saxton & Baumeister 1982; van Heel 1987).
+
+    FRC(r) = Re sum_{k in ring r} F_a(k) F_b(k)* / sqrt(sum |F_a(k)|^2 sum |F_b(k)|^2),
+    rings of width one Fourier pixel of the shorter side, from 0 to Nyquist.
+
+    Parameters
+    ----------
+    a, b : arrays (H, W), same shape
+    n_rings : int or None
+        Default min(H, W) // 2.
+
+    Returns
+    -------
+    freq : float64 array (n_rings,)
+        Ring centres in cycles per pixel (0 to 0.5); divide by the pixel size for 1/Å.
+    curve : float64 array (n_rings,)
+    """
+    a = numpy.asarray(a, numpy.float64)
+    b = numpy.asarray(b, numpy.float64)
+    H, W = a.shape
+    n = n_rings or min(H, W) // 2
+    fa, fb = numpy.fft.rfft2(a - a.mean()), numpy.fft.rfft2(b - b.mean())
+    r = numpy.hypot(numpy.fft.fftfreq(H)[:, None], numpy.fft.rfftfreq(W)[None, :])
+    ring = numpy.minimum((r / 0.5 * n).astype(int), n)      # ring n holds the corners
+    num = numpy.bincount(ring.ravel(), (fa * fb.conj()).real.ravel(), n + 1)[:n]
+    pa = numpy.bincount(ring.ravel(), (abs(fa) ** 2).ravel(), n + 1)[:n]
+    pb = numpy.bincount(ring.ravel(), (abs(fb) ** 2).ravel(), n + 1)[:n]
+    return (numpy.arange(n) + 0.5) / (2 * n), num / numpy.sqrt(pa * pb + 1e-300)

@@ -216,8 +216,9 @@ def _body(args):
               "pixel_size": store.attr("pixel_size", 0.0)}
     if args["--resume"]:
         saved = load_checkpoint(args["--resume"])["config"]
-        if saved != config:
-            diff = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
+        diff = sorted(k for k in set(saved) | set(config)
+                      if k != "steps" and saved.get(k) != config.get(k))   # steps may grow
+        if diff:
             raise InputError("%s was trained with other settings (%s); resume with the same "
                              "options" % (args["--resume"], ", ".join(diff)))
     print("training %s on %d patch pairs, %d steps of %d" % (
