@@ -114,8 +114,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         state, with Adam's moments, for ``--resume``), history.csv, loss_curve.png.
     config : dict
         "model" (a model config), "loss", "lr", "batch_size", "steps", "val_every",
-        "val_patches", "seed", and anything else worth keeping (pair source, binning);
-        all of it is saved in the checkpoints.
+        "val_patches", "seed", optionally "max_seconds" (stop after validating once the
+        training time exceeds it), and anything else worth keeping (pair source,
+        binning); all of it is saved in the checkpoints.
     xp : module
         numpy or cupy.
     resume : str or None
@@ -145,6 +146,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         history = read_history(hist_path, upto=start)
         log("resumed from %s at step %d" % (resume, start))
     B, steps, loss = config["batch_size"], config["steps"], config["loss"]
+    max_seconds = config.get("max_seconds")
     n_val = min(store.size("val"), config["val_patches"])
     vx, vy = store.read("val", numpy.arange(n_val))
     vx, vy = xp.asarray(vx), xp.asarray(vy)
@@ -159,7 +161,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
             running = running + train_step(model, params, opt, loss, x, y)   # on the device
             n_running += 1
             bar.update(1)
-            if step % config["val_every"] == 0 or step == steps:
+            out_of_time = max_seconds and time.perf_counter() - t0 > max_seconds
+            if step % config["val_every"] == 0 or step == steps or out_of_time:
                 train_loss = float(running) / n_running        # one synchronisation
                 val_loss = evaluate(model, loss, vx, vy, B)
                 now = time.perf_counter()
@@ -178,6 +181,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
                                 step, step // per_epoch, opt.state(), {"seed": config["seed"]},
                                 {"best": list(best)})
                 write_history(hist_path, history)
+            if out_of_time:
+                log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))
+                break
     finally:
         bar.close()
         loader.close()

@@ -6,6 +6,7 @@ import mrcfile
 import numpy
 import pytest
 
+from cupyden.backend import to_host
 from cupyden.errors import InputError
 from cupyden.io.loader import Loader
 from cupyden.io.movies import even_odd_sums
@@ -127,7 +128,7 @@ def test_fourier_bin_keeps_mean_and_low_frequencies():
     assert numpy.abs(b.mean(axis=0) - ref).max() < 0.05
 
 
-def test_store_and_loader_are_deterministic(tmp_path):
+def test_store_and_loader_are_deterministic(tmp_path, xp):
     rng = numpy.random.default_rng(0)
     a = rng.standard_normal((80, 80)).astype(numpy.float32)
     pa, pb = cut_patches(a, -a, 16, 8, rows=(0, 60))
@@ -138,15 +139,15 @@ def test_store_and_loader_are_deterministic(tmp_path):
         w.append("val", *cut_patches(a, -a, 16, 16, rows=(60, 80)))
     store = PatchStore(path)
     assert store.size("train") == 63 and store.size("val") == 10 and store.attr("pairs") == "test"
-    first = Loader(store, 8, numpy, seed=3)
-    batches = [tuple(v.copy() for v in next(first)) for _ in range(8)]
+    first = Loader(store, 8, xp, seed=3)
+    batches = [tuple(to_host(v).copy() for v in next(first)) for _ in range(8)]
     first.close()
     for x, y in batches:
         assert numpy.array_equal(x, -y)                  # pairs stay aligned through augmentation
     resumed = Loader(store, 8, numpy, seed=3, start=5)   # batch 5 onwards, the same
     for k in range(5, 8):
         x, y = next(resumed)
-        assert numpy.array_equal(x, batches[k][0])
+        assert numpy.array_equal(x, batches[k][0])      # and the same on either device
     resumed.close()
 
 

@@ -33,6 +33,8 @@ Options:
   --steps N           Optimisation steps; auto = 150 for the embedded crop (under 3
                       minutes on 2 CPU cores), else 2000 [default: auto]
   --epochs E          Passes over the training patches; overrides --steps when given.
+  --max-minutes M     Stop (after a last validation) once training has run this long,
+                      in minutes; 0 = no limit [default: 0]
   --val-fraction F    Share of each micrograph's rows (the bottom ones) held out for
                       validation [default: 0.25]
   --val-every N       Validate, log and checkpoint every N steps [default: 50]
@@ -106,6 +108,7 @@ def _parse(args):
     for key in ("depth", "width", "base", "batch-size", "patch-size", "stride", "val-every", "val-patches", "drop-frames", "seed"):
         o[key.replace("-", "_")] = as_int(args, "--" + key, 0 if key in ("drop-frames", "seed") else 1)
     o["epochs"] = as_float(args, "--epochs", 0) if args["--epochs"] else None
+    o["max_seconds"] = 60 * as_float(args, "--max-minutes", 0)
     o["inputs"] = args["INPUT"]
     o["embedded"] = not args["INPUT"] and not args["--store"]
     o["bin"] = (4 if o["embedded"] else 1) if args["--bin"] == "auto" else as_int(args, "--bin", 1)
@@ -211,13 +214,13 @@ def _body(args):
                  if o["arch"] == "dncnn" else {"arch": "unet", "base": o["base"], "seed": o["seed"]})
     config = {"model": model_cfg, "loss": o["loss"], "lr": o["lr"], "batch_size": o["batch_size"],
               "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
-              "seed": o["seed"], "patch_size": store.patch, "bin": store.attr("bin", 1),
+              "seed": o["seed"], "max_seconds": o["max_seconds"], "patch_size": store.patch, "bin": store.attr("bin", 1),
               "pairs": store.attr("pairs"), "normalize": store.attr("normalize", "robust"),
               "pixel_size": store.attr("pixel_size", 0.0)}
     if args["--resume"]:
         saved = load_checkpoint(args["--resume"])["config"]
         diff = sorted(k for k in set(saved) | set(config)
-                      if k != "steps" and saved.get(k) != config.get(k))   # steps may grow
+                      if k not in ("steps", "max_seconds") and saved.get(k) != config.get(k))
         if diff:
             raise InputError("%s was trained with other settings (%s); resume with the same "
                              "options" % (args["--resume"], ", ".join(diff)))
