@@ -218,7 +218,7 @@ def default_rng(xp, seed):
     return xp.random.default_rng(seed)
 
 
-def elementwise_kernel(in_params, out_params, operation, name, preamble=""):
+def elementwise_kernel(in_params, out_params, operation, name, preamble="", options=()):
     """Build a ``cupy.ElementwiseKernel`` (compiled lazily by CuPy at first call).
 
     ``cupyden.kernels`` builds its module-level kernels through this function, so that
@@ -227,7 +227,8 @@ def elementwise_kernel(in_params, out_params, operation, name, preamble=""):
     """
     if cupy is None:
         raise RuntimeError("CuPy kernels requested but CuPy is not available")
-    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble)
+    return cupy.ElementwiseKernel(in_params, out_params, operation, name, preamble=preamble,
+                                  options=tuple(options))
 
 
 def pinned_empty(shape, dtype):

@@ -1,27 +1,30 @@
 """Fused Adam step: one ElementwiseKernel over the flat parameter buffer.
 
 Per element, the same arithmetic as ``cupyden.optim.adam.adam_step_reference``, in the
-same order, reading p, g, m, v once and writing p, m, v once.
+same order, reading p, g, m, v once and writing p, m, v once. The constants (1 - beta1,
+1 - beta2, the bias corrections, lr * weight decay) are computed in double precision on the
+host and rounded once, as NumPy does with them, and the kernel is compiled without fused
+multiply-adds, so it rounds where the reference rounds.
 """
 
 from ..backend import elementwise_kernel
 
 _adam_kernel = elementwise_kernel(
-    "T g, T lr, T beta1, T beta2, T eps, T wd, T bc1, T bc2",
+    "T g, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, T bc1, T bc2",
     "T p, T m, T v",
     """
-    m = beta1 * m + (1 - beta1) * g;
-    v = beta2 * v + (1 - beta2) * g * g;
+    m = beta1 * m + omb1 * g;
+    v = beta2 * v + omb2 * g * g;
     const T m_hat = m / bc1;
     const T v_hat = v / bc2;
-    if (wd != 0) p -= lr * wd * p;
+    if (lr_wd != 0) p -= lr_wd * p;
     p -= lr * m_hat / (sqrt(v_hat) + eps);
     """,
-    "cupyden_adam_step")
+    "cupyden_adam_step", options=("--fmad=false",))
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     """Fused Adam step in place; arguments as in ``adam_step_reference``."""
     T = p.dtype.type
-    _adam_kernel(g, T(lr), T(beta1), T(beta2), T(eps), T(weight_decay),
-                 T(1 - beta1 ** t), T(1 - beta2 ** t), p, m, v)
+    _adam_kernel(g, T(lr), T(beta1), T(beta2), T(1 - beta1), T(1 - beta2), T(eps),
+                 T(lr * weight_decay), T(1 - beta1 ** t), T(1 - beta2 ** t), p, m, v)

@@ -80,6 +80,7 @@ def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     t : int
         The step number, starting at 1 (for the bias corrections).
     """
+    xp = get_array_module(p)
     m *= beta1
     m += (1 - beta1) * g                         # m_t = beta1 m_{t-1} + (1 - beta1) g
     v *= beta2
@@ -87,5 +88,5 @@ def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     m_hat = m / (1 - beta1 ** t)                 # bias-corrected first moment
     v_hat = v / (1 - beta2 ** t)                 # bias-corrected second moment
     if weight_decay:
-        p -= lr * weight_decay * p               # decoupled decay: p <- p - lr * wd * p
-    p -= lr * m_hat / (v_hat ** 0.5 + eps)       # p <- p - lr * m_hat / (sqrt(v_hat) + eps)
+        p -= (lr * weight_decay) * p             # decoupled decay: p <- p - lr * wd * p
+    p -= lr * m_hat / (xp.sqrt(v_hat) + eps)     # p <- p - lr * m_hat / (sqrt(v_hat) + eps)
