@@ -73,18 +73,22 @@ def main():
         train_step(model, params, opt, "mse", x, y)
     backend.synchronize(xp)
     t_fixed = time.perf_counter() - t0
+    print("step time: %.2f ms with the batch on the GPU" % (1e3 * t_fixed / steps))
+    for slots, aug in ((2, True), (3, True), (2, False)):
+        loader = Loader(store, B, xp, seed=0, slots=slots, do_augment=aug)
+        for _ in range(5):
+            train_step(model, params, opt, "mse", *next(loader))
+        backend.synchronize(xp)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            train_step(model, params, opt, "mse", *next(loader))
+        backend.synchronize(xp)
+        t_loader = time.perf_counter() - t0
+        print("loader, %d slots, augmentation %s: %.2f ms per step; share of step time "
+              "waiting for data: %.1f%%" % (slots, "on" if aug else "off", 1e3 * t_loader / steps,
+                                            100 * max(0.0, 1 - t_fixed / t_loader)))
+        loader.close()
     loader = Loader(store, B, xp, seed=0)
-    for _ in range(5):
-        train_step(model, params, opt, "mse", *next(loader))
-    backend.synchronize(xp)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        train_step(model, params, opt, "mse", *next(loader))
-    backend.synchronize(xp)
-    t_loader = time.perf_counter() - t0
-    print("step time: %.2f ms with the batch on the GPU, %.2f ms with the loader"
-          % (1e3 * t_fixed / steps, 1e3 * t_loader / steps))
-    print("share of step time waiting for data: %.1f%%" % (100 * max(0.0, 1 - t_fixed / t_loader)))
     # stream the whole store once and watch host memory
     rss = [rss_mb()]
     per_epoch = loader.per_epoch

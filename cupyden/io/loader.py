@@ -44,6 +44,8 @@ class Loader:
     split : str
         "train" or "val".
     do_augment : bool
+    slots : int
+        Batches in flight (2 = double buffering).
 
     Yields
     ------
@@ -51,7 +53,8 @@ class Loader:
         Valid until the next batch is taken.
     """
 
-    def __init__(self, store, batch_size, xp, seed=0, start=0, split="train", do_augment=True):
+    def __init__(self, store, batch_size, xp, seed=0, start=0, split="train", do_augment=True,
+                 slots=2):
         self.store, self.B, self.xp = store, batch_size, xp
         self.seed, self.step, self.split, self.do_augment = seed, start, split, do_augment
         self.n = store.size(split)
@@ -63,16 +66,17 @@ class Loader:
         shape = (batch_size, 1, P, P)
         gpu = xp is not numpy
         alloc = backend.pinned_empty if gpu else numpy.empty
-        self.host = [(alloc(shape, numpy.float32), alloc(shape, numpy.float32)) for _ in range(2)]
+        self.host = [(alloc(shape, numpy.float32), alloc(shape, numpy.float32))
+                     for _ in range(slots)]
         if gpu:
             self.device = [(xp.empty(shape, numpy.float32), xp.empty(shape, numpy.float32))
-                           for _ in range(2)]
+                           for _ in range(slots)]
             self.copy_stream = backend.new_stream()
-            self.copied = [backend.new_event() for _ in range(2)]
-            self.freed = [backend.new_event() for _ in range(2)]
+            self.copied = [backend.new_event() for _ in range(slots)]
+            self.freed = [backend.new_event() for _ in range(slots)]
             self.device_id = xp.cuda.Device().id
         self.free = queue.Queue()
-        for s in range(2):
+        for s in range(slots):
             self.free.put(s)
         self.ready = queue.Queue()
         self.current = None

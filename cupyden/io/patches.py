@@ -146,6 +146,9 @@ def augment(x, y, rng):
     """Random dihedral transform (flips and 90-degree rotations) and a random swap of the
     two views, per sample, in place on host arrays.
 
+    Samples are grouped by transform, so each of the 8 transforms is one array operation
+    whatever the batch size.
+
     Parameters
     ----------
     x, y : numpy arrays (N, C, P, P)
@@ -153,9 +156,10 @@ def augment(x, y, rng):
     """
     ops = rng.integers(0, 8, size=x.shape[0])
     swap = rng.random(x.shape[0]) < 0.5
-    for i, (op, s) in enumerate(zip(ops, swap)):
-        a, b = (y[i], x[i]) if s else (x[i], y[i])
-        a, b = numpy.rot90(a, op % 4, axes=(1, 2)), numpy.rot90(b, op % 4, axes=(1, 2))
-        if op >= 4:
-            a, b = a[:, :, ::-1], b[:, :, ::-1]
-        x[i], y[i] = a.copy(), b.copy()
+    x[swap], y[swap] = y[swap], x[swap].copy()
+    for op in range(1, 8):
+        idx = numpy.nonzero(ops == op)[0]
+        if idx.size:
+            for a in (x, y):
+                t = numpy.rot90(a[idx], op % 4, axes=(2, 3))
+                a[idx] = t[..., ::-1] if op >= 4 else t
