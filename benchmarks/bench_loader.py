@@ -18,6 +18,7 @@ memory the process holds.
 """
 
 import os
+import sys
 import time
 
 import numpy
@@ -74,7 +75,9 @@ def main():
     backend.synchronize(xp)
     t_fixed = time.perf_counter() - t0
     print("step time: %.2f ms with the batch on the GPU" % (1e3 * t_fixed / steps))
-    for slots, aug in ((2, True), (3, True), (2, False)):
+    for slots, aug, switch in ((2, True, 5e-3), (3, True, 5e-3), (2, False, 5e-3),
+                               (2, True, 5e-4)):
+        sys.setswitchinterval(switch)
         loader = Loader(store, B, xp, seed=0, slots=slots, do_augment=aug)
         for _ in range(5):
             train_step(model, params, opt, "mse", *next(loader))
@@ -84,9 +87,10 @@ def main():
             train_step(model, params, opt, "mse", *next(loader))
         backend.synchronize(xp)
         t_loader = time.perf_counter() - t0
-        print("loader, %d slots, augmentation %s: %.2f ms per step; share of step time "
-              "waiting for data: %.1f%%" % (slots, "on" if aug else "off", 1e3 * t_loader / steps,
-                                            100 * max(0.0, 1 - t_fixed / t_loader)))
+        print("loader, %d slots, augmentation %s, GIL switch interval %.1f ms: %.2f ms per "
+              "step; share of step time waiting for data: %.1f%%"
+              % (slots, "on" if aug else "off", 1e3 * switch, 1e3 * t_loader / steps,
+                 100 * max(0.0, 1 - t_fixed / t_loader)))
         loader.close()
     loader = Loader(store, B, xp, seed=0)
     # stream the whole store once and watch host memory

@@ -69,7 +69,11 @@ def before_after(before, after, path, titles=("raw", "denoised"), pixel_size=Non
         One display range for both panels (for images in the same units), else each
         panel at its own 0.5-99.5 percentile range.
     """
-    fig, axes = _figure(1, 2, figsize=(12, 6.4))
+    H, W = before.shape
+    if W > 1.5 * H:                                   # wide strips: one above the other
+        fig, axes = _figure(2, 1, figsize=(12, 2 * 12 * H / W + 1.2))
+    else:
+        fig, axes = _figure(1, 2, figsize=(12, 6.4))
     lim_b = contrast_limits(before)
     lims = (lim_b, lim_b if same_contrast else contrast_limits(after))
     for ax, img, title, (lo, hi) in zip(axes, (before, after), titles, lims):

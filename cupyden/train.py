@@ -190,7 +190,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         synchronize(xp)
     if history:
         report.loss_curve(history, os.path.join(out_dir, "loss_curve.png"))
-    log("best validation loss %.5g at step %d; wait for data: %.1f%% of %.1f s"
-        % (best[0], best[1], 100 * loader.wait_seconds / max(time.perf_counter() - t0, 1e-9),
-           time.perf_counter() - t0))
+    seconds = time.perf_counter() - t0
+    done = (history[-1]["step"] - start) if history else 0
+    log("best validation loss %.5g at step %d; %d steps in %.1f s (%.1f steps/s)"
+        % (best[0], best[1], done, seconds, done / max(seconds, 1e-9)))
     return history

@@ -21,7 +21,6 @@ NVIDIA's Apex ImageNet example, written out.)
 
 import queue
 import threading
-import time
 
 import numpy
 
@@ -61,7 +60,6 @@ class Loader:
         if self.n < batch_size:
             raise ValueError("%d patches, fewer than one batch of %d" % (self.n, batch_size))
         self.per_epoch = self.n // batch_size
-        self.wait_seconds = 0.0
         P = store.patch
         shape = (batch_size, 1, P, P)
         gpu = xp is not numpy
@@ -125,9 +123,7 @@ class Loader:
             if self.xp is not numpy:
                 self.freed[self.current].record(backend.current_stream())
             self.free.put(self.current)
-        t0 = time.perf_counter()
         s = self.ready.get()
-        self.wait_seconds += time.perf_counter() - t0
         if isinstance(s, BaseException):
             raise s
         self.current = s
