@@ -27,7 +27,7 @@ import numpy
 from .backend import get_array_module
 from .layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
                      MaxPool2d, ReflectionPad2d, ReLU, Upsample2d)
-from .losses import LOSSES
+from .losses import LOSSES, Objective
 from .models import DnCNN, UNet
 from .models.base import Model
 from .optim.params import Parameters
@@ -186,11 +186,13 @@ def layer_case(name, layer, inputs, xp, training=True, reseed=False, dtype=numpy
     return Case(name, forward, backward, inputs, params)
 
 
-def loss_case(name, xp, rng, dtype=numpy.float64):
-    """A Case for a loss against a fixed random target (the prediction is the input)."""
-    fwd, bwd = LOSSES[name]
-    pred = xp.asarray(rng.standard_normal((2, 1, 5, 6)), dtype)
-    target = xp.asarray(rng.standard_normal((2, 1, 5, 6)), dtype)
+def loss_case(name, xp, rng, dtype=numpy.float64, shape=(2, 1, 5, 6), objective=None,
+              label=None):
+    """A Case for a loss (or an Objective) against a fixed random target; the prediction
+    is the input."""
+    fwd, bwd = (objective.forward, objective.backward) if objective else LOSSES[name]
+    pred = xp.asarray(rng.standard_normal(shape), dtype)
+    target = xp.asarray(rng.standard_normal(shape), dtype)
     state = {}
 
     def forward(xs):
@@ -200,7 +202,7 @@ def loss_case(name, xp, rng, dtype=numpy.float64):
     def backward(dy):
         return [bwd(state["cache"]) * dy.reshape(())]
 
-    return Case("loss " + name, forward, backward, [pred], None)
+    return Case(label or "loss " + name, forward, backward, [pred], None)
 
 
 def all_cases(xp, seed=0, dtype=numpy.float64):
@@ -250,7 +252,14 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     add("dropout 0.3", Dropout(0.3, seed=1), [r((2, 3, 4, 5))], reseed=True)
     add("linear", Linear(7, 4, rng=rng), [r((3, 7))])
     for name in sorted(LOSSES):
-        cases.append(loss_case(name, xp, rng, dtype))
+        shape = (2, 1, 13, 14) if name == "ssim" else (2, 1, 5, 6)   # SSIM: 11 px window
+        cases.append(loss_case(name, xp, rng, dtype, shape))
+    w = xp.asarray(rng.uniform(0.1, 1.0, (5, 4)), dtype)            # per-frequency weights
+    cases.append(loss_case("fourier", xp, rng, dtype, objective=Objective([("fourier", 1.0)], w),
+                           label="loss fourier, ring-weighted"))
+    mix = Objective([("mse", 1.0), ("fourier", 0.1), ("ssim", 0.2), ("gradient", 0.3)])
+    cases.append(loss_case("mix", xp, rng, dtype, (2, 1, 12, 13), objective=mix,
+                           label="loss mse+fourier+ssim+gradient"))
     add("model dncnn-12/32", DnCNN(12, 32, seed=seed), [r((1, 1, 12, 12))])
     add("model dncnn-4/8", DnCNN(4, 8, seed=seed), [r((2, 1, 7, 6))])
     add("model unet base 4", UNet(base=4, seed=seed), [r((2, 1, 13, 11))])

@@ -15,11 +15,18 @@ from . import report
 from .backend import synchronize
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .io.loader import Loader
-from .losses import LOSSES
+from .losses import Objective
+from .losses.fourier import frc_ring_weights
 from .models import build_model
 from .optim import Adam, Parameters
+from .optim.schedules import LRSchedule
 
 HISTORY_FIELDS = ("step", "train_loss", "val_loss", "lr", "seconds")
+
+
+def as_objective(loss):
+    """An :class:`~cupyden.losses.Objective` from a loss name ("mse") or an Objective."""
+    return loss if isinstance(loss, Objective) else Objective([(loss, 1.0)])
 
 
 def train_step(model, params, optimizer, loss, x, target):
@@ -32,8 +39,8 @@ def train_step(model, params, optimizer, loss, x, target):
     params : cupyden.optim.Parameters
         The model's flat parameter buffer.
     optimizer : cupyden.optim.Adam
-    loss : str
-        A key of ``cupyden.losses.LOSSES`` ("mse", "l1").
+    loss : str or cupyden.losses.Objective
+        A loss name ("mse", "l1", ...) or a weighted sum of losses.
     x, target : array (N, C, H, W)
         Input patches and their targets (the other noisy view, or the clean image).
 
@@ -42,11 +49,11 @@ def train_step(model, params, optimizer, loss, x, target):
     0-d array
         The loss before the update (on the device; no synchronisation).
     """
-    forward, backward = LOSSES[loss]
+    objective = as_objective(loss)
     y = model.forward(x)
-    value, cache = forward(y, target)
+    value, cache = objective.forward(y, target)
     params.zero_grad()
-    model.backward(backward(cache))
+    model.backward(objective.backward(cache))
     optimizer.step()
     return value
 
@@ -57,7 +64,7 @@ def evaluate(model, loss, x, target, batch_size=None):
     Parameters
     ----------
     model : Model
-    loss : str
+    loss : str or Objective
     x, target : arrays (N, C, H, W) of the model's array module
     batch_size : int or None
         None evaluates everything at once.
@@ -66,19 +73,32 @@ def evaluate(model, loss, x, target, batch_size=None):
     -------
     float
     """
-    forward, _ = LOSSES[loss]
+    objective = as_objective(loss)
     keep = [(layer, layer.training, layer.keep_cache) for _, layer in model.named_layers()]
     model.eval()
     try:
         B = batch_size or len(x)
         total = 0.0
         for i in range(0, len(x), B):
-            value, _ = forward(model.forward(x[i:i + B]), target[i:i + B])
+            value, _ = objective.forward(model.forward(x[i:i + B]), target[i:i + B])
             total += float(value) * len(x[i:i + B])
     finally:
         for layer, training, keep_cache in keep:
             layer.training, layer.keep_cache = training, keep_cache
     return total / len(x)
+
+
+def build_objective(config, store, xp):
+    """The training objective from a config: the base loss plus weighted Fourier, SSIM and
+    gradient terms; FRC ring weights (when asked) from up to 256 training pairs."""
+    w = config.get("loss_weights", {})
+    terms = [(config["loss"], 1.0)] + [(k, w.get(k, 0.0)) for k in ("fourier", "ssim", "gradient")]
+    fourier_weights = None
+    if config.get("fourier_frc") and w.get("fourier"):
+        n = min(256, store.size("train"))
+        a, b = store.read("train", numpy.arange(n))
+        fourier_weights = frc_ring_weights(xp.asarray(a), xp.asarray(b)).astype(numpy.float32)
+    return Objective(terms, fourier_weights)
 
 
 def read_history(path, upto=None):
@@ -114,7 +134,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         state, with Adam's moments, for ``--resume``), history.csv, loss_curve.png.
     config : dict
         "model" (a model config), "loss", "lr", "batch_size", "steps", "val_every",
-        "val_patches", "seed", optionally "max_seconds" (stop after validating once the
+        "val_patches", "seed"; optionally "loss_weights" ({"fourier", "ssim", "gradient"}),
+        "fourier_frc", "lr_schedule" and "lr_options" (see ``optim.schedules``), "max_seconds" (stop after validating once the
         training time exceeds it), and anything else worth keeping (pair source,
         binning); all of it is saved in the checkpoints.
     xp : module
@@ -135,6 +156,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     model = build_model(config["model"]).to(xp, numpy.float32).train()
     params = Parameters(model)
     opt = Adam(params, lr=config["lr"])
+    sched = LRSchedule(config.get("lr_schedule", "constant"), config["lr"], config["steps"],
+                       **config.get("lr_options", {}))
+    objective = build_objective(config, store, xp)
     start, best, history = 0, (float("inf"), 0), []
     hist_path = os.path.join(out_dir, "history.csv")
     if resume:
@@ -143,9 +167,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         opt.load_state(ck["adam"])
         start = ck["step"]
         best = tuple(ck["provenance"].get("best", best))
+        if "schedule" in ck["provenance"]:
+            sched.load_state(ck["provenance"]["schedule"])
         history = read_history(hist_path, upto=start)
         log("resumed from %s at step %d" % (resume, start))
-    B, steps, loss = config["batch_size"], config["steps"], config["loss"]
+    B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
     n_val = min(store.size("val"), config["val_patches"])
     vx, vy = store.read("val", numpy.arange(n_val))
@@ -158,13 +184,15 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     try:
         for step in range(start + 1, steps + 1):
             x, y = next(loader)
-            running = running + train_step(model, params, opt, loss, x, y)   # on the device
+            opt.lr = sched.at(step)
+            running = running + train_step(model, params, opt, objective, x, y)   # on the device
             n_running += 1
             bar.update(1)
             out_of_time = max_seconds and time.perf_counter() - t0 > max_seconds
             if step % config["val_every"] == 0 or step == steps or out_of_time:
                 train_loss = float(running) / n_running        # one synchronisation
-                val_loss = evaluate(model, loss, vx, vy, B)
+                val_loss = evaluate(model, objective, vx, vy, B)
+                sched.observe(val_loss)
                 now = time.perf_counter()
                 rate = n_running * B / (now - t_last)
                 history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss,
@@ -179,7 +207,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
                                     {"best": list(best)})
                 save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), model.state(), config,
                                 step, step // per_epoch, opt.state(), {"seed": config["seed"]},
-                                {"best": list(best)})
+                                {"best": list(best), "schedule": sched.state()})
                 write_history(hist_path, history)
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))

@@ -181,3 +181,13 @@ def test_embedded_default_runs(tmp_path):
     for name in ("patches.h5", "model.h5", "checkpoint.h5", "history.csv", "loss_curve.png",
                  "evaluation.json", "denoised.mrc", "before_after.png"):
         assert os.path.exists(os.path.join(out, name)), name
+
+
+def test_loss_terms_and_schedule_options(tmp_path, clean):
+    out = str(tmp_path / "mix")
+    assert train.main(["--pairs", "gaussian", "--noise-level", "0.5", clean, "--steps", "6",
+                       "--fourier-weight", "0.1", "--fourier-frc", "--ssim-weight", "0.1",
+                       "--grad-weight", "0.1", "--lr-schedule", "cosine", "--warmup", "3",
+                       "-o", out] + SMALL) == 0
+    rows = history(out)
+    assert [float(r["lr"]) for r in rows] == pytest.approx([0.001, 0.0])   # end of warm-up, end of cosine

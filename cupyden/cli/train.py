@@ -25,8 +25,22 @@ Options:
   --depth N           DnCNN conv layers [default: 12]
   --width N           DnCNN channels [default: 32]
   --base N            U-Net channels at the first level [default: 32]
-  --loss LOSS         mse or l1 [default: mse]
-  --lr LR             Adam learning rate [default: 0.001]
+  --loss LOSS         Base loss, mse or l1 [default: mse]
+  --fourier-weight W  Weight of the Fourier loss (MSE of log power spectra, on the scale
+                      of the pixel MSE); the seeds used 0.1 [default: 0]
+  --fourier-frc       Weight the Fourier loss per ring by sqrt(2 FRC / (1 + FRC)) of the
+                      two views (rings without signal weigh ~0).
+  --ssim-weight W     Weight of the SSIM loss 1 - SSIM (11 px Gaussian window, sigma
+                      1.5 px) [default: 0]
+  --grad-weight W     Weight of the gradient loss (L1 of finite differences)
+                      [default: 0]
+  --lr LR             Adam learning rate (per step, unitless) [default: 0.001]
+  --lr-schedule S     constant, step, cosine or plateau [default: constant]
+  --warmup N          Steps of linear learning-rate warm-up [default: 0]
+  --lr-step N         step: steps between reductions [default: 1000]
+  --lr-gamma G        step and plateau: factor of each reduction [default: 0.5]
+  --patience N        plateau: validations without improvement before a reduction
+                      [default: 3]
   --batch-size N      Patch pairs per step [default: 16]
   --patch-size PX     Patch side in pixels (after binning) [default: 64]
   --stride PX         Step between training patch origins in pixels [default: 32]
@@ -104,6 +118,12 @@ def _parse(args):
          "loss": as_choice(args, "--loss", ("mse", "l1")),
          "normalize": as_choice(args, "--normalize", ("robust", "percentile")),
          "lr": as_float(args, "--lr", 0), "val_fraction": as_float(args, "--val-fraction", 0.01, 0.9),
+         "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
+         "loss_weights": {k: as_float(args, "--%s-weight" % a, 0)
+                          for k, a in (("fourier", "fourier"), ("ssim", "ssim"), ("gradient", "grad"))},
+         "lr_options": {"warmup": as_int(args, "--warmup", 0), "step_size": as_int(args, "--lr-step", 1),
+                        "gamma": as_float(args, "--lr-gamma", 0, 1), "factor": as_float(args, "--lr-gamma", 0, 1),
+                        "patience": as_int(args, "--patience", 1)},
          "noise_level": as_float(args, "--noise-level", 0)}
     for key in ("depth", "width", "base", "batch-size", "patch-size", "stride", "val-every", "val-patches", "drop-frames", "seed"):
         o[key.replace("-", "_")] = as_int(args, "--" + key, 0 if key in ("drop-frames", "seed") else 1)
@@ -212,7 +232,11 @@ def _body(args):
         steps = max(1, int(round(o["epochs"] * (n_train // o["batch_size"]))))
     model_cfg = ({"arch": "dncnn", "depth": o["depth"], "width": o["width"], "seed": o["seed"]}
                  if o["arch"] == "dncnn" else {"arch": "unet", "base": o["base"], "seed": o["seed"]})
-    config = {"model": model_cfg, "loss": o["loss"], "lr": o["lr"], "batch_size": o["batch_size"],
+    if o["loss_weights"]["ssim"] and store.patch < 11:
+        raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
+    config = {"model": model_cfg, "loss": o["loss"], "loss_weights": o["loss_weights"],
+              "fourier_frc": bool(args["--fourier-frc"]), "lr_schedule": o["lr_schedule"],
+              "lr_options": o["lr_options"], "lr": o["lr"], "batch_size": o["batch_size"],
               "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
               "seed": o["seed"], "max_seconds": o["max_seconds"], "patch_size": store.patch, "bin": store.attr("bin", 1),
               "pairs": store.attr("pairs"), "normalize": store.attr("normalize", "robust"),
