@@ -18,7 +18,6 @@ memory the process holds.
 """
 
 import os
-import sys
 import time
 
 import numpy
@@ -75,9 +74,30 @@ def main():
     backend.synchronize(xp)
     t_fixed = time.perf_counter() - t0
     print("step time: %.2f ms with the batch on the GPU" % (1e3 * t_fixed / steps))
-    for slots, aug, switch in ((2, True, 5e-3), (3, True, 5e-3), (2, False, 5e-3),
-                               (2, True, 5e-4)):
-        sys.setswitchinterval(switch)
+    t0 = time.perf_counter()
+    for _ in range(20):                       # host time to queue a step (no synchronisation)
+        train_step(model, params, opt, "mse", x, y)
+    print("host time to queue one step: %.2f ms" % (1e3 * (time.perf_counter() - t0) / 20))
+    backend.synchronize(xp)
+    real_read = store.read
+    t0 = time.perf_counter()
+    hx = backend.pinned_empty((B, 1, P, P), numpy.float32)
+    hy = backend.pinned_empty((B, 1, P, P), numpy.float32)
+    for k in range(20):
+        real_read("train", numpy.sort(rng.choice(n, B, replace=False)), hx, hy)
+    t_read = (time.perf_counter() - t0) / 20
+    from cupyden.io.patches import augment
+    t0 = time.perf_counter()
+    for k in range(20):
+        augment(hx, hy, numpy.random.default_rng(k))
+    print("producer work per batch: read %.2f ms, augment %.2f ms"
+          % (1e3 * t_read, 1e3 * (time.perf_counter() - t0) / 20))
+    modes = [("pipeline only (no read, no augmentation)", 2, False, True),
+             ("read, no augmentation", 2, False, False),
+             ("read and augmentation", 2, True, False),
+             ("read and augmentation, 3 slots", 3, True, False)]
+    for label, slots, aug, stub in modes:
+        store.read = (lambda *a, **k: None) if stub else real_read
         loader = Loader(store, B, xp, seed=0, slots=slots, do_augment=aug)
         for _ in range(5):
             train_step(model, params, opt, "mse", *next(loader))
@@ -87,11 +107,10 @@ def main():
             train_step(model, params, opt, "mse", *next(loader))
         backend.synchronize(xp)
         t_loader = time.perf_counter() - t0
-        print("loader, %d slots, augmentation %s, GIL switch interval %.1f ms: %.2f ms per "
-              "step; share of step time waiting for data: %.1f%%"
-              % (slots, "on" if aug else "off", 1e3 * switch, 1e3 * t_loader / steps,
-                 100 * max(0.0, 1 - t_fixed / t_loader)))
+        print("loader, %s: %.2f ms per step; share of step time waiting for data: %.1f%%"
+              % (label, 1e3 * t_loader / steps, 100 * max(0.0, 1 - t_fixed / t_loader)))
         loader.close()
+    store.read = real_read
     loader = Loader(store, B, xp, seed=0)
     # stream the whole store once and watch host memory
     rss = [rss_mb()]
