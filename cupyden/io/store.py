@@ -114,17 +114,17 @@ class PatchStore:
     def read(self, split, indices, out_x=None, out_y=None):
         """Patch pairs at ``indices`` (any order), as float32 (n, 1, P, P) arrays.
 
-        Reads in increasing index order (what HDF5 needs) and puts each pair where its
-        index stands in ``indices``; writes into ``out_x``/``out_y`` when given.
+        One slice read per patch (one HDF5 chunk each): h5py's list indexing took 50-140 ms
+        for 16 patches of 256 px, holding the GIL, against ~1.5 ms this way. Writes into
+        ``out_x``/``out_y`` when given.
         """
-        indices = numpy.asarray(indices)
-        order = numpy.argsort(indices)
-        sorted_idx = indices[order]
         shape = (len(indices), 1, self.patch, self.patch)
         x = numpy.empty(shape, numpy.float32) if out_x is None else out_x
         y = numpy.empty(shape, numpy.float32) if out_y is None else out_y
-        x[order] = self.f["%s/input" % split][sorted_idx]
-        y[order] = self.f["%s/target" % split][sorted_idx]
+        dx, dy = self.f["%s/input" % split], self.f["%s/target" % split]
+        for j, i in enumerate(indices):
+            x[j] = dx[int(i)]
+            y[j] = dy[int(i)]
         return x, y
 
     def close(self):
