@@ -76,11 +76,18 @@ def output_size(size, kernel, stride, padding):
 
 
 def pad_zeros(x, padding):
-    """Zero-pad the last two axes of ``x`` by ``padding`` pixels on each side."""
+    """Zero-pad the last two axes of ``x`` by ``padding`` pixels on each side.
+
+    Written as zeros + one slice assignment: ``cupy.pad`` cost 0.8 ms of host time per call
+    on an H200 machine (about 10 ms of a DnCNN training step).
+    """
     if padding == 0:
         return x
     xp = get_array_module(x)
-    return xp.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    N, C, H, W = x.shape
+    out = xp.zeros((N, C, H + 2 * padding, W + 2 * padding), x.dtype)
+    out[:, :, padding:padding + H, padding:padding + W] = x
+    return out
 
 
 def _blocks(N, OH, OW, K, xp):
