@@ -1,9 +1,8 @@
 """Figures (matplotlib, Agg): loss curve, before/after panels. Written atomically."""
 
-import os
-import tempfile
-
 import numpy
+
+from .io.atomic import atomic_output
 
 
 def _figure(*args, **kw):
@@ -16,16 +15,11 @@ def _figure(*args, **kw):
 def save_png(fig, path, dpi=100):
     """Save a figure to a temporary PNG beside ``path``, then rename it."""
     import matplotlib.pyplot as plt
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=folder)
-    os.close(fd)
     try:
-        fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, format="png", dpi=dpi, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def loss_curve(history, path):

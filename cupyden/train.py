@@ -13,6 +13,7 @@ import numpy
 
 from . import report
 from .backend import synchronize
+from .io.atomic import atomic_output
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .io.loader import Loader
 from .losses import Objective
@@ -114,13 +115,11 @@ def read_history(path, upto=None):
 
 def write_history(path, rows):
     """Write history.csv atomically."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=HISTORY_FIELDS)
         w.writeheader()
         for r in rows:
             w.writerow({k: r[k] for k in HISTORY_FIELDS})
-    os.replace(tmp, path)
 
 
 def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):

@@ -29,11 +29,10 @@ PyTorch modules the names map to (documentation; cupyden never imports torch):
 
 import json
 import os
-import tempfile
 
 import numpy
 
-from ..errors import InputError
+from ..io.atomic import atomic_output
 from ..io.checkpoint import load_checkpoint
 from ..models import build_model
 from .common import as_choice, run
@@ -66,16 +65,10 @@ def _body(args):
                    "receptive_field_px": model.receptive_field,
                    "arrays": {k: list(v.shape) for k, v in state.items()},
                    "pytorch": {k: pytorch_name(arch, k) for k in state}}
-    folder = os.path.dirname(os.path.abspath(base))
-    if not os.path.isdir(folder):
-        raise InputError("%s: output folder does not exist" % folder)
-    for ext, write in ((".npz", lambda f: numpy.savez(f, **{k: v.astype(numpy.float32)
-                                                            for k, v in state.items()})),
-                       (".json", lambda f: f.write(json.dumps(description, indent=1).encode()))):
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, base + ext)
+    with atomic_output(base + ".npz", ".npz") as tmp, open(tmp, "wb") as f:
+        numpy.savez(f, **{k: v.astype(numpy.float32) for k, v in state.items()})
+    with atomic_output(base + ".json", ".json") as tmp, open(tmp, "w") as f:
+        json.dump(description, f, indent=1)
     print("wrote %s.npz and %s.json (%d arrays)" % (base, base, len(state)))
 
 

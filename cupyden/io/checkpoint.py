@@ -13,12 +13,12 @@ A model file for ``cupyden-denoise`` is the same file (the Adam group is optiona
 
 import json
 import os
-import tempfile
 
 import h5py
 import numpy
 
 from ..errors import InputError
+from .atomic import atomic_output
 
 FORMAT = "cupyden-checkpoint-1"
 
@@ -45,31 +45,19 @@ def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None,
     InputError
         The folder is missing or not writable.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
-    except OSError as exc:
-        raise InputError("%s: cannot write checkpoint (%s)" % (folder, exc.strerror))
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["step"], f.attrs["epoch"] = int(step), int(epoch)
-            f.attrs["config"] = json.dumps(config)
-            f.attrs["rng"] = json.dumps(rng or {})
-            f.attrs["provenance"] = json.dumps(provenance or {})
-            for name, arr in model_state.items():
-                f.create_dataset("weights/" + name, data=numpy.asarray(arr))
-            if adam_state is not None:
-                f.attrs["adam_step"] = int(adam_state["step"])
-                for moment in ("m", "v"):
-                    for name, arr in adam_state[moment].items():
-                        f.create_dataset("adam/%s/%s" % (moment, name), data=arr)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_output(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["step"], f.attrs["epoch"] = int(step), int(epoch)
+        f.attrs["config"] = json.dumps(config)
+        f.attrs["rng"] = json.dumps(rng or {})
+        f.attrs["provenance"] = json.dumps(provenance or {})
+        for name, arr in model_state.items():
+            f.create_dataset("weights/" + name, data=numpy.asarray(arr))
+        if adam_state is not None:
+            f.attrs["adam_step"] = int(adam_state["step"])
+            for moment in ("m", "v"):
+                for name, arr in adam_state[moment].items():
+                    f.create_dataset("adam/%s/%s" % (moment, name), data=arr)
 
 
 def load_checkpoint(path):

@@ -8,7 +8,6 @@ Units: pixel size in Å/px; dose in e⁻/Å².
 """
 
 import os
-import tempfile
 import warnings
 from typing import NamedTuple
 
@@ -16,6 +15,7 @@ import mrcfile
 import numpy
 
 from ..errors import InputError
+from .atomic import atomic_output
 
 #: MRC modes that hold real images: int8, int16, float32, uint16, float16 (MRC2014).
 REAL_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
@@ -161,22 +161,7 @@ def write_mrc(path, data, pixel_size, float16=False):
         out = data.astype(numpy.float16)
     else:
         out = data.astype(numpy.float32)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError("%s: output folder does not exist" % folder)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".mrc", dir=folder)
-    except OSError as exc:
-        raise InputError("%s: cannot write to folder (%s)" % (folder, exc.strerror))
-    os.close(fd)
-    try:
+    with atomic_output(path, ".mrc") as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(out)
             mrc.voxel_size = pixel_size
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        if isinstance(exc, OSError):
-            raise InputError("%s: cannot write (%s)" % (path, exc.strerror or exc))
-        raise

@@ -14,12 +14,12 @@ are appended micrograph by micrograph and the whole set never needs to fit in me
 
 import json
 import os
-import tempfile
 
 import h5py
 import numpy
 
 from ..errors import InputError
+from .atomic import atomic_output
 
 SPLITS = ("train", "val")
 
@@ -41,13 +41,8 @@ class PatchStoreWriter:
 
     def __init__(self, path, patch, dtype="float32", attrs=None):
         self.path, self.patch, self.dtype = path, patch, numpy.dtype(dtype)
-        folder = os.path.dirname(os.path.abspath(path))
-        try:
-            fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
-        except OSError as exc:
-            raise InputError("%s: cannot write to folder (%s)" % (folder, exc.strerror))
-        os.close(fd)
-        self.f = h5py.File(self.tmp, "w")
+        self._atomic = atomic_output(path, ".h5")
+        self.f = h5py.File(self._atomic.__enter__(), "w")
         for split in SPLITS:
             for role in ("input", "target"):
                 self.f.create_dataset("%s/%s" % (split, role), shape=(0, 1, patch, patch),
@@ -71,11 +66,7 @@ class PatchStoreWriter:
 
     def __exit__(self, kind, value, tb):
         self.f.close()
-        if kind is None:
-            os.replace(self.tmp, self.path)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
-        return False
+        return self._atomic.__exit__(kind, value, tb)
 
 
 class PatchStore:
