@@ -68,13 +68,40 @@ def normalization(image, method="robust"):
     return Normalization(loc, scale, method)
 
 
+def fourier_resize(image, shape):
+    """Resample the last two axes by Fourier cropping or zero-padding; values keep their mean.
+
+    Frequencies below the smaller of the two Nyquist limits are kept; none alias.
+
+    Parameters
+    ----------
+    image : array (..., H, W)
+    shape : (int, int)
+        New (h, w); pixel size scales by H / h.
+
+    Returns
+    -------
+    float32 array (..., h, w)
+    """
+    xp = get_array_module(image)
+    H, W = image.shape[-2:]
+    h, w = shape
+    f = xp.fft.rfft2(image.astype(numpy.float64))
+    out = xp.zeros(image.shape[:-2] + (h, w // 2 + 1), f.dtype)
+    m, c = min(H, h), min(W // 2, w // 2) + 1
+    lo, hi = (m + 1) // 2, m // 2              # rows 0..lo-1 and the last hi rows (FFT order)
+    out[..., :lo, :c] = f[..., :lo, :c]
+    if hi:
+        out[..., h - hi:, :c] = f[..., H - hi:, :c]
+    return (xp.fft.irfft2(out, s=(h, w)) * (h * w) / (H * W)).astype(numpy.float32)
+
+
 def fourier_bin(image, factor):
     """Bin by Fourier cropping: keep frequencies below the new Nyquist, no aliasing.
 
-    The image is cropped to multiples of ``factor``, transformed (real FFT), the central
-    (H/b, W/b) block of frequencies kept and transformed back; values keep their mean.
-    For a count split, split first and bin each half afterwards: the halves stay
-    independent (DATA.md, "Binning").
+    The image is cropped to multiples of ``factor`` and resampled to (H/b, W/b) by
+    :func:`fourier_resize`; values keep their mean. For a count split, split first and bin
+    each half afterwards: the halves stay independent (DATA.md, "Binning").
 
     Parameters
     ----------
@@ -89,14 +116,8 @@ def fourier_bin(image, factor):
     """
     if factor == 1:
         return image
-    xp = get_array_module(image)
     H, W = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    h, w = H // factor, W // factor
-    f = xp.fft.rfft2(image[:H, :W].astype(numpy.float64))
-    # rows: keep frequencies 0..h/2-1 and -h/2..-1 (the FFT's order); columns 0..w/2
-    rows = xp.concatenate([xp.arange(0, (h + 1) // 2), xp.arange(H - h // 2, H)])
-    cropped = f[rows][:, :w // 2 + 1]
-    return (xp.fft.irfft2(cropped, s=(h, w)) * (h * w) / (H * W)).astype(numpy.float32)
+    return fourier_resize(image[:H, :W], (H // factor, W // factor))
 
 
 def patch_origins(length, patch, stride):

@@ -1,9 +1,10 @@
-"""Denoising networks: DnCNN (the seed's residual CNN) and U-Net."""
+"""Networks: DnCNN (the seed's residual CNN) and U-Net for denoising; Siamese for clustering."""
 
 from .dncnn import DnCNN
+from .siamese import Siamese
 from .unet import UNet
 
-ARCHITECTURES = {"dncnn": DnCNN, "unet": UNet}
+ARCHITECTURES = {"dncnn": DnCNN, "unet": UNet, "siamese": Siamese}
 
 
 def build_model(config):
