@@ -33,8 +33,9 @@ def principal_components(x, n):
     return (u[:, :n] * s[:n]).astype(numpy.float32)
 
 
-def kmeans(x, k, seed=0, iters=50):
-    """k-means labels of the rows of x (N, D).
+def kmeans(x, k, seed=0, restarts=10, iters=50):
+    """k-means labels of the rows of x (N, D): the best of ``restarts`` runs (lowest sum
+    of squared distances to the centroids).
 
     NumPy: ``scipy.cluster.vq.kmeans2`` with k-means++ seeding. CuPy: k-means++ seeding on
     the host, then Lloyd's iterations on the GPU (squared distances
@@ -46,17 +47,26 @@ def kmeans(x, k, seed=0, iters=50):
     """
     xp = get_array_module(x)
     host = to_host(x).astype(numpy.float64)
-    if xp is numpy:
-        _, labels = scipy.cluster.vq.kmeans2(host, k, minit="++", seed=seed)
-        return labels
-    # k-means++ seeding (and one Lloyd step) on the host, the iterations on the GPU
+    best, best_cost = None, numpy.inf
+    for r in range(restarts):
+        if xp is numpy:
+            _, labels = scipy.cluster.vq.kmeans2(host, k, minit="++", seed=seed + r)
+        else:
+            labels = _lloyd_gpu(x.astype(numpy.float64), k, xp, seed + r, iters, host)
+        cost = sum(((host[labels == c] - host[labels == c].mean(0)) ** 2).sum()
+                   for c in numpy.unique(labels))
+        if cost < best_cost:
+            best, best_cost = labels, cost
+    return best
+
+
+def _lloyd_gpu(xd, k, xp, seed, iters, host):
+    """Lloyd's iterations on the GPU from a host k-means++ seeding."""
     _, labels = scipy.cluster.vq.kmeans2(host, k, minit="++", seed=seed, iter=1)
-    xd = x.astype(numpy.float64)
     lab = xp.asarray(labels)
     for _ in range(iters):
         onehot = (lab[:, None] == xp.arange(k)).astype(numpy.float64)          # (N, k)
-        counts = onehot.sum(axis=0)
-        c = (onehot.T @ xd) / xp.maximum(counts, 1)[:, None]                  # (k, D)
+        c = (onehot.T @ xd) / xp.maximum(onehot.sum(axis=0), 1)[:, None]      # (k, D)
         d = (xd * xd).sum(1)[:, None] - 2 * xd @ c.T + (c * c).sum(1)[None, :]
         new = d.argmin(axis=1)
         if bool((new == lab).all()):

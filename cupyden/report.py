@@ -6,6 +6,7 @@ from .io.atomic import atomic_output
 
 
 def _figure(*args, **kw):
+    """matplotlib.pyplot.subplots on the Agg backend (no display needed)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

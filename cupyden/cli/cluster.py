@@ -1,0 +1,105 @@
+"""cupyden-cluster: group particle images with a Siamese network and k-means; class averages.
+
+Round 0 clusters the normalised images by k-means on their principal components; each of
+the --rounds rounds trains the Siamese embedding on pairs from the same and from different
+clusters (contrastive loss, margin 2), embeds every image and reclusters. The images are
+resampled to --box pixels for the network (Fourier cropping: a low-pass that helps at low
+SNR); class averages are made from the images at their own size.
+
+Usage:
+  cupyden-cluster [options] STACK -k K
+  cupyden-cluster -h | --help
+
+Arguments:
+  STACK               A particle stack (.mrcs or .mrc, images along Z).
+
+Options:
+  -k K                Number of classes.
+  --rounds R          Siamese rounds after round 0 [default: 3]
+  --box PX            Image side the network sees, in pixels [default: 64]
+  --steps N           Training steps per round [default: 150]
+  --batch-size N      Pairs per step [default: 32]
+  --lr LR             Adam learning rate [default: 0.001]
+  --seed N            Seed of pairs, weights and k-means [default: 0]
+  -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
+                      CUPYDEN_DEVICE, else auto (the first GPU if any).
+  -o, --output DIR    Output folder (created) [default: clusters]
+  -h, --help          Show this help.
+
+Outputs in DIR: class_averages.mrcs (K images, the stack's pixel size), labels.csv
+(image index, class), montage.png (the class averages with their sizes), losses.png (the
+contrastive loss of each round).
+"""
+
+import csv
+import os
+
+import numpy
+
+from .. import backend, report
+from ..cluster import class_averages, cluster
+from ..errors import InputError
+from ..io.atomic import atomic_output
+from ..io.mrc import read_mrc, write_mrc
+from ..io.patches import fourier_resize
+from .common import as_float, as_int, run
+
+
+def montage(averages, counts, path, pixel_size):
+    """The class averages in a grid, each titled with its class and size."""
+    k = len(averages)
+    cols = min(k, 6)
+    rows = (k + cols - 1) // cols
+    fig, axes = report._figure(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for c, (img, n) in enumerate(zip(averages, counts)):
+        lo, hi = report.contrast_limits(img, 1, 99)
+        axes.ravel()[c].imshow(img, cmap="gray", vmin=lo, vmax=hi)
+        axes.ravel()[c].set_title("class %d: %d" % (c, n), fontsize=9)
+    fig.suptitle("class averages (%.2f Å/px, %d px)" % (pixel_size, averages.shape[-1]))
+    report.save_png(fig, path)
+
+
+def _body(args):
+    device = backend.select_device(args["--device"])
+    k = as_int(args, "-k", 1)
+    rounds, box = as_int(args, "--rounds", 0), as_int(args, "--box", 8)
+    steps, batch = as_int(args, "--steps", 1), as_int(args, "--batch-size", 2)
+    lr, seed = as_float(args, "--lr", 0), as_int(args, "--seed", 0)
+    stack = read_mrc(args["STACK"], ndim=3)
+    images = numpy.asarray(stack.data, numpy.float32)
+    if len(images) < 2 * k:
+        raise InputError("%s: %d images is too few for %d classes (need at least 2 per class)"
+                         % (args["STACK"], len(images), k))
+    out = args["--output"]
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise InputError("%s: cannot create the output folder (%s)" % (out, exc.strerror))
+    print("device: %s; %d images of %d px -> %d px, %d classes, %d rounds"
+          % (device.name, len(images), images.shape[-1], box, k, rounds))
+    small = fourier_resize(images, (box, box))
+    labels, history = cluster(small, k, rounds, device.xp, steps, batch, lr, seed)
+    averages = class_averages(images, labels, k)
+    counts = numpy.bincount(labels, minlength=k)
+    write_mrc(os.path.join(out, "class_averages.mrcs"), averages, stack.pixel_size)
+    with atomic_output(os.path.join(out, "labels.csv"), ".csv") as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "class"])
+        w.writerows(enumerate(labels.tolist()))
+    montage(averages, counts, os.path.join(out, "montage.png"), stack.pixel_size)
+    fig, ax = report._figure(figsize=(6, 4))
+    for h in history[1:]:
+        ax.plot(h["losses"], label="round %d" % h["round"])
+    ax.set_xlabel("step")
+    ax.set_ylabel("contrastive loss")
+    if rounds:
+        ax.legend()
+    report.save_png(fig, os.path.join(out, "losses.png"))
+    print("class sizes: %s; outputs in %s" % (" ".join(str(c) for c in counts), out))
+
+
+def main(argv=None):
+    """Entry point of cupyden-cluster; returns the exit code."""
+    return run(__doc__, argv, _body, "cupyden-cluster")
