@@ -157,3 +157,10 @@ def test_normalization_robust():
     n = normalization(x)
     assert abs(n.loc - 10) < 0.05 and abs(n.scale - 2) < 0.05
     assert abs(n.apply(x).std() - 1) < 0.02
+
+
+def test_stack_without_map_id_is_read_with_a_warning():
+    path = os.path.join(os.path.dirname(K2), "..", "particles", "cryodrgn", "relion31.mrcs")
+    with pytest.warns(UserWarning, match="no MAP ID"):
+        mic = read_mrc(path, ndim=3)
+    assert mic.data.shape == (5, 256, 256)

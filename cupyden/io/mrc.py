@@ -43,14 +43,24 @@ def _open(path, mmap):
         raise InputError("%s: no such file" % path)
     if not os.path.isfile(path):
         raise InputError("%s: not a file" % path)
+    opener = mrcfile.mmap if mmap else mrcfile.open
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if mmap:
-                return mrcfile.mmap(path, mode="r")
-            return mrcfile.open(path, mode="r")
+            return opener(path, mode="r")
     except (ValueError, OSError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "Map ID string not found" in msg or "machine stamp" in msg:
+            # older writers (e.g. some particle-stack tools) leave the "MAP " ID and the
+            # machine stamp empty; the rest of the header is sound: read permissively
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                mrc = opener(path, mode="r", permissive=True)
+            if mrc.data is not None:
+                warnings.warn("%s: header has no MAP ID or machine stamp; read permissively"
+                              % path, stacklevel=3)
+                return mrc
+            mrc.close()
         if "smaller than" in msg or "truncat" in msg.lower() or isinstance(exc, EOFError):
             raise InputError("%s: truncated MRC file (%s)" % (path, msg))
         raise InputError("%s: not a readable MRC file (%s)" % (path, msg))
