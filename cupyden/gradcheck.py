@@ -224,12 +224,15 @@ def layer_case(name, layer, inputs, xp, training=True, reseed=False, dtype=numpy
 
 
 def loss_case(name, xp, rng, dtype=numpy.float64, shape=(2, 1, 5, 6), objective=None,
-              label=None):
+              label=None, related=False):
     """A Case for a loss (or an Objective) against a fixed random target; the prediction
-    is the input."""
+    is the input. ``related``: the target is the prediction plus noise (MS-SSIM clips
+    negative means, which unrelated images give, to a constant)."""
     fwd, bwd = (objective.forward, objective.backward) if objective else LOSSES[name]
-    pred = xp.asarray(rng.standard_normal(shape), dtype)
-    target = xp.asarray(rng.standard_normal(shape), dtype)
+    p = rng.standard_normal(shape)
+    pred = xp.asarray(p, dtype)
+    target = xp.asarray(p + 0.5 * rng.standard_normal(shape) if related
+                        else rng.standard_normal(shape), dtype)
     state = {}
 
     def forward(xs):
@@ -330,8 +333,8 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     add("dropout 0.3", Dropout(0.3, seed=1), [r((2, 3, 4, 5))], reseed=True)
     add("linear", Linear(7, 4, rng=rng), [r((3, 7))])
     for name in sorted(LOSSES):
-        shape = (2, 1, 13, 14) if name == "ssim" else (2, 1, 5, 6)   # SSIM: 11 px window
-        cases.append(loss_case(name, xp, rng, dtype, shape))
+        shape = {"ssim": (2, 1, 13, 14), "msssim": (2, 1, 24, 23)}.get(name, (2, 1, 5, 6))
+        cases.append(loss_case(name, xp, rng, dtype, shape, related=name == "msssim"))
     w = xp.asarray(rng.uniform(0.1, 1.0, (5, 4)), dtype)            # per-frequency weights
     cases.append(loss_case("fourier", xp, rng, dtype, objective=Objective([("fourier", 1.0)], w),
                            label="loss fourier, ring-weighted"))

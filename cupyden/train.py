@@ -93,7 +93,8 @@ def build_objective(config, store, xp):
     """The training objective from a config: the base loss plus weighted Fourier, SSIM and
     gradient terms; FRC ring weights (when asked) from up to 256 training pairs."""
     w = config.get("loss_weights", {})
-    terms = [(config["loss"], 1.0)] + [(k, w.get(k, 0.0)) for k in ("fourier", "ssim", "gradient")]
+    terms = [(config["loss"], 1.0)] + [(k, w.get(k, 0.0))
+                                       for k in ("fourier", "ssim", "msssim", "gradient")]
     fourier_weights = None
     if config.get("fourier_frc") and w.get("fourier"):
         n = min(256, store.size("train"))

@@ -59,3 +59,38 @@ def test_objective_sums_weighted_terms():
     p, t = rng.standard_normal((2, 1, 12, 12)), rng.standard_normal((2, 1, 12, 12))
     total, _ = Objective([("mse", 1.0), ("fourier", 0.1), ("ssim", 0.0)]).forward(p, t)
     assert float(total) == pytest.approx(float(mse_forward(p, t)[0]) + 0.1 * float(fourier_forward(p, t)[0]))
+
+
+def test_msssim_equals_explicit_scales(xp):
+    """MS-SSIM from explicit windows at each 2x2-pooled scale (Wang et al. 2003)."""
+    from cupyden.losses.ssim import K1, K2, MS_WEIGHTS, WINDOW, gaussian_taps, msssim_forward
+    rng = numpy.random.default_rng(4)
+    x = rng.standard_normal((24, 26))
+    y = x + 0.7 * rng.standard_normal((24, 26))
+    R = 5.0
+    g = gaussian_taps()
+    win = numpy.outer(g, g)
+    C1, C2 = (K1 * R) ** 2, (K2 * R) ** 2
+
+    def terms(a, b):
+        cs, ss = [], []
+        for i in range(a.shape[0] - WINDOW + 1):
+            for j in range(a.shape[1] - WINDOW + 1):
+                u, v = a[i:i + WINDOW, j:j + WINDOW], b[i:i + WINDOW, j:j + WINDOW]
+                mu, mv = (win * u).sum(), (win * v).sum()
+                vu, vv = (win * (u - mu) ** 2).sum(), (win * (v - mv) ** 2).sum()
+                c = (2 * (win * (u - mu) * (v - mv)).sum() + C2) / (vu + vv + C2)
+                cs.append(c)
+                ss.append(c * (2 * mu * mv + C1) / (mu ** 2 + mv ** 2 + C1))
+        return numpy.mean(cs), numpy.mean(ss)
+
+    def pool(a):
+        a = a[:a.shape[0] // 2 * 2, :a.shape[1] // 2 * 2]
+        return (a[0::2, 0::2] + a[1::2, 0::2] + a[0::2, 1::2] + a[1::2, 1::2]) / 4
+
+    w = numpy.array(MS_WEIGHTS[:2]) / sum(MS_WEIGHTS[:2])      # 24 px: scales 24 and 12
+    cs0, _ = terms(x, y)
+    _, s1 = terms(pool(x), pool(y))
+    expect = cs0 ** w[0] * s1 ** w[1]
+    loss, _ = msssim_forward(xp.asarray(x)[None, None], xp.asarray(y)[None, None], R)
+    assert abs((1 - float(loss)) - expect) < 1e-12

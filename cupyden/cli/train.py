@@ -32,6 +32,8 @@ Options:
                       two views (rings without signal weigh ~0).
   --ssim-weight W     Weight of the SSIM loss 1 - SSIM (11 px Gaussian window, sigma
                       1.5 px) [default: 0]
+  --msssim-weight W   Weight of the multi-scale SSIM loss 1 - MS-SSIM (as many 2x
+                      scales as fit the 11 px window, up to 5) [default: 0]
   --grad-weight W     Weight of the gradient loss (L1 of finite differences)
                       [default: 0]
   --lr LR             Adam learning rate (per step, unitless) [default: 0.001]
@@ -120,7 +122,8 @@ def _parse(args):
          "lr": as_float(args, "--lr", 0), "val_fraction": as_float(args, "--val-fraction", 0.01, 0.9),
          "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
          "loss_weights": {k: as_float(args, "--%s-weight" % a, 0)
-                          for k, a in (("fourier", "fourier"), ("ssim", "ssim"), ("gradient", "grad"))},
+                          for k, a in (("fourier", "fourier"), ("ssim", "ssim"),
+                                       ("msssim", "msssim"), ("gradient", "grad"))},
          "lr_options": {"warmup": as_int(args, "--warmup", 0), "step_size": as_int(args, "--lr-step", 1),
                         "gamma": as_float(args, "--lr-gamma", 0, 1), "factor": as_float(args, "--lr-gamma", 0, 1),
                         "patience": as_int(args, "--patience", 1)},
@@ -232,7 +235,7 @@ def _body(args):
         steps = max(1, int(round(o["epochs"] * (n_train // o["batch_size"]))))
     model_cfg = ({"arch": "dncnn", "depth": o["depth"], "width": o["width"], "seed": o["seed"]}
                  if o["arch"] == "dncnn" else {"arch": "unet", "base": o["base"], "seed": o["seed"]})
-    if o["loss_weights"]["ssim"] and store.patch < 11:
+    if (o["loss_weights"]["ssim"] or o["loss_weights"]["msssim"]) and store.patch < 11:
         raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
     config = {"model": model_cfg, "loss": o["loss"], "loss_weights": o["loss_weights"],
               "fourier_frc": bool(args["--fourier-frc"]), "lr_schedule": o["lr_schedule"],

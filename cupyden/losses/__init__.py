@@ -9,11 +9,12 @@ from .fourier import fourier_backward, fourier_forward
 from .gradient import gradient_backward, gradient_forward
 from .l1 import l1_backward, l1_forward
 from .mse import mse_backward, mse_forward
-from .ssim import ssim_backward, ssim_forward
+from .ssim import msssim_backward, msssim_forward, ssim_backward, ssim_forward
 
 LOSSES = {"mse": (mse_forward, mse_backward), "l1": (l1_forward, l1_backward),
           "fourier": (fourier_forward, fourier_backward),
           "ssim": (ssim_forward, ssim_backward),
+          "msssim": (msssim_forward, msssim_backward),
           "gradient": (gradient_forward, gradient_backward)}
 
 

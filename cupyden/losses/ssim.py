@@ -134,3 +134,99 @@ def ssim_naive(x, y, data_range):
             vals.append((2 * ma * mb + C1) * (2 * cov + C2) / ((ma ** 2 + mb ** 2 + C1) * (va + vb + C2)))
     return float(numpy.mean(vals))
 
+
+
+#: Scale weights of MS-SSIM (Wang, Simoncelli & Bovik 2003, "Multi-scale structural
+#: similarity for image quality assessment", Asilomar; beta_j = gamma_j, alpha_M = beta_M).
+MS_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+
+
+def _pool2(x):
+    """2x2 average pooling of the last two axes (odd trailing rows/columns dropped)."""
+    H, W = (x.shape[-2] // 2) * 2, (x.shape[-1] // 2) * 2
+    x = x[..., :H, :W]
+    return (x[..., 0::2, 0::2] + x[..., 1::2, 0::2] + x[..., 0::2, 1::2] + x[..., 1::2, 1::2]) / 4
+
+
+def _pool2_backward(d, shape):
+    """Adjoint of :func:`_pool2`: each input pixel gets a quarter of its window's gradient."""
+    xp = get_array_module(d)
+    out = xp.zeros(shape, d.dtype)
+    for a in (0, 1):
+        for b in (0, 1):
+            out[..., a:2 * d.shape[-2]:2, b:2 * d.shape[-1]:2] = d / 4
+    return out
+
+
+def msssim_scales(H, W):
+    """Number of scales whose image is still at least the 11 px window (at most 5)."""
+    m = 1
+    while m < len(MS_WEIGHTS) and min(H, W) // 2 ** m >= WINDOW:
+        m += 1
+    return m
+
+
+def msssim_forward(pred, target, data_range=None):
+    """Multi-scale SSIM loss 1 - MS-SSIM.
+
+    MS-SSIM = prod_{j < M} mean(cs_j)^w_j * mean(S_M)^w_M, cs = A2 / B2 (the contrast-
+    structure term of :func:`ssim_map`), S_M the full SSIM map at the coarsest scale M,
+    scales made by 2x2 average pooling, as many as fit the window (weights renormalised
+    to sum 1); negative means are clipped to 1e-6 before the powers.
+
+    Parameters
+    ----------
+    pred, target : arrays (N, C, H, W), H, W >= 11
+
+    Returns
+    -------
+    loss : 0-d array
+    cache : tuple
+    """
+    R = float(target.max() - target.min()) if data_range is None else data_range
+    M = msssim_scales(*pred.shape[-2:])
+    w = numpy.array(MS_WEIGHTS[:M]) / sum(MS_WEIGHTS[:M])
+    x, y = pred, target
+    values, scales = [], []
+    for j in range(M):
+        S, (mx, my, A1, A2, B1, B2) = ssim_map(x, y, R)
+        v = S if j == M - 1 else A2 / B2
+        mean = v.mean()
+        values.append(mean)
+        scales.append((x, y, mx, my, A1, A2, B1, B2, S, v.size))
+        if j < M - 1:
+            x, y = _pool2(x), _pool2(y)
+    clipped = [m * (m > 1e-6) + 1e-6 * (m <= 1e-6) for m in values]
+    ms = 1.0
+    for c, wj in zip(clipped, w):
+        ms = ms * c ** wj
+    return 1 - ms, (scales, clipped, values, w, ms, pred.shape)
+
+
+def msssim_backward(cache):
+    """Gradient of 1 - MS-SSIM with respect to the prediction, shape (N, C, H, W).
+
+    d(1 - MS)/dx = -MS sum_j (w_j / v_j) dv_j/dx, with dv_j/dx the mean cs (or SSIM at
+    the coarsest scale) differentiated as in :func:`ssim_backward`, then carried back
+    through the poolings to full resolution.
+    """
+    taps = gaussian_taps()
+    scales, clipped, values, w, ms, shape = cache
+    grad = None
+    for j in reversed(range(len(scales))):
+        x, y, mx, my, A1, A2, B1, B2, S, count = scales[j]
+        coef = -ms * w[j] / clipped[j] * (values[j] > 1e-6) / count
+        if j == len(scales) - 1:                       # full SSIM at the coarsest scale
+            B = B1 * B2
+            dexx, dexy = -S / B2, 2 * A1 / B
+            dmx = 2 * my * (A2 - A1) / B - 2 * mx * S / B1 + 2 * mx * S / B2
+        else:                                           # cs = A2 / B2
+            cs = A2 / B2
+            dexx, dexy = -cs / B2, 2 / B2 + 0 * cs
+            dmx = -2 * my / B2 + 2 * mx * cs / B2
+        g = coef * (filter_valid_adjoint(dmx, taps) + 2 * x * filter_valid_adjoint(dexx, taps)
+                    + y * filter_valid_adjoint(dexy, taps))
+        grad = g if grad is None else g + grad
+        if j > 0:
+            grad = _pool2_backward(grad, scales[j - 1][0].shape)
+    return grad
