@@ -9,8 +9,10 @@ from ..layers import receptive_field
 class Model:
     """A network with an explicit forward and a written-out backward.
 
-    Subclasses set ``self.named`` (list of (name, Layer)) and implement ``forward`` and
-    ``backward``, and ``path`` (the layers of the longest input-to-output chain).
+    Subclasses set ``self.named`` (list of (name, Layer); an empty name adds no prefix, so
+    a model that wraps one Sequential names its layers "conv1", ...), implement
+    ``forward`` and ``backward``, and override ``path`` when the longest input-to-output
+    chain is not all layers in order (as in the U-Net, whose concatenations are not on it).
     """
 
     arch = None
@@ -20,10 +22,14 @@ class Model:
         out = []
         for name, layer in self.named:
             if hasattr(layer, "named_layers"):
-                out.extend(layer.named_layers(name + "."))
+                out.extend(layer.named_layers(name + "." if name else ""))
             else:
                 out.append((name, layer))
         return out
+
+    def path(self):
+        """Layers of the longest input-to-output chain (default: all, in order)."""
+        return [layer for _, layer in self.named_layers()]
 
     def named_parameters(self):
         """(full name, layer, local name) for every parameter, e.g. ("conv3.w", layer, "w")."""

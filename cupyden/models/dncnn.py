@@ -44,12 +44,6 @@ class DnCNN(Model):
         self.body = Sequential(layers)
         self.named = [("", self.body)]
 
-    def named_layers(self):
-        return self.body.named_layers()
-
-    def path(self):
-        return self.body.path()
-
     def forward(self, x):
         """x (N, C, H, W) -> x - noise (N, C, H, W)."""
         return x - self.body.forward(x)

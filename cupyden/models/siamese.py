@@ -50,12 +50,6 @@ class Siamese(Model):
             ("fc3", Linear(100, embedding, rng=rng))])
         self.named = [("", self.body)]
 
-    def named_layers(self):
-        return self.body.named_layers()
-
-    def path(self):
-        return self.body.path()
-
     def forward(self, x):
         """One branch: images (N, 1, box, box) -> embeddings (N, embedding)."""
         return self.body.forward(x)
