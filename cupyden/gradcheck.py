@@ -184,9 +184,6 @@ class _One(Model):
         self.layer = layer
         self.named = [("layer", layer)]
 
-    def path(self):
-        return [self.layer]
-
     def forward(self, *xs):
         return self.layer.forward(*xs)
 
