@@ -20,7 +20,6 @@ A, B by Binomial(counts, 1/2) with seed 0; train on rows [0, 2816), evaluate on 
 import json
 import os
 
-import numpy
 from docopt import docopt
 
 from cupyden import backend, report

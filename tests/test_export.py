@@ -2,7 +2,6 @@
 training options)."""
 
 import json
-import os
 
 import numpy
 import pytest
