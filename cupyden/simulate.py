@@ -1,21 +1,58 @@
-"""Ground truth by simulation: atomic models, orientations, projections.
+"""Ground truth by simulation: atomic models, orientations, micrographs and movies.
 
-The core used to make particle images with known orientation (clustering) and, later,
-whole micrographs and movies. The potential model here is simple and documented: each
-atom is a 3-D Gaussian of weight Z (its atomic number, the leading term of its electron
-scattering at low resolution) and standard deviation ``sigma`` Å, so a projection along z
-is the sum of 2-D Gaussians at the rotated (x, y) positions. Tabulated scattering factors
-(Peng 1996), a CTF and Poisson frames belong to the micrograph simulator built on this.
+Two potential models live here.
 
-Units: coordinates and sigma in Å; pixel size in Å/px.
+* :func:`project` (particle images for clustering): each atom is a 3-D Gaussian of weight
+  Z (its atomic number) and width ``sigma``; cheap and adequate for orientation tests.
+* :func:`simulate_micrograph` (micrographs and movies with ground truth), the physics:
+
+  1. Specimen. ``n`` copies of an atomic model at random non-overlapping (x, y) positions
+     (minimum centre distance = twice the model's radius) and uniformly random
+     orientations (Shoemake 1992), at random heights in an ice slab of ``ice_thickness`` Å.
+  2. Coulomb potential projected along z, computed in Fourier space per element:
+     V_z(q) = (h^2 / (2 pi m0 e)) f_e(q / 2) exp(-B q^2 / 4) sum_atoms exp(-2 pi i q.r),
+     with h^2 / (2 pi m0 e) = 47.878 V Å^2 and f_e(s) = sum_i a_i exp(-b_i s^2) the
+     five-Gaussian elastic electron scattering factors of Peng, Ren, Dudarev & Whelan
+     (1996), Acta Cryst. A52:257, Table 1 (s = sin(theta)/lambda = q/2). B (Å^2) blurs the
+     atoms (a B-factor). Atoms are deposited on the pixel grid with bilinear weights (an
+     extra blur of under one pixel). The solvent they displace is subtracted (Fraser,
+     MacRae & Suzuki 1978, J. Appl. Cryst. 11:693): each non-hydrogen atom removes a
+     Gaussian of volume v = 17 Å^3 of water of mean inner potential ``ice_potential``
+     (4.5 V), g(q) = V_w v exp(-pi v^(2/3) q^2). The constant potential of the ice slab
+     itself is a uniform phase and changes no intensity, so it is left out.
+  3. Exit wave in the projection approximation with amplitude contrast A:
+     psi = exp((i sqrt(1 - A^2) - A) sigma_e V_z), sigma_e = 2 pi / (lambda V)
+     (m0 c^2 + eV) / (2 m0 c^2 + eV) the relativistic interaction constant (rad/(V Å)).
+  4. The objective lens multiplies Psi(k) by exp(i chi(k)),
+     chi(k) = pi lambda df(theta) k^2 - (pi / 2) Cs lambda^3 k^4,
+     df(theta) = df + (astig / 2) cos(2 (theta - theta_ast)), df > 0 underfocus
+     (Mindell & Grigorieff 2003, CTFFIND3 convention). For a weak object the image is
+     I = 1 + 2 F^-1[CTF Phi] with CTF(k) = -(sqrt(1 - A^2) sin chi + A cos chi), whose zeros
+     are at chi = n pi - atan(A / sqrt(1 - A^2)) (:func:`ctf`, :func:`ctf_zeros`).
+  5. Intensity I = |psi_image|^2 exp(-t / lambda_in): zero-loss (energy-filtered) imaging
+     through t Å of ice with inelastic mean free path lambda_in (3500 Å at 300 kV).
+  6. Movie: the dose D (e-/Å^2) is spread over F frames; frame f holds Poisson counts of
+     mean I(x - d_f) D / F p^2 (p the pixel size), with drift d_f a Gaussian random walk of
+     ``drift`` Å RMS per frame and axis (d_0 = 0; Fourier shift, periodic edges).
+     The clean image is the expectation of the frame sum without drift: I D p^2.
+
+Units: coordinates and lengths in Å; pixel size in Å/px; dose in e-/Å^2; defocus in Å;
+Cs in mm; voltage in kV. Every draw comes from one seeded generator: same seed, same
+output (on a given array module).
 """
 
 import gzip
 import os
+from typing import NamedTuple
 
 import numpy
 
+from .backend import get_array_module, to_device, to_host
 from .errors import InputError
+
+#: The default specimen: the GroEL 14-mer (PDB 1MNF), shipped in cupyden/data.
+DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                             "groel_1mnf.pdb.gz")
 
 #: Atomic numbers of the elements of biological models (others count as carbon).
 ATOMIC_NUMBER = {"H": 1, "C": 6, "N": 7, "O": 8, "P": 15, "S": 16, "MG": 12, "ZN": 30,
@@ -83,11 +120,11 @@ def _read_mmcif(lines):
     return xyz, elements
 
 
-def random_rotations(n, rng):
-    """Rotation matrices uniformly distributed over SO(3).
+def random_quaternions(n, rng):
+    """Unit quaternions (w, x, y, z) uniformly distributed over SO(3).
 
-    Uniform unit quaternions from three uniform numbers (Shoemake 1992, "Uniform random
-    rotations", Graphics Gems III), converted to matrices.
+    From three uniform numbers (Shoemake 1992, "Uniform random rotations", Graphics
+    Gems III).
 
     Parameters
     ----------
@@ -96,16 +133,27 @@ def random_rotations(n, rng):
 
     Returns
     -------
-    float64 array (n, 3, 3)
+    float64 array (n, 4)
     """
     u1, u2, u3 = rng.random((3, n))
     a, b = numpy.sqrt(1 - u1), numpy.sqrt(u1)
-    w, x = a * numpy.sin(2 * numpy.pi * u2), a * numpy.cos(2 * numpy.pi * u2)
-    y, z = b * numpy.sin(2 * numpy.pi * u3), b * numpy.cos(2 * numpy.pi * u3)
+    return numpy.stack([a * numpy.sin(2 * numpy.pi * u2), a * numpy.cos(2 * numpy.pi * u2),
+                        b * numpy.sin(2 * numpy.pi * u3), b * numpy.cos(2 * numpy.pi * u3)], -1)
+
+
+def quaternion_matrices(q):
+    """Rotation matrices of unit quaternions (w, x, y, z): float64 array (n, 3, 3)."""
+    w, x, y, z = numpy.asarray(q, numpy.float64).T
     return numpy.stack([
         numpy.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
         numpy.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
         numpy.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1)], 1)
+
+
+def random_rotations(n, rng):
+    """Rotation matrices uniformly distributed over SO(3): float64 array (n, 3, 3)
+    (:func:`random_quaternions` converted by :func:`quaternion_matrices`)."""
+    return quaternion_matrices(random_quaternions(n, rng))
 
 
 def project(xyz, z, rotation, box, pixel_size, sigma=1.5):
@@ -185,3 +233,448 @@ def particle_set(xyz, z, k, per_class, box, pixel_size, snr, rng, sigma=1.5):
     labels = numpy.repeat(numpy.arange(k), per_class)
     noise = rng.standard_normal((len(labels), box, box)) / numpy.sqrt(snr)
     return (clean[labels] + noise).astype(numpy.float32), labels, clean.astype(numpy.float32)
+
+
+# --------------------------------------------------------------------------------------
+# Micrographs and movies with ground truth (the physics is in the module docstring)
+# --------------------------------------------------------------------------------------
+
+#: Peng, Ren, Dudarev & Whelan (1996), Acta Cryst. A52:257-276, Table 1: elastic electron
+#: scattering factors of neutral atoms, f_e(s) = sum_i a_i exp(-b_i s^2) for 0 <= s <= 2
+#: Å^-1; (a_1..a_5 in Å, b_1..b_5 in Å^2), keyed by atomic number. Other elements use
+#: carbon's curve scaled by Z / 6 (a rough stand-in; biological models rarely have them).
+PENG1996 = {
+    1: ((0.0349, 0.1201, 0.1970, 0.0573, 0.1195), (0.5347, 3.5867, 12.3471, 18.9525, 38.6269)),
+    6: ((0.0893, 0.2563, 0.7570, 1.0487, 0.3575), (0.2465, 1.7100, 6.4094, 18.6113, 50.2523)),
+    7: ((0.1022, 0.3219, 0.7982, 0.8197, 0.1715), (0.2451, 1.7481, 6.1925, 17.3894, 48.1431)),
+    8: ((0.0974, 0.2921, 0.6910, 0.6990, 0.2039), (0.2067, 1.3815, 4.6943, 12.7105, 32.4726)),
+    15: ((0.2548, 0.6106, 1.4541, 2.3204, 0.8477), (0.2908, 1.8740, 8.5176, 24.3434, 63.2996)),
+    16: ((0.2497, 0.5628, 1.3899, 2.1865, 0.7715), (0.2681, 1.6711, 7.0267, 19.5377, 50.3888)),
+}
+
+# CODATA 2018 constants (SI)
+_H, _M0, _E, _C = 6.62607015e-34, 9.1093837015e-31, 1.602176634e-19, 299792458.0
+_M0C2_EV = _M0 * _C ** 2 / _E                        # 510998.95 eV
+#: h^2 / (2 pi m0 e) in V Å^2: converts f_e (Å) into the potential's Fourier transform.
+POTENTIAL_PER_SCATTERING = _H ** 2 / (2 * numpy.pi * _M0 * _E) * 1e20   # 47.878
+#: Volume of solvent displaced per non-hydrogen atom of a protein, Å^3 (~1.21 Å^3/Da
+#: times ~14 Da per heavy atom with its hydrogens).
+DISPLACED_VOLUME = 17.0
+
+
+def electron_wavelength(voltage_kv):
+    """Relativistic electron wavelength in Å: h / sqrt(2 m0 e V (1 + e V / (2 m0 c^2)))
+    (0.01969 Å at 300 kV)."""
+    v = voltage_kv * 1e3
+    return _H / numpy.sqrt(2 * _M0 * _E * v * (1 + v / (2 * _M0C2_EV))) * 1e10
+
+
+def interaction_constant(voltage_kv):
+    """sigma_e = 2 pi / (lambda V) (m0 c^2 + eV) / (2 m0 c^2 + eV), in rad / (V Å)
+    (Kirkland 2010, "Advanced computing in electron microscopy", eq. 5.6; 6.5e-4 at 300 kV)."""
+    v = voltage_kv * 1e3
+    return 2 * numpy.pi / (electron_wavelength(voltage_kv) * v) * (_M0C2_EV + v) / (2 * _M0C2_EV + v)
+
+
+def scattering_factor(z, s):
+    """Peng 1996 electron scattering factor f_e(s) in Å of atomic number ``z``.
+
+    Parameters
+    ----------
+    z : int
+    s : float array (NumPy or CuPy)
+        sin(theta) / lambda = q / 2, in 1/Å.
+
+    Returns
+    -------
+    array like ``s``
+    """
+    xp = get_array_module(s)
+    a, b = PENG1996.get(int(z), PENG1996[6])
+    scale = 1.0 if int(z) in PENG1996 else z / 6.0
+    return scale * sum(ai * xp.exp(-bi * s * s) for ai, bi in zip(a, b))
+
+
+class Optics(NamedTuple):
+    """Microscope and CTF parameters.
+
+    voltage : float
+        kV (300).
+    cs : float
+        Spherical aberration, mm (2.7).
+    amplitude_contrast : float
+        A, fraction (0.07).
+    defocus : float
+        Mean defocus in Å, positive = underfocus (15000).
+    astigmatism : float
+        Defocus difference between the two principal axes, Å (0).
+    astigmatism_angle : float
+        Angle of the axis of largest defocus from the x axis, degrees (0).
+    bfactor : float
+        B-factor applied to the potential, Å^2 (50).
+    """
+    voltage: float = 300.0
+    cs: float = 2.7
+    amplitude_contrast: float = 0.07
+    defocus: float = 15000.0
+    astigmatism: float = 0.0
+    astigmatism_angle: float = 0.0
+    bfactor: float = 50.0
+
+
+def spatial_frequencies(shape, pixel_size, xp=numpy):
+    """(ky, kx) grids of the full 2-D DFT of an image of ``shape``, in 1/Å (float64)."""
+    H, W = shape
+    ky = xp.asarray(numpy.fft.fftfreq(H, pixel_size))[:, None]
+    kx = xp.asarray(numpy.fft.fftfreq(W, pixel_size))[None, :]
+    return ky, kx
+
+
+def chi(k, theta, optics):
+    """Phase aberration chi(k) in rad (module docstring, step 4).
+
+    Parameters
+    ----------
+    k : array
+        Spatial frequency magnitude, 1/Å.
+    theta : array or float
+        Azimuth of the frequency, rad.
+    optics : Optics
+    """
+    xp = get_array_module(k)
+    lam = electron_wavelength(optics.voltage)
+    df = optics.defocus + 0.5 * optics.astigmatism * xp.cos(
+        2 * (theta - numpy.deg2rad(optics.astigmatism_angle)))
+    cs = optics.cs * 1e7                                   # mm -> Å
+    return numpy.pi * lam * df * k ** 2 - 0.5 * numpy.pi * cs * lam ** 3 * k ** 4
+
+
+def ctf(shape, pixel_size, optics, xp=numpy):
+    """Contrast transfer function of the weak-object image, on the full DFT grid.
+
+    CTF(k) = -(sqrt(1 - A^2) sin chi(k) + A cos chi(k)) (module docstring, step 4); the
+    B-factor is applied to the potential, not here.
+
+    Parameters
+    ----------
+    shape : (H, W)
+    pixel_size : float
+        Å/px.
+    optics : Optics
+    xp : module
+
+    Returns
+    -------
+    float64 array (H, W), DC at [0, 0] (numpy.fft order)
+    """
+    ky, kx = spatial_frequencies(shape, pixel_size, xp)
+    c = chi(xp.sqrt(kx * kx + ky * ky), xp.arctan2(ky, kx), optics)
+    a = optics.amplitude_contrast
+    return -(numpy.sqrt(1 - a * a) * xp.sin(c) + a * xp.cos(c))
+
+
+def ctf_zeros(optics, n, theta=0.0):
+    """Spatial frequencies (1/Å) of the first ``n`` CTF zeros along azimuth ``theta``.
+
+    Zeros are where chi = m pi - atan(A / sqrt(1 - A^2)), m = 1, 2, ...: the roots u = k^2
+    of (pi/2) Cs lambda^3 u^2 - pi lambda df u + c_m = 0, smaller root first
+    (module docstring, step 4).
+
+    Returns
+    -------
+    float64 array (n,)
+    """
+    lam = electron_wavelength(optics.voltage)
+    df = optics.defocus + 0.5 * optics.astigmatism * numpy.cos(
+        2 * (theta - numpy.deg2rad(optics.astigmatism_angle)))
+    a = optics.amplitude_contrast
+    target = numpy.arange(1, n + 1) * numpy.pi - numpy.arctan(a / numpy.sqrt(1 - a * a))
+    qa = 0.5 * numpy.pi * optics.cs * 1e7 * lam ** 3
+    qb = numpy.pi * lam * df
+    if qa == 0:
+        u = target / qb
+    else:
+        u = (qb - numpy.sqrt(qb * qb - 4 * qa * target)) / (2 * qa)
+    return numpy.sqrt(u)
+
+
+def model_radius(xyz):
+    """Largest distance of an atom from the model's centroid, Å (any orientation fits a
+    disc of this radius)."""
+    return float(numpy.sqrt(((xyz - xyz.mean(axis=0)) ** 2).sum(axis=1)).max())
+
+
+def place_particles(n, shape, pixel_size, radius, rng, max_tries=200):
+    """Random non-overlapping particle centres inside the field.
+
+    Sequential random placement: a candidate is kept when it is at least 2 ``radius``
+    from every kept centre and ``radius`` from the edges.
+
+    Parameters
+    ----------
+    n : int
+        Copies wanted.
+    shape : (H, W)
+    pixel_size : float
+    radius : float
+        Particle radius, Å.
+    rng : numpy.random.Generator
+    max_tries : int
+        Candidates tried per particle before giving up.
+
+    Returns
+    -------
+    float64 array (m, 2), m <= n: centres (row, column) in pixels
+    """
+    H, W = shape
+    r = radius / pixel_size
+    if H <= 2 * r or W <= 2 * r:
+        return numpy.zeros((0, 2))
+    kept = numpy.zeros((0, 2))
+    for _ in range(n * max_tries):
+        if len(kept) == n:
+            break
+        c = rng.uniform((r, r), (H - r, W - r))
+        if not len(kept) or ((kept - c) ** 2).sum(axis=1).min() >= (2 * r) ** 2:
+            kept = numpy.vstack([kept, c])
+    return kept
+
+
+def projected_potential(xyz, z, centres, rotations, shape, pixel_size, bfactor=0.0,
+                        ice_potential=4.5, xp=numpy):
+    """Projected Coulomb potential of the placed copies minus the solvent they displace.
+
+    Parameters
+    ----------
+    xyz : float array (A, 3)
+        Atom coordinates of the model, Å.
+    z : array (A,)
+        Atomic numbers.
+    centres : array (n, 2)
+        (row, column) in pixels of each copy's centroid.
+    rotations : array (n, 3, 3)
+    shape : (H, W)
+    pixel_size : float
+        Å/px.
+    bfactor : float
+        Å^2.
+    ice_potential : float
+        Mean inner potential of the displaced water, V (0 = no solvent subtraction).
+    xp : module
+
+    Returns
+    -------
+    float64 array (H, W) of xp
+        V_z in V Å (module docstring, step 2).
+    """
+    H, W = shape
+    ky, kx = spatial_frequencies(shape, pixel_size, xp)
+    kx = kx[:, :W // 2 + 1].copy()
+    kx[0, -1] = abs(kx[0, -1])                            # rfft's last column is +Nyquist
+    q2 = kx * kx + ky * ky
+    spectrum = xp.zeros((H, W // 2 + 1), numpy.complex128)
+    local = xp.asarray(xyz - xyz.mean(axis=0))
+    rot = xp.asarray(rotations)
+    cen = xp.asarray(centres)
+    heavy = xp.zeros((H, W), numpy.float64)
+    for element in numpy.unique(z):
+        sel = xp.asarray(numpy.flatnonzero(z == element))
+        density = _deposit(local[sel], rot, cen, shape, pixel_size, xp)
+        f = scattering_factor(element, xp.sqrt(q2) / 2)
+        spectrum += xp.fft.rfft2(density) * (POTENTIAL_PER_SCATTERING * f)
+        if element > 1:
+            heavy += density
+    if ice_potential:
+        v = DISPLACED_VOLUME
+        spectrum -= xp.fft.rfft2(heavy) * (ice_potential * v * xp.exp(-numpy.pi * v ** (2 / 3) * q2))
+    spectrum *= xp.exp(-bfactor * q2 / 4)
+    return xp.fft.irfft2(spectrum, s=shape) / pixel_size ** 2
+
+
+def _deposit(local, rotations, centres, shape, pixel_size, xp):
+    """Bilinear deposit of every rotated copy's atoms: (H, W) atom counts per pixel."""
+    H, W = shape
+    # (n, A, 3): rotated atoms of each copy, then (row, column) in pixels
+    p = xp.einsum("nij,aj->nai", rotations, local)
+    rows = (p[..., 1] / pixel_size + centres[:, None, 0]).ravel()
+    cols = (p[..., 0] / pixel_size + centres[:, None, 1]).ravel()
+    i0, j0 = xp.floor(rows).astype(numpy.int64), xp.floor(cols).astype(numpy.int64)
+    fr, fc = rows - i0, cols - j0
+    grid = xp.zeros(H * W, numpy.float64)
+    for di, wi in ((0, 1 - fr), (1, fr)):
+        for dj, wj in ((0, 1 - fc), (1, fc)):
+            ii, jj = i0 + di, j0 + dj
+            ok = (ii >= 0) & (ii < H) & (jj >= 0) & (jj < W)
+            grid += xp.bincount((ii * W + jj)[ok], weights=(wi * wj)[ok], minlength=H * W)
+    return grid.reshape(H, W)
+
+
+def image_intensity(potential, pixel_size, optics, ice_thickness=0.0, inelastic_mfp=3500.0):
+    """Image intensity (1 = the unscattered beam) of a projected potential.
+
+    Parameters
+    ----------
+    potential : float array (H, W)
+        V_z in V Å (:func:`projected_potential`).
+    pixel_size : float
+        Å/px.
+    optics : Optics
+    ice_thickness : float
+        Å, for the zero-loss attenuation exp(-t / inelastic_mfp).
+    inelastic_mfp : float
+        Å (0 = no attenuation).
+
+    Returns
+    -------
+    float64 array (H, W)  (module docstring, steps 3 to 5)
+    """
+    xp = get_array_module(potential)
+    a = optics.amplitude_contrast
+    phase = interaction_constant(optics.voltage) * potential
+    wave = xp.exp((1j * numpy.sqrt(1 - a * a) - a) * phase)
+    ky, kx = spatial_frequencies(potential.shape, pixel_size, xp)
+    propagator = xp.exp(1j * chi(xp.sqrt(kx * kx + ky * ky), xp.arctan2(ky, kx), optics))
+    image = xp.fft.ifft2(xp.fft.fft2(wave) * propagator)
+    intensity = image.real ** 2 + image.imag ** 2
+    if inelastic_mfp and ice_thickness:
+        intensity *= numpy.exp(-ice_thickness / inelastic_mfp)
+    return intensity
+
+
+def drift_trajectory(frames, drift, rng):
+    """Per-frame shifts (frames, 2) in Å: a Gaussian random walk of ``drift`` Å RMS per
+    frame and axis, starting at 0."""
+    steps = rng.standard_normal((frames, 2)) * drift
+    steps[0] = 0
+    return numpy.cumsum(steps, axis=0)
+
+
+def expose(intensity, pixel_size, dose, frames, shifts, seed, xp=numpy):
+    """Poisson frames of an image intensity (module docstring, step 6).
+
+    Parameters
+    ----------
+    intensity : float array (H, W) of xp
+    pixel_size : float
+        Å/px.
+    dose : float
+        Total e-/Å^2.
+    frames : int
+    shifts : array (frames, 2)
+        (row, column) drift in Å per frame.
+    seed : int
+        Seed of the Poisson draws.
+    xp : module
+
+    Returns
+    -------
+    int16 numpy array (frames, H, W)
+        Electron counts.
+
+    Raises
+    ------
+    InputError
+        When a frame's counts could exceed int16.
+    """
+    H, W = intensity.shape
+    mean = intensity * (dose / frames * pixel_size ** 2)
+    if float(mean.max()) > 1000:
+        raise InputError("%.0f expected counts per pixel and frame overflow the int16 movie; "
+                         "use more frames" % float(mean.max()))
+    rng = xp.random.default_rng(seed)
+    ky, kx = spatial_frequencies((H, W), pixel_size, xp)
+    spectrum = xp.fft.rfft2(mean)
+    kyr, kxr = ky, xp.abs(kx[:, :W // 2 + 1])
+    movie = numpy.empty((frames, H, W), numpy.int16)
+    for f in range(frames):
+        dy, dx = shifts[f]
+        if dy or dx:
+            shifted = xp.fft.irfft2(spectrum * xp.exp(-2j * numpy.pi * (kyr * dy + kxr * dx)),
+                                    s=(H, W))
+            lam = xp.maximum(shifted, 0)
+        else:
+            lam = mean
+        movie[f] = to_host(rng.poisson(lam).astype(numpy.int16))
+    return movie
+
+
+class SimulatedMicrograph(NamedTuple):
+    """movie : int16 (F, H, W) counts; clean : float32 (H, W) expected counts of the frame
+    sum without drift (I D p^2); particles : list of dict (row, column in px, height in
+    Å, quaternion w, x, y, z); shifts : float64 (F, 2) drift in Å; params : dict."""
+    movie: numpy.ndarray
+    clean: numpy.ndarray
+    particles: list
+    shifts: numpy.ndarray
+    params: dict
+
+
+def simulate_micrograph(xyz, z, shape, pixel_size, optics=Optics(), particles=None,
+                        ice_thickness=300.0, dose=40.0, frames=40, drift=0.0, seed=0,
+                        ice_potential=4.5, inelastic_mfp=3500.0, xp=numpy):
+    """A movie of copies of an atomic model in ice, and its clean image.
+
+    Parameters
+    ----------
+    xyz, z : the atomic model (:func:`read_atoms`), Å
+    shape : (H, W)
+        Pixels.
+    pixel_size : float
+        Å/px.
+    optics : Optics
+    particles : int or None
+        Copies wanted; None fills about a quarter of the area. Fewer are placed when they
+        do not fit (``params["particles"]`` says how many).
+    ice_thickness : float
+        Å; particle heights are uniform in the slab (recorded only).
+    dose : float
+        e-/Å^2 over all frames.
+    frames : int
+    drift : float
+        Å RMS per frame and axis (0 = none).
+    seed : int
+    ice_potential, inelastic_mfp : see :func:`projected_potential`, :func:`image_intensity`
+    xp : module
+        numpy or cupy (the arrays returned are on the host).
+
+    Returns
+    -------
+    SimulatedMicrograph
+
+    Raises
+    ------
+    InputError
+        Non-positive size, pixel size, dose or frames.
+    """
+    H, W = shape
+    if min(H, W) < 1 or pixel_size <= 0 or dose <= 0 or frames < 1:
+        raise InputError("size, pixel size, dose and frames must be positive")
+    rng = numpy.random.default_rng(seed)
+    radius = model_radius(xyz)
+    if particles is None:
+        particles = int(0.25 * H * W * pixel_size ** 2 / (numpy.pi * radius ** 2))
+    centres = place_particles(particles, shape, pixel_size, radius, rng)
+    quats = random_quaternions(len(centres), rng)
+    heights = rng.uniform(-0.5, 0.5, len(centres)) * max(ice_thickness - 2 * radius, 0)
+    shifts = drift_trajectory(frames, drift, rng)
+    if len(centres):
+        potential = projected_potential(xyz, z, centres, quaternion_matrices(quats), shape,
+                                        pixel_size, optics.bfactor, ice_potential, xp)
+    else:
+        potential = xp.zeros(shape)
+    intensity = image_intensity(potential, pixel_size, optics, ice_thickness, inelastic_mfp)
+    movie = expose(intensity, pixel_size, dose, frames, shifts, int(rng.integers(2 ** 63)), xp)
+    clean = to_host(intensity * (dose * pixel_size ** 2)).astype(numpy.float32)
+    table = [{"row": float(c[0]), "column": float(c[1]), "height_A": float(h),
+              "qw": float(q[0]), "qx": float(q[1]), "qy": float(q[2]), "qz": float(q[3])}
+             for c, h, q in zip(centres, heights, quats)]
+    params = {"shape": [H, W], "pixel_size_A": pixel_size, "dose_e_per_A2": dose,
+              "frames": frames, "drift_A_per_frame": drift, "seed": seed,
+              "particles_requested": particles, "particles": len(centres),
+              "particle_radius_A": radius, "ice_thickness_A": ice_thickness,
+              "ice_potential_V": ice_potential, "inelastic_mfp_A": inelastic_mfp,
+              "optics": optics._asdict(),
+              "wavelength_A": electron_wavelength(optics.voltage),
+              "interaction_constant_rad_per_VA": interaction_constant(optics.voltage),
+              "scattering_factors": "Peng et al. 1996, Acta Cryst. A52:257, Table 1"}
+    return SimulatedMicrograph(movie, clean, table, shifts, params)

@@ -164,3 +164,18 @@ def test_stack_without_map_id_is_read_with_a_warning():
     with pytest.warns(UserWarning, match="no MAP ID"):
         mic = read_mrc(path, ndim=3)
     assert mic.data.shape == (5, 256, 256)
+
+
+def test_count_movie_keeps_int16_labels_and_ordinary_permissions(tmp_path):
+    movie = numpy.random.default_rng(0).poisson(1.0, (3, 8, 10)).astype(numpy.int16)
+    path = str(tmp_path / "m.mrcs")
+    write_mrc(path, movie, 1.5, labels=["cupyden test label"])
+    with mrcfile.open(path) as m:
+        assert m.data.dtype == numpy.int16 and int(m.header.mode) == 1
+        assert m.header.ispg == 0                          # an image stack, not a volume
+        labels = [bytes(x).decode().strip() for x in m.header.label[:int(m.header.nlabl)]]
+        assert "cupyden test label" in labels
+        assert numpy.array_equal(m.data, movie)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask

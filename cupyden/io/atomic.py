@@ -2,7 +2,9 @@
 
 An interrupted or failed write never leaves a half-written output, and never touches an
 existing file of that name until the new one is whole (``os.replace`` is atomic on POSIX
-within one file system, hence the temporary file in the same folder).
+within one file system, hence the temporary file in the same folder). The finished file
+gets the permissions an ordinary ``open`` would give it (0666 less the umask), not the
+private 0600 of a temporary file.
 """
 
 import contextlib
@@ -43,9 +45,17 @@ def atomic_output(path, suffix=""):
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except OSError as exc:
         raise InputError("%s: cannot write (%s)" % (path, exc.strerror or exc))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    """The process's umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

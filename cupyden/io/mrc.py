@@ -142,7 +142,7 @@ def check_image(data, name):
             name, data.flat[0] if data.size else "missing"))
 
 
-def write_mrc(path, data, pixel_size, float16=False):
+def write_mrc(path, data, pixel_size, float16=False, labels=()):
     """Write an image or stack atomically (temporary file in the same folder, then rename).
 
     Parameters
@@ -150,7 +150,8 @@ def write_mrc(path, data, pixel_size, float16=False):
     path : str
         Output file; its folder must exist and be writable.
     data : array (H, W) or (Z, H, W), real
-        Written as float32 (mode 2), or float16 (mode 12) when ``float16``.
+        Written as float32 (mode 2), or float16 (mode 12) when ``float16``; int8, int16
+        and uint16 arrays (e.g. electron counts) keep their type (modes 0, 1, 6).
     pixel_size : float
         Å/px, kept in the header.
     float16 : bool
@@ -169,9 +170,15 @@ def write_mrc(path, data, pixel_size, float16=False):
             raise InputError("%s: values up to %g do not fit float16 (max 65504); "
                              "write float32 instead" % (path, peak))
         out = data.astype(numpy.float16)
+    elif data.dtype in (numpy.int8, numpy.int16, numpy.uint16):
+        out = data
     else:
         out = data.astype(numpy.float32)
     with atomic_output(path, ".mrc") as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(out)
             mrc.voxel_size = pixel_size
+            if out.ndim == 3 and path.endswith(".mrcs"):
+                mrc.set_image_stack()                 # a stack of images, not a volume
+            for text in list(labels)[:10]:
+                mrc.add_label(text.encode("ascii", "replace").decode()[:80])
