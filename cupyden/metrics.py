@@ -7,9 +7,18 @@ without B, the correlation of f(A) with the raw B gives the "mixed" SNR, and the
 image's SNR is SNR_mixed^2 / SNR_raw (Palovcak & Cheng 2020, eq. 3 of "Noise2Noise
 denoising of cryo-EM micrographs"); the gain over a raw half in dB is
 10 log10(SNR_denoised / SNR_raw) = 20 log10(SNR_mixed / SNR_raw).
+
+With a clean reference (simulations): PSNR, SSIM (Wang et al. 2004) and the Fourier ring
+correlation with its 0.5 and 0.143 crossings (Rosenthal & Henderson 2003). Without one:
+radially averaged power spectra, and the correlation of the removed part (raw - denoised)
+with the denoised image: a denoiser that removes only noise leaves it near 0.
+
+All functions take host (NumPy) arrays and return Python floats or float64 arrays.
 """
 
 import numpy
+
+from .losses.ssim import ssim_map
 
 
 def gaussian_highpass(image, cutoff):
@@ -102,3 +111,131 @@ def frc(a, b, n_rings=None):
     pa = numpy.bincount(ring.ravel(), (abs(fa) ** 2).ravel(), n + 1)[:n]
     pb = numpy.bincount(ring.ravel(), (abs(fb) ** 2).ravel(), n + 1)[:n]
     return (numpy.arange(n) + 0.5) / (2 * n), num / numpy.sqrt(pa * pb + 1e-300)
+
+
+def psnr(estimate, reference, data_range=None):
+    """Peak signal-to-noise ratio in dB: 10 log10(R^2 / MSE(estimate, reference)).
+
+    Parameters
+    ----------
+    estimate, reference : arrays (H, W), same shape and units
+    data_range : float or None
+        R; None takes max(reference) - min(reference).
+
+    Returns
+    -------
+    float
+        +inf when the images are equal.
+    """
+    e = numpy.asarray(estimate, numpy.float64)
+    r = numpy.asarray(reference, numpy.float64)
+    R = float(r.max() - r.min()) if data_range is None else float(data_range)
+    mse = float(((e - r) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * numpy.log10(R * R / mse)
+
+
+def ssim(estimate, reference, data_range=None):
+    """Mean structural similarity (Wang, Bovik, Sheikh & Simoncelli 2004, IEEE TIP 13:600,
+    eq. 13): 11-tap Gaussian window of sigma 1.5 px, K1 = 0.01, K2 = 0.03, over the
+    (H - 10) x (W - 10) positions where the window fits (the loss's own map).
+
+    Parameters
+    ----------
+    estimate, reference : arrays (H, W), H, W >= 11
+    data_range : float or None
+        R in C1 = (K1 R)^2, C2 = (K2 R)^2; None takes max(reference) - min(reference).
+
+    Returns
+    -------
+    float in [-1, 1]
+    """
+    e = numpy.asarray(estimate, numpy.float64)[None, None]
+    r = numpy.asarray(reference, numpy.float64)[None, None]
+    return float(ssim_map(e, r, data_range)[0].mean())
+
+
+def frc_resolution(freq, curve, pixel_size, threshold):
+    """Resolution (Å) where an FRC curve first falls below ``threshold``.
+
+    The crossing is linearly interpolated between the two rings around it; rings before
+    the first one above the threshold are skipped (the curve's lowest rings can be noisy).
+
+    Parameters
+    ----------
+    freq : array (n,)
+        Ring centres in cycles per pixel (:func:`frc`).
+    curve : array (n,)
+    pixel_size : float
+        Å/px.
+    threshold : float
+        0.5, or 0.143 (Rosenthal & Henderson 2003).
+
+    Returns
+    -------
+    float
+        Å; the Nyquist resolution 2 pixel_size when the curve never falls below, inf when
+        it never rises above.
+    """
+    above = numpy.flatnonzero(curve >= threshold)
+    if not len(above):
+        return float("inf")
+    for i in range(above[0], len(curve) - 1):
+        if curve[i + 1] < threshold <= curve[i]:
+            t = (curve[i] - threshold) / (curve[i] - curve[i + 1])
+            f = freq[i] + t * (freq[i + 1] - freq[i])
+            return float(pixel_size / f)
+    return float(2 * pixel_size)
+
+
+def power_spectrum(image, pixel_size, n_rings=None):
+    """Radially averaged power spectrum, mean |F(k)|^2 per ring of one Fourier pixel.
+
+    Parameters
+    ----------
+    image : array (H, W)
+    pixel_size : float
+        Å/px.
+    n_rings : int or None
+        Default min(H, W) // 2.
+
+    Returns
+    -------
+    freq : float64 array (n_rings,)
+        Ring centres in 1/Å (0 to Nyquist, 1 / (2 pixel_size)).
+    power : float64 array (n_rings,)
+        Mean |DFT|^2 / (H W) of the mean-subtracted image per ring (white noise of
+        variance v gives v in every ring).
+    """
+    x = numpy.asarray(image, numpy.float64)
+    H, W = x.shape
+    n = n_rings or min(H, W) // 2
+    f = numpy.fft.rfft2(x - x.mean())
+    r = numpy.hypot(numpy.fft.fftfreq(H)[:, None], numpy.fft.rfftfreq(W)[None, :])
+    ring = numpy.minimum((r / 0.5 * n).astype(int), n).ravel()
+    # weights: the rfft holds columns 1 .. W/2 - 1 once for two conjugate frequencies
+    w = numpy.full(f.shape, 2.0)
+    w[:, 0] = 1
+    if W % 2 == 0:
+        w[:, -1] = 1
+    p = numpy.bincount(ring, (w * abs(f) ** 2).ravel(), n + 1)[:n]
+    c = numpy.bincount(ring, w.ravel(), n + 1)[:n]
+    return (numpy.arange(n) + 0.5) / (2 * n) / pixel_size, p / numpy.maximum(c, 1) / (H * W)
+
+
+def removed_correlation(raw, denoised):
+    """Pearson correlation of what the denoiser removed (raw - denoised) with its output.
+
+    Near 0: the removed part looks like noise, independent of the signal kept. Clearly
+    positive: structure was removed along with the noise (e.g. over-smoothing).
+
+    Parameters
+    ----------
+    raw, denoised : arrays (H, W), same units
+
+    Returns
+    -------
+    float
+    """
+    raw = numpy.asarray(raw, numpy.float64)
+    den = numpy.asarray(denoised, numpy.float64)
+    return pearson(raw - den, den)
