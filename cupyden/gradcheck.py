@@ -32,7 +32,7 @@ from .layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, LeakyReLU, L
                      MaxPool2d, ReflectionPad2d, ReLU, Upsample2d)
 from .losses import LOSSES, Objective
 from .losses.contrastive import contrastive_backward, contrastive_forward
-from .models import DnCNN, Siamese, UNet
+from .models import DnCNN, Siamese, TopazUNet, UNet
 from .models.base import Model
 from .optim.params import Parameters
 
@@ -345,4 +345,10 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     add("model dncnn-12/32", DnCNN(12, 32, seed=seed), [r((1, 1, 12, 12))])
     add("model dncnn-4/8", DnCNN(4, 8, seed=seed), [r((2, 1, 7, 6))])
     add("model unet base 4", UNet(base=4, seed=seed), [r((2, 1, 13, 11))])
+    add("model topaz-unet depth 2, unpadded",
+        TopazUNet(nf=2, base_width=3, top_width=3, depth=2, pad=False, seed=seed),
+        [r((2, 1, 9, 11))])
+    add("model topaz-unet depth 2, padded",
+        TopazUNet(nf=2, base_width=5, top_width=3, depth=2, pad=True, seed=seed),
+        [r((1, 1, 10, 7))])
     return cases

@@ -47,7 +47,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .backend import get_array_module, to_device, to_host
+from .backend import get_array_module, to_host
 from .errors import InputError
 
 #: The default specimen: the GroEL 14-mer (PDB 1MNF), shipped in cupyden/data.

@@ -12,7 +12,11 @@ Usage:
   cupyden-denoise -h | --help
 
 Arguments:
-  MODEL               A model.h5 (or checkpoint.h5) written by cupyden-train.
+  MODEL               A model.h5 (or checkpoint.h5) written by cupyden-train, or
+                      topaz:NAME for a pretrained Topaz-Denoise model run in cupyden
+                      (NAME: unet, unet-small, unet-v0.2.1, fcnn; needs the topaz-em
+                      package installed; its micrographs are normalised by mean and
+                      standard deviation, as Topaz does).
   INPUT               Micrographs: MRC files, folders or globs.
 
 Options:
@@ -42,12 +46,26 @@ from ..io.checkpoint import load_checkpoint
 from ..io.mrc import read_mrc, write_mrc
 from ..io.pairs import expand
 from ..io.patches import fourier_bin, normalization
+from ..io.torch_pickle import read_state_dict, topaz_pretrained
 from ..models import build_model
+from ..models.topaz import PRETRAINED, from_topaz_state
 from .common import as_int, run
 
 
 def load_model(path, xp):
-    """A model from a cupyden checkpoint, in evaluation mode on ``xp``; and its config."""
+    """A model in evaluation mode on ``xp``, and its config.
+
+    ``path`` is a cupyden checkpoint, or ``topaz:NAME`` for a pretrained Topaz-Denoise
+    model (weights read from the installed topaz-em; no binning, mean/std normalisation).
+    """
+    if path.startswith("topaz:"):
+        name = path[len("topaz:"):]
+        if name not in PRETRAINED:
+            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
+        filename, model_config = PRETRAINED[name]
+        model = build_model(model_config).to(xp, numpy.float32).eval()
+        model.load_state(from_topaz_state(read_state_dict(topaz_pretrained(filename))))
+        return model, {"model": dict(model_config), "bin": 1, "normalize": "meanstd"}
     ck = load_checkpoint(path)
     model = build_model(ck["config"]["model"]).to(xp, numpy.float32).eval()
     model.load_state(ck["weights"])

@@ -19,7 +19,8 @@ class Normalization(NamedTuple):
         "robust": loc = median, scale = 1.4826 * median absolute deviation (the normal
         distribution's standard deviation; falls back to the standard deviation when the
         MAD is 0). "percentile": loc = mean, scale = 95th percentile of |x - mean| (the
-        seed's scaling).
+        seed's scaling). "meanstd": loc = mean, scale = standard deviation (Topaz-Denoise's
+        scaling, used with its pretrained models).
     """
     loc: float
     scale: float
@@ -40,7 +41,7 @@ def normalization(image, method="robust"):
     Parameters
     ----------
     image : array (H, W) or (Z, H, W)
-    method : "robust" or "percentile"
+    method : "robust", "percentile" or "meanstd"
 
     Returns
     -------
@@ -61,8 +62,11 @@ def normalization(image, method="robust"):
     elif method == "percentile":
         loc = float(x.mean())
         scale = float(xp.percentile(abs(x - loc), 95))
+    elif method == "meanstd":
+        loc, scale = float(x.mean()), float(x.std())
     else:
-        raise InputError("normalisation must be 'robust' or 'percentile', got %r" % method)
+        raise InputError("normalisation must be 'robust', 'percentile' or 'meanstd', got %r"
+                         % method)
     if not scale > 0:
         raise InputError("the image is constant: it cannot be normalised")
     return Normalization(loc, scale, method)

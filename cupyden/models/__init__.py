@@ -1,10 +1,13 @@
-"""Networks: DnCNN (the seed's residual CNN) and U-Net for denoising; Siamese for clustering."""
+"""Networks: DnCNN (the seed's residual CNN) and U-Net for denoising; Topaz-Denoise's
+networks (to run its pretrained weights); Siamese for clustering."""
 
 from .dncnn import DnCNN
 from .siamese import Siamese
+from .topaz import TopazFCNN, TopazUNet
 from .unet import UNet
 
-ARCHITECTURES = {"dncnn": DnCNN, "unet": UNet, "siamese": Siamese}
+ARCHITECTURES = {"dncnn": DnCNN, "unet": UNet, "siamese": Siamese, "topaz-unet": TopazUNet,
+                 "topaz-fcnn": TopazFCNN}
 
 
 def build_model(config):
