@@ -239,3 +239,53 @@ def removed_correlation(raw, denoised):
     raw = numpy.asarray(raw, numpy.float64)
     den = numpy.asarray(denoised, numpy.float64)
     return pearson(raw - den, den)
+
+
+def compare(estimates, pixel_size, clean=None, half_b=None, cutoff=1 / 200):
+    """Every applicable metric for several estimates of one micrograph's signal.
+
+    Parameters
+    ----------
+    estimates : dict of name -> array (H, W)
+        Must hold "raw", the noisy input the others were computed from; e.g. "raw",
+        "gaussian", "denoised".
+    pixel_size : float
+        Å/px.
+    clean : array (H, W) or None
+        The clean signal in the units of "raw" (simulations): PSNR, SSIM (data range of
+        ``clean``), Pearson correlation, FRC and its 0.5 / 0.143 crossings. Against a
+        noise-free reference, 0.5 is the crossing comparable with 0.143 between two noisy
+        halves (Rosenthal & Henderson 2003).
+    half_b : array (H, W) or None
+        An independent noisy view of the same signal, never seen by the denoiser:
+        correlation after the Gaussian high-pass ``cutoff`` (1/px), and the SNR gain over
+        "raw" (:func:`halves_gain`).
+    cutoff : float
+
+    Returns
+    -------
+    metrics : dict of name -> dict of str -> float
+    frc_curves : dict of name -> (freq in 1/Å, curve), against ``clean`` or else ``half_b``
+    """
+    raw = estimates["raw"]
+    metrics, curves = {}, {}
+    reference = clean if clean is not None else half_b
+    for name, est in estimates.items():
+        m = {}
+        if clean is not None:
+            m["psnr_db"] = psnr(est, clean)
+            m["ssim"] = ssim(est, clean)
+            m["cc_clean"] = pearson(est, clean)
+        if half_b is not None:
+            g = halves_gain(est, raw, half_b, cutoff)
+            m["cc_half_b"] = g["cc_denoised"]
+            m["snr_gain_db"] = g["gain_db"]
+        if reference is not None:
+            f, c = frc(est, reference)
+            curves[name] = (f / pixel_size, c)
+            m["frc_0.5_A"] = frc_resolution(f, c, pixel_size, 0.5)
+            m["frc_0.143_A"] = frc_resolution(f, c, pixel_size, 0.143)
+        if name != "raw":
+            m["removed_correlation"] = removed_correlation(raw, est)
+        metrics[name] = m
+    return metrics, curves

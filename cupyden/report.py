@@ -1,4 +1,5 @@
-"""Figures (matplotlib, Agg): loss curve, before/after panels. Written atomically."""
+"""Figures (matplotlib, Agg): loss curve, image panels, power spectra, FRC curves.
+Every PNG is written atomically."""
 
 import numpy
 
@@ -49,32 +50,69 @@ def contrast_limits(image, low=0.5, high=99.5):
     return tuple(float(v) for v in numpy.percentile(image, [low, high]))
 
 
-def before_after(before, after, path, titles=("raw", "denoised"), pixel_size=None,
-                 same_contrast=False):
-    """Side-by-side panels of a micrograph before and after denoising.
+def panels(images, titles, path, pixel_size=None, limits=None):
+    """Images side by side (one above the other for wide strips).
 
     Parameters
     ----------
-    before, after : arrays (H, W)
+    images : list of arrays (H, W)
+    titles : list of str
     path : str
-    titles : (str, str)
     pixel_size : float or None
-        Å/px, for the scale in the title.
-    same_contrast : bool
-        One display range for both panels (for images in the same units), else each
-        panel at its own 0.5-99.5 percentile range.
+        Å/px, for the titles.
+    limits : (low, high) or None
+        One display range for every panel (the same contrast); None gives each panel its
+        own 0.5-99.5 percentile range.
     """
-    H, W = before.shape
+    H, W = images[0].shape
+    n = len(images)
     if W > 1.5 * H:                                   # wide strips: one above the other
-        fig, axes = _figure(2, 1, figsize=(12, 2 * 12 * H / W + 1.2))
+        fig, axes = _figure(n, 1, figsize=(12, n * 12 * H / W + 0.6 * n), squeeze=False)
     else:
-        fig, axes = _figure(1, 2, figsize=(12, 6.4))
-    lim_b = contrast_limits(before)
-    lims = (lim_b, lim_b if same_contrast else contrast_limits(after))
-    for ax, img, title, (lo, hi) in zip(axes, (before, after), titles, lims):
+        fig, axes = _figure(1, n, figsize=(6 * n, 6.4), squeeze=False)
+    for ax, img, title in zip(axes.ravel(), images, titles):
+        lo, hi = limits or contrast_limits(img)
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
         if pixel_size:
             title += "  (%.2f Å/px, %d x %d px)" % (pixel_size, img.shape[1], img.shape[0])
         ax.set_title(title)
         ax.axis("off")
+    save_png(fig, path)
+
+
+def before_after(before, after, path, titles=("raw", "denoised"), pixel_size=None,
+                 same_contrast=False):
+    """Two panels, a micrograph before and after denoising (:func:`panels`); with
+    ``same_contrast`` both use the display range of ``before``."""
+    panels([before, after], list(titles), path, pixel_size,
+           contrast_limits(before) if same_contrast else None)
+
+
+def curves(series, path, xlabel, ylabel, log_y=False, hlines=(), title=None):
+    """Line plot of named curves against spatial frequency.
+
+    Parameters
+    ----------
+    series : list of (label, x, y)
+    path : str
+    xlabel, ylabel : str
+    log_y : bool
+    hlines : sequence of (y, label)
+        Horizontal reference lines (e.g. the FRC thresholds 0.5 and 0.143).
+    title : str or None
+    """
+    fig, ax = _figure(figsize=(7, 4.5))
+    for label, x, y in series:
+        ax.plot(x, y, label=label, lw=1.2)
+    for y, label in hlines:
+        ax.axhline(y, color="gray", lw=0.8, ls="--")
+        ax.text(ax.get_xlim()[1], y, " " + label, va="center", fontsize=8, color="gray")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
     save_png(fig, path)

@@ -1,0 +1,176 @@
+"""cupyden-evaluate: did denoising help? Metrics, figures and a Markdown report.
+
+Compares the raw micrograph, the best Gaussian low-pass of it (sigma chosen on a
+validation strip) and the denoised micrograph, on the rows below that strip:
+
+* with --clean (simulations): PSNR, SSIM and correlation with the clean signal, FRC
+  curves and their 0.5 / 0.143 crossings in Å;
+* with --half-b (the other half of the exposure: odd frames, or the other count-split
+  half, never seen in training): correlation with it after a 1/200 px^-1 Gaussian
+  high-pass, and the SNR gain in dB (Frank & Al-Ali 1975; Palovcak & Cheng 2020), FRC
+  curves against it;
+* always: radially averaged power spectra in 1/Å, and the correlation of the removed part
+  (raw - output) with the output (near 0 when only noise was removed).
+
+The Gaussian's sigma minimises the squared difference to --clean, or else to --half-b, on
+the validation strip (the top --validation fraction of the rows); without either, no
+Gaussian row. A DENOISED smaller than RAW by an integer factor (cupyden-denoise --bin)
+is compared with RAW, --clean and --half-b Fourier-binned by that factor.
+
+Usage:
+  cupyden-evaluate [options] RAW DENOISED
+  cupyden-evaluate -h | --help
+
+Arguments:
+  RAW                  The noisy micrograph that was denoised (MRC).
+  DENOISED             The denoiser's output for it (MRC).
+
+Options:
+  --clean MRC          Clean signal of RAW (e.g. cupyden-simulate's NAME_clean.mrc).
+  --clean-scale S      Factor bringing --clean to RAW's units; auto matches their means
+                       (an even half of a simulated movie expects half the clean image)
+                       [default: auto]
+  --half-b MRC         Independent noisy view of RAW's signal, unseen in training.
+  --history CSV        A training history.csv, for the loss curve.
+  --validation F       Fraction of the rows, from the top, used to choose the Gaussian's
+                       sigma and left out of every score [default: 0.25]
+  -o, --output DIR     Output folder (created) [default: evaluation]
+  -h, --help           Show this help.
+
+Outputs in DIR: report.md (the numbers and the figures), metrics.json, panels.png (raw,
+Gaussian, denoised and clean at one contrast: the clean's, else the denoised's),
+power_spectra.png, frc.png (with --clean or --half-b), loss_curve.png (with --history).
+"""
+
+import json
+import os
+
+import numpy
+
+from .. import report
+from ..baselines import best_gaussian, gaussian_lowpass
+from ..errors import InputError
+from ..io.atomic import atomic_output
+from ..io.mrc import read_mrc
+from ..io.patches import fourier_bin
+from ..metrics import compare, power_spectrum
+from ..train import read_history
+from .common import as_float, run
+
+
+def _matched(path, raw_shape, factor, name):
+    """Read an optional image and bin it like RAW; it must have RAW's shape."""
+    img = numpy.asarray(read_mrc(path, ndim=2).data, numpy.float64)
+    if img.shape != raw_shape:
+        raise InputError("%s: shape %s differs from RAW's %s" % (path, img.shape, raw_shape))
+    return fourier_bin(img, factor)
+
+
+def _fmt(v):
+    if isinstance(v, float) and numpy.isinf(v):
+        return "inf"
+    return "%.4g" % v
+
+
+def markdown(metrics, sigma, paths, figures, pixel_size, rows):
+    """The report's text."""
+    names = list(metrics)
+    keys = []
+    for m in metrics.values():
+        keys += [k for k in m if k not in keys]
+    labels = {"psnr_db": "PSNR vs clean (dB)", "ssim": "SSIM vs clean",
+              "cc_clean": "corr. with clean", "cc_half_b": "corr. with half B",
+              "snr_gain_db": "SNR gain (dB)", "frc_0.5_A": "FRC 0.5 (Å)",
+              "frc_0.143_A": "FRC 0.143 (Å)", "removed_correlation": "corr(removed, kept)"}
+    out = ["# cupyden evaluation", ""]
+    out += ["- %s: `%s`" % (k, v) for k, v in paths.items() if v]
+    out += ["- pixel size %.4g Å/px; scored on rows %d-%d (the rows above chose the Gaussian)"
+            % (pixel_size, rows[0], rows[1] - 1)]
+    if sigma is not None:
+        out.append("- best Gaussian low-pass: sigma %.3g px" % sigma)
+    out += ["", "| method | " + " | ".join(labels.get(k, k) for k in keys) + " |",
+            "|---" * (len(keys) + 1) + "|"]
+    for n in names:
+        out.append("| %s | " % n + " | ".join(_fmt(metrics[n][k]) if k in metrics[n] else ""
+                                              for k in keys) + " |")
+    out.append("")
+    out += ["![%s](%s)" % (f, f) for f in figures]
+    return "\n".join(out) + "\n"
+
+
+def _body(args):
+    out = args["--output"]
+    raw_mic = read_mrc(args["RAW"], ndim=2)
+    den_mic = read_mrc(args["DENOISED"], ndim=2)
+    raw = numpy.asarray(raw_mic.data, numpy.float64)
+    den = numpy.asarray(den_mic.data, numpy.float64)
+    factor = raw.shape[0] // den.shape[0]
+    if factor < 1 or raw.shape[0] != den.shape[0] * factor or \
+            abs(raw.shape[1] / factor - den.shape[1]) >= 1:
+        raise InputError("DENOISED %s is not RAW %s binned by an integer factor"
+                         % (den.shape, raw.shape))
+    clean = half_b = None
+    if args["--clean"]:
+        clean = _matched(args["--clean"], raw.shape, factor, "clean")
+    if args["--half-b"]:
+        half_b = _matched(args["--half-b"], raw.shape, factor, "half B")
+    raw = fourier_bin(raw, factor)
+    if clean is not None:
+        s = args["--clean-scale"]
+        clean = clean * (raw.mean() / clean.mean() if s == "auto" else
+                         as_float(args, "--clean-scale"))
+    frac = as_float(args, "--validation", 0.0, 0.9)
+    pixel_size = raw_mic.pixel_size * factor
+    H = raw.shape[0]
+    v = int(round(frac * H))
+    if H - v < 32:
+        raise InputError("fewer than 32 rows are left to score; lower --validation")
+    target = clean if clean is not None else half_b
+    estimates = {"raw": raw}
+    sigma = None
+    if target is not None and v >= 16:
+        sigma, _ = best_gaussian(raw[:v], target[:v])
+        estimates["gaussian"] = gaussian_lowpass(raw, sigma)
+    estimates["denoised"] = den
+    score = {k: e[v:] for k, e in estimates.items()}
+    metrics, frcs = compare(score, pixel_size, None if clean is None else clean[v:],
+                            None if half_b is None else half_b[v:])
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise InputError("%s: cannot create the output folder (%s)" % (out, exc.strerror))
+    figures = ["panels.png", "power_spectra.png"]
+    shown = dict(score, **({"clean": clean[v:]} if clean is not None else {}))
+    limits = report.contrast_limits(shown["clean"] if clean is not None else shown["denoised"])
+    report.panels(list(shown.values()), list(shown), os.path.join(out, "panels.png"),
+                  pixel_size, limits)
+    report.curves([(n,) + power_spectrum(e, pixel_size) for n, e in shown.items()],
+                  os.path.join(out, "power_spectra.png"), "spatial frequency (1/Å)",
+                  "power", log_y=True, title="radially averaged power spectra")
+    if frcs:
+        figures.append("frc.png")
+        ref = "clean" if clean is not None else "half B"
+        report.curves([(n, f, c) for n, (f, c) in frcs.items()], os.path.join(out, "frc.png"),
+                      "spatial frequency (1/Å)", "FRC with %s" % ref,
+                      hlines=((0.5, "0.5"), (0.143, "0.143")), title="Fourier ring correlation")
+    if args["--history"]:
+        if not os.path.isfile(args["--history"]):
+            raise InputError("%s: no such history file" % args["--history"])
+        figures.append("loss_curve.png")
+        report.loss_curve(read_history(args["--history"]), os.path.join(out, "loss_curve.png"))
+    paths = {"raw": args["RAW"], "denoised": args["DENOISED"], "clean": args["--clean"],
+             "half B": args["--half-b"]}
+    text = markdown(metrics, sigma, paths, figures, pixel_size, (v, H))
+    with atomic_output(os.path.join(out, "report.md"), ".md") as tmp:
+        with open(tmp, "w") as f:
+            f.write(text)
+    with atomic_output(os.path.join(out, "metrics.json"), ".json") as tmp:
+        with open(tmp, "w") as f:
+            json.dump({"metrics": metrics, "gaussian_sigma_px": sigma, "bin": factor,
+                       "pixel_size_A": pixel_size, "scored_rows": [v, H]}, f, indent=1)
+    print(text)
+
+
+def main(argv=None):
+    """Entry point of cupyden-evaluate; returns the exit code."""
+    return run(__doc__, argv, _body, "cupyden-evaluate")
