@@ -98,24 +98,24 @@ def main():
     sync_c = lambda: backend.synchronize(xp)      # noqa: E731
     for label, img in mics.items():
         norm = normalization(img, "meanstd")
-        whole, t_whole = timed(lambda: den.denoise(img, patch_size=-1), repeats, sync_t)
-        tiled_t, t_tiled_t = timed(lambda: den.denoise(img, patch_size=1024, padding=500),
-                                   repeats, sync_t)
         ours, t_ours = timed(lambda: denoise_array(models[True], img, xp, 2048, 4, norm)[0],
                              repeats, sync_c)
+        stats = denoise_array(models[True], img, xp, 2048, 4, norm)[1]
         whole_c = norm.invert(backend.to_host(models[False].forward(
             backend.to_device(norm.apply(img), xp)[None, None]))[0, 0])
-        stats = denoise_array(models[True], img, xp, 2048, 4, norm)[1]
-        print("%s:" % label)
-        print("  cupyden unpadded, whole image  vs Topaz whole image: rel %.2e"
-              % rel(whole_c, whole))
-        print("  cupyden padded, tiled (2048 + %d px halo, %.3fx pixels) vs Topaz whole: rel %.2e"
-              % (stats["halo"], stats["ratio"], rel(ours, whole)))
-        print("  Topaz's own tiling (1024 + 500 px, per-tile normalisation) vs Topaz whole: "
-              "rel %.2e" % rel(tiled_t, whole))
-        print("  time: Topaz whole %.3f s, Topaz tiled 1024/500 %.3f s, cupyden tiled %.3f s "
-              "(Topaz tiled / cupyden = %.2fx)" % (t_whole, t_tiled_t, t_ours, t_tiled_t / t_ours))
-
+        print("%s: cupyden tiled (2048 + %d px halo, %.3fx pixels) %.3f s"
+              % (label, stats["halo"], stats["ratio"], t_ours))
+        for tf32 in (False, True):
+            torch.backends.cudnn.allow_tf32 = tf32
+            whole, t_whole = timed(lambda: den.denoise(img, patch_size=-1), repeats, sync_t)
+            tiled_t, t_tiled_t = timed(lambda: den.denoise(img, patch_size=1024, padding=500),
+                                       repeats, sync_t)
+            print("  Topaz with TF32 %s: whole image %.3f s, its tiling (1024 + 500 px) %.3f s "
+                  "(Topaz tiled / cupyden tiled = %.2fx)"
+                  % ("on" if tf32 else "off", t_whole, t_tiled_t, t_tiled_t / t_ours))
+            print("    vs Topaz whole image: cupyden unpadded whole %.2e, cupyden padded tiled "
+                  "%.2e, Topaz's own tiling (per-tile normalisation) %.2e"
+                  % (rel(whole_c, whole), rel(ours, whole), rel(tiled_t, whole)))
 
 if __name__ == "__main__":
     main()

@@ -44,11 +44,13 @@ def gaussian_highpass(image, cutoff):
 
 
 def pearson(a, b):
-    """Pearson correlation of two arrays of the same shape (float)."""
+    """Pearson correlation of two arrays of the same shape (float; NaN when either is
+    constant)."""
     a = numpy.asarray(a, numpy.float64).ravel()
     b = numpy.asarray(b, numpy.float64).ravel()
     a, b = a - a.mean(), b - b.mean()
-    return float(numpy.dot(a, b) / numpy.sqrt(numpy.dot(a, a) * numpy.dot(b, b)))
+    norm = numpy.sqrt(numpy.dot(a, a) * numpy.dot(b, b))
+    return float(numpy.dot(a, b) / norm) if norm > 0 else float("nan")
 
 
 def snr_from_cc(c):
