@@ -28,8 +28,9 @@ from typing import Callable, List, NamedTuple
 import numpy
 
 from .backend import get_array_module
-from .layers import (BatchNorm2d, Concat, Conv2d, Dropout, Flatten, LeakyReLU, Linear,
-                     MaxPool2d, ReflectionPad2d, ReLU, Upsample2d)
+from .layers import (BatchNorm2d, BatchNorm3d, Concat, Conv2d, Conv3d, Dropout, Flatten,
+                     LeakyReLU, Linear, MaxPool2d, MaxPool3d, ReflectionPad2d, ReLU, Upsample2d,
+                     Upsample3d)
 from .losses import LOSSES, Objective
 from .losses.contrastive import contrastive_backward, contrastive_forward
 from .models import DnCNN, Siamese, TopazUNet, UNet
@@ -331,6 +332,17 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     add("batchnorm2d eval", BatchNorm2d(3), [r((4, 3, 3, 2))], training=False)
     add("dropout 0.3", Dropout(0.3, seed=1), [r((2, 3, 4, 5))], reseed=True)
     add("linear", Linear(7, 4, rng=rng), [r((3, 7))])
+    add("conv3d k3", Conv3d(2, 3, 3, rng=rng), [r((2, 2, 4, 5, 3))])
+    add("conv3d k1", Conv3d(2, 2, 1, rng=rng), [r((1, 2, 3, 2, 4))])
+    add("conv3d k3+leaky_relu 0.1", Conv3d(2, 2, 3, activation="leaky_relu", slope=0.1,
+                                            rng=rng), [r((1, 2, 3, 4, 4))])
+    add("maxpool3d 2", MaxPool3d(2), [r((2, 2, 4, 5, 4))])
+    add("upsample3d x2", Upsample3d(), [r((1, 2, 2, 3, 2))])
+    up3 = Upsample3d()                      # to a skip connection's odd size
+    case = layer_case("upsample3d to 5x7x3", up3, [r((1, 2, 2, 3, 2))], xp, dtype=dtype)
+    cases.append(case._replace(forward=lambda xs: up3.forward(xs[0], (5, 7, 3))))
+    add("batchnorm3d train", BatchNorm3d(2), [r((2, 2, 3, 2, 3))])
+    add("dropout 0.3 on a volume", Dropout(0.3, seed=2), [r((1, 2, 3, 4, 3))], reseed=True)
     for name in sorted(LOSSES):
         shape = {"ssim": (2, 1, 13, 14), "msssim": (2, 1, 24, 23)}.get(name, (2, 1, 5, 6))
         cases.append(loss_case(name, xp, rng, dtype, shape, related=name == "msssim"))

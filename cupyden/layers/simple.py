@@ -7,7 +7,7 @@ import numpy
 
 from ..backend import default_rng, get_array_module
 from ..functional import activation as act
-from ..functional.batchnorm import batchnorm2d_backward, batchnorm2d_forward
+from ..functional.batchnorm import batchnorm_backward, batchnorm_forward
 from ..functional.dropout import dropout_backward, dropout_forward
 from ..functional.linear import linear_backward, linear_forward
 from ..functional.pool import maxpool2d_backward, maxpool2d_forward
@@ -186,13 +186,13 @@ class BatchNorm2d(Layer):
                         "running_var": numpy.ones(channels)}
 
     def forward(self, x):
-        y, self.cache = batchnorm2d_forward(
+        y, self.cache = batchnorm_forward(
             x, self.params["gamma"], self.params["beta"], self.buffers["running_mean"],
             self.buffers["running_var"], self.training, self.momentum, self.eps)
         return y
 
     def backward(self, dy):
-        dx, dgamma, dbeta = batchnorm2d_backward(dy, self.cache)
+        dx, dgamma, dbeta = batchnorm_backward(dy, self.cache)
         self.grads["gamma"] += dgamma
         self.grads["beta"] += dbeta
         return dx

@@ -1,0 +1,198 @@
+"""3-D operations for tomograms: convolution, max pooling, nearest upsampling.
+
+Shapes: x (N, C, D, H, W) (D = z slices); a 3-D kernel w (F, C, K, K, K) with K odd,
+stride 1 and zero padding P = K // 2 ("same": the output keeps D x H x W).
+
+Convolution as a sum over the K^3 kernel offsets, each one matrix product (the
+"shift-and-multiply" form of im2col that never materialises the K^3-times larger column
+array, which at 64^3 voxels x 32 channels x 27 offsets would be 900 MB per sample):
+
+    y[n, f, v] = b[f] + sum_{o} sum_c w[f, c, o] * xpad[n, c, v + o]        (o over K^3 offsets)
+
+Backward, with dy (N, F, D, H, W):
+
+    db[f]       = sum_{n, v} dy[n, f, v]
+    dw[f, c, o] = sum_{n, v} dy[n, f, v] * xpad[n, c, v + o]           (dy @ window^T)
+    dxpad[n, c, v + o] += sum_f w[f, c, o] * dy[n, f, v]               (w^T @ dy)
+
+A fused activation (ReLU or LeakyReLU) may follow the bias (``functional.activation``).
+Max pooling and nearest upsampling follow ``pool.py`` and ``upsample.py`` in 3-D:
+window = stride = K, trailing voxels dropped; output index i reads input
+floor(i * n_in / n_out) along each axis.
+"""
+
+from itertools import product
+from typing import NamedTuple
+
+from ..backend import get_array_module
+from .activation import activate_, activation_backward
+
+
+class Conv3dCache(NamedTuple):
+    """xpad : padded input (N, C, D + 2P, H + 2P, W + 2P); w; y (output, after the
+    activation); slope : None or the activation's slope; bias : whether b was given."""
+    xpad: object
+    w: object
+    y: object
+    slope: object
+    bias: bool
+
+
+def _pad(x, p):
+    """Zero padding of the three spatial axes by p voxels."""
+    xp = get_array_module(x)
+    N, C, D, H, W = x.shape
+    out = xp.zeros((N, C, D + 2 * p, H + 2 * p, W + 2 * p), x.dtype)
+    out[:, :, p:p + D, p:p + H, p:p + W] = x
+    return out
+
+
+def conv3d_forward(x, w, b=None, slope=None):
+    """3-D convolution forward ("same" zero padding, stride 1).
+
+    Parameters
+    ----------
+    x : array (N, C, D, H, W), float
+    w : array (F, C, K, K, K), K odd
+    b : array (F,) or None
+    slope : None, 0.0 (ReLU) or the LeakyReLU slope, fused after the bias
+
+    Returns
+    -------
+    y : array (N, F, D, H, W)
+    cache : Conv3dCache
+    """
+    xp = get_array_module(x)
+    N, C, D, H, W = x.shape
+    F, _, K = w.shape[:3]
+    xpad = _pad(x, K // 2)
+    M = D * H * W
+    y = xp.zeros((N, F, M), x.dtype)
+    for a, bb, c in product(range(K), repeat=3):
+        window = xpad[:, :, a:a + D, bb:bb + H, c:c + W].reshape(N, C, M)
+        y += xp.matmul(w[:, :, a, bb, c], window)               # (F, C) @ (N, C, M)
+    y = y.reshape(N, F, D, H, W)
+    if b is not None:
+        y += b[None, :, None, None, None]
+    activate_(y, slope)
+    return y, Conv3dCache(xpad, w, y, slope, b is not None)
+
+
+def conv3d_backward(dy, cache):
+    """3-D convolution backward.
+
+    Returns
+    -------
+    dx : array (N, C, D, H, W)
+    dw : array (F, C, K, K, K)
+    db : array (F,) or None
+    """
+    xp = get_array_module(dy)
+    dy = activation_backward(dy, cache.y, cache.slope)
+    w = cache.w
+    N, F, D, H, W = dy.shape
+    C, K = w.shape[1], w.shape[2]
+    M = D * H * W
+    dyf = dy.reshape(N, F, M)
+    dw = xp.zeros_like(w)
+    dxpad = xp.zeros_like(cache.xpad)
+    for a, bb, c in product(range(K), repeat=3):
+        window = cache.xpad[:, :, a:a + D, bb:bb + H, c:c + W].reshape(N, C, M)
+        dw[:, :, a, bb, c] = xp.matmul(dyf, window.transpose(0, 2, 1)).sum(axis=0)
+        dxpad[:, :, a:a + D, bb:bb + H, c:c + W] += xp.matmul(
+            w[:, :, a, bb, c].T, dyf).reshape(N, C, D, H, W)
+    p = K // 2
+    dx = dxpad[:, :, p:p + D, p:p + H, p:p + W]
+    db = dy.sum(axis=(0, 2, 3, 4)) if cache.bias else None
+    return xp.ascontiguousarray(dx), dw, db
+
+
+def conv3d_naive(x, w, b=None):
+    """Loop reference: y[n, f, z, i, j] = b[f] + sum over c and the K^3 window (tests only)."""
+    xp = get_array_module(x)
+    N, C, D, H, W = x.shape
+    F, K = w.shape[0], w.shape[2]
+    xpad = _pad(x, K // 2)
+    y = xp.zeros((N, F, D, H, W), x.dtype)
+    for n, f, z, i, j in product(range(N), range(F), range(D), range(H), range(W)):
+        y[n, f, z, i, j] = (xpad[n, :, z:z + K, i:i + K, j:j + K] * w[f]).sum()
+    if b is not None:
+        y += b[None, :, None, None, None]
+    return y
+
+
+class MaxPool3dCache(NamedTuple):
+    """argmax : index of the max in each K^3 window (N, C, OD, OH, OW); x_shape; kernel."""
+    argmax: object
+    x_shape: tuple
+    kernel: int
+
+
+def maxpool3d_forward(x, kernel=2):
+    """Max pooling over K x K x K windows with stride K (trailing voxels dropped).
+
+    Parameters
+    ----------
+    x : array (N, C, D, H, W), D, H, W >= kernel
+    kernel : int
+
+    Returns
+    -------
+    y : array (N, C, D // K, H // K, W // K)
+    cache : MaxPool3dCache
+    """
+    N, C, D, H, W = x.shape
+    K = kernel
+    OD, OH, OW = D // K, H // K, W // K
+    win = x[:, :, :OD * K, :OH * K, :OW * K].reshape(N, C, OD, K, OH, K, OW, K)
+    win = win.transpose(0, 1, 2, 4, 6, 3, 5, 7).reshape(N, C, OD, OH, OW, K ** 3)
+    return win.max(axis=-1), MaxPool3dCache(win.argmax(axis=-1), x.shape, K)
+
+
+def maxpool3d_backward(dy, cache):
+    """dx: dy at each window's argmax (first in row-major order on ties), zero elsewhere."""
+    xp = get_array_module(dy)
+    N, C, D, H, W = cache.x_shape
+    K = cache.kernel
+    OD, OH, OW = dy.shape[2:]
+    onehot = cache.argmax[..., None] == xp.arange(K ** 3)      # (N, C, OD, OH, OW, K^3)
+    win = onehot * dy[..., None]
+    win = win.reshape(N, C, OD, OH, OW, K, K, K).transpose(0, 1, 2, 5, 3, 6, 4, 7)
+    dx = xp.zeros((N, C, D, H, W), dy.dtype)
+    dx[:, :, :OD * K, :OH * K, :OW * K] = win.reshape(N, C, OD * K, OH * K, OW * K)
+    return dx
+
+
+class Upsample3dCache(NamedTuple):
+    """idx : source index arrays (depth, rows, columns); x_shape."""
+    idx: tuple
+    x_shape: tuple
+
+
+def upsample3d_forward(x, size):
+    """Nearest upsampling to ``size`` = (OD, OH, OW): output i reads floor(i * n_in / n_out).
+
+    Returns
+    -------
+    y : array (N, C, OD, OH, OW)
+    cache : Upsample3dCache
+    """
+    xp = get_array_module(x)
+    idx = tuple((xp.arange(o) * n) // o for o, n in zip(size, x.shape[2:]))
+    y = x[:, :, idx[0]][:, :, :, idx[1]][:, :, :, :, idx[2]]
+    return xp.ascontiguousarray(y), Upsample3dCache(idx, x.shape)
+
+
+def upsample3d_backward(dy, cache):
+    """Each input voxel receives the sum of dy over the output voxels copied from it."""
+    xp = get_array_module(dy)
+    N, C, D, H, W = cache.x_shape
+    d0, d1, d2 = cache.idx
+
+    def fold(a, idx, axis, n):
+        """Sum along ``axis`` of the output positions that copied each of n inputs:
+        a product with the one-hot selection matrix (n_out, n)."""
+        select = (idx[:, None] == xp.arange(n)[None, :]).astype(a.dtype)
+        return xp.moveaxis(xp.matmul(xp.moveaxis(a, axis, -1), select), -1, axis)
+
+    return xp.ascontiguousarray(fold(fold(fold(dy, d2, 4, W), d1, 3, H), d0, 2, D))
