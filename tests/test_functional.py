@@ -98,3 +98,25 @@ def test_reflection_pad_matches_numpy_and_folds_back(xp):
     dy = rng.standard_normal(y.shape)
     dx = to_host(reflection_pad2d_backward(xp.asarray(dy), c))
     assert abs(numpy.vdot(to_host(y), dy) - numpy.vdot(x, dx)) < 1e-12
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_conv3d_equals_the_loop_reference(xp, k):
+    from cupyden.functional.volume import conv3d_forward, conv3d_naive
+    rng = numpy.random.default_rng(k)
+    x = rng.standard_normal((2, 3, 5, 4, 6))
+    w = rng.standard_normal((2, 3, k, k, k))
+    b = rng.standard_normal(2)
+    y, _ = conv3d_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b))
+    assert rel(y, conv3d_naive(x, w, b)) < 1e-12
+
+
+def test_maxpool3d_and_upsample3d_by_hand(xp):
+    from cupyden.functional.volume import maxpool3d_forward, upsample3d_forward
+    x = numpy.arange(2 * 4 * 5 * 3, dtype=numpy.float64).reshape(1, 2, 4, 5, 3)
+    y, _ = maxpool3d_forward(xp.asarray(x), 2)
+    # each 2x2x2 window's maximum is its last element (values increase along every axis)
+    assert rel(y, x[:, :, 1:4:2, 1:4:2, 1:2:2]) == 0
+    u, _ = upsample3d_forward(xp.asarray(x), (8, 9, 3))
+    i = (numpy.arange(9) * 5) // 9
+    assert rel(u, x[:, :, numpy.arange(8) // 2][:, :, :, i]) == 0
