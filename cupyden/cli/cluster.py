@@ -42,7 +42,7 @@ from ..errors import InputError
 from ..io.atomic import atomic_output
 from ..io.mrc import read_mrc, write_mrc
 from ..io.patches import fourier_resize
-from .common import as_float, as_int, run
+from .common import as_float, as_int, output_folder, run
 
 
 def montage(averages, counts, path, pixel_size):
@@ -73,10 +73,7 @@ def _body(args):
         raise InputError("%s: %d images is too few for %d classes (need at least 2 per class)"
                          % (args["STACK"], len(images), k))
     out = args["--output"]
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise InputError("%s: cannot create the output folder (%s)" % (out, exc.strerror))
+    output_folder(out)
     print("device: %s; %d images of %d px -> %d px, %d classes, %d rounds"
           % (device.name, len(images), images.shape[-1], box, k, rounds))
     small = fourier_resize(images, (box, box))

@@ -49,7 +49,7 @@ from ..io.patches import fourier_bin, normalization
 from ..io.torch_pickle import read_state_dict, topaz_pretrained
 from ..models import build_model
 from ..models.topaz import PRETRAINED, from_topaz_state
-from .common import as_int, run
+from .common import as_int, output_folder, run
 
 
 def load_model(path, xp):
@@ -80,10 +80,7 @@ def _body(args):
     batch = as_int(args, "--batch-size", 1)
     inputs = expand(args["INPUT"])
     out_dir = args["--output"]
-    try:
-        os.makedirs(out_dir, exist_ok=True)
-    except OSError as exc:
-        raise InputError("%s: cannot create the output folder (%s)" % (out_dir, exc.strerror))
+    output_folder(out_dir)
     model, config = load_model(args["MODEL"], device.xp)
     factor = config.get("bin", 1) if args["--bin"] == "auto" else as_int(args, "--bin", 1)
     norm_method = config.get("normalize", "robust")

@@ -55,7 +55,7 @@ from ..io.mrc import read_mrc
 from ..io.patches import fourier_bin
 from ..metrics import compare, power_spectrum
 from ..train import read_history
-from .common import as_float, run
+from .common import as_float, output_folder, run
 
 
 def _matched(path, raw_shape, factor, name):
@@ -135,10 +135,7 @@ def _body(args):
     score = {k: e[v:] for k, e in estimates.items()}
     metrics, frcs = compare(score, pixel_size, None if clean is None else clean[v:],
                             None if half_b is None else half_b[v:])
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise InputError("%s: cannot create the output folder (%s)" % (out, exc.strerror))
+    output_folder(out)
     figures = ["panels.png", "power_spectra.png"]
     shown = dict(score, **({"clean": clean[v:]} if clean is not None else {}))
     limits = report.contrast_limits(shown["clean"] if clean is not None else shown["denoised"])

@@ -58,7 +58,7 @@ from ..errors import InputError
 from ..io.atomic import atomic_output
 from ..io.mrc import write_mrc
 from ..simulate import DEFAULT_MODEL, Optics, read_atoms, simulate_micrograph
-from .common import as_float, as_int, run
+from .common import as_float, as_int, output_folder, run
 
 
 def _size(text):
@@ -121,10 +121,7 @@ def _body(args):
               dose=as_float(args, "--dose", 1e-6), frames=as_int(args, "--frames", 1),
               drift=as_float(args, "--drift", 0), particles=particles)
     out = args["OUTPUT"]
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise InputError("%s: cannot create the output folder (%s)" % (out, exc.strerror))
+    output_folder(out)
     print("device: %s; model %s (%d atoms); %d micrograph(s) of %dx%d px"
           % (device.name, model, len(z), n, shape[1], shape[0]))
     rng = numpy.random.default_rng(seed)

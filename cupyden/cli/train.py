@@ -100,7 +100,7 @@ from ..metrics import halves_gain
 from ..models import build_model
 from .. import report
 from ..train import fit
-from .common import as_choice, as_float, as_int, run
+from .common import as_choice, as_float, as_int, output_folder, run
 
 SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson")
 
@@ -209,10 +209,7 @@ def _body(args):
     o["align"], o["float16_store"] = args["--align"], args["--float16-store"]
     device = backend.select_device(args["--device"])
     out = args["--output"]
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as exc:
-        raise InputError("%s: cannot create the output folder (%s)" % (out, exc.strerror))
+    output_folder(out)
     print("device: %s" % device.name)
     t0 = time.perf_counter()
     views = []
