@@ -330,6 +330,13 @@ def spatial_frequencies(shape, pixel_size, xp=numpy):
     return ky, kx
 
 
+def rfft_frequencies(shape, pixel_size, xp=numpy):
+    """(ky, kx) grids of the real 2-D DFT (``rfft2``) of an image of ``shape``, in 1/Å;
+    kx >= 0 (the last column of an even width is +Nyquist)."""
+    ky, kx = spatial_frequencies(shape, pixel_size, xp)
+    return ky, xp.abs(kx[:, :shape[1] // 2 + 1])
+
+
 def chi(k, theta, optics):
     """Phase aberration chi(k) in rad (module docstring, step 4).
 
@@ -468,9 +475,7 @@ def projected_potential(xyz, z, centres, rotations, shape, pixel_size, bfactor=0
         V_z in V Å (module docstring, step 2).
     """
     H, W = shape
-    ky, kx = spatial_frequencies(shape, pixel_size, xp)
-    kx = kx[:, :W // 2 + 1].copy()
-    kx[0, -1] = abs(kx[0, -1])                            # rfft's last column is +Nyquist
+    ky, kx = rfft_frequencies(shape, pixel_size, xp)
     q2 = kx * kx + ky * ky
     spectrum = xp.zeros((H, W // 2 + 1), numpy.complex128)
     local = xp.asarray(xyz - xyz.mean(axis=0))
@@ -582,9 +587,8 @@ def expose(intensity, pixel_size, dose, frames, shifts, seed, xp=numpy):
         raise InputError("%.0f expected counts per pixel and frame overflow the int16 movie; "
                          "use more frames" % float(mean.max()))
     rng = xp.random.default_rng(seed)
-    ky, kx = spatial_frequencies((H, W), pixel_size, xp)
+    kyr, kxr = rfft_frequencies((H, W), pixel_size, xp)
     spectrum = xp.fft.rfft2(mean)
-    kyr, kxr = ky, xp.abs(kx[:, :W // 2 + 1])
     movie = numpy.empty((frames, H, W), numpy.int16)
     for f in range(frames):
         dy, dx = shifts[f]
