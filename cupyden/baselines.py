@@ -17,14 +17,16 @@ from .backend import get_array_module
 SIGMAS = tuple(float(s) for s in numpy.round(numpy.geomspace(0.25, 32, 29), 3))
 
 
-def gaussian_lowpass(image, sigma):
+def gaussian_lowpass(image, sigma, ndim=2):
     """Gaussian low-pass of standard deviation ``sigma`` px (0 returns a copy).
 
     Parameters
     ----------
-    image : float array (..., H, W), NumPy or CuPy
+    image : float array (..., H, W), or (..., D, H, W) with ndim=3; NumPy or CuPy
     sigma : float
-        Pixels.
+        Pixels (voxels).
+    ndim : int
+        Trailing axes filtered: 2 for images, 3 for volumes.
 
     Returns
     -------
@@ -34,24 +36,29 @@ def gaussian_lowpass(image, sigma):
     x = image.astype(numpy.float64)
     if sigma <= 0:
         return x.copy()
-    H, W = x.shape[-2:]
-    k2 = (xp.asarray(numpy.fft.fftfreq(H))[:, None] ** 2
-          + xp.asarray(numpy.fft.rfftfreq(W))[None, :] ** 2)
-    return xp.fft.irfft2(xp.fft.rfft2(x) * xp.exp(-2 * numpy.pi ** 2 * sigma ** 2 * k2),
-                         s=(H, W))
+    shape = x.shape[-ndim:]
+    axes = [numpy.fft.fftfreq(n) for n in shape[:-1]] + [numpy.fft.rfftfreq(shape[-1])]
+    k2 = 0
+    for i, k in enumerate(axes):
+        k2 = k2 + xp.asarray(k ** 2).reshape([-1 if j == i else 1 for j in range(ndim)])
+    ax = tuple(range(-ndim, 0))
+    return xp.fft.irfftn(xp.fft.rfftn(x, axes=ax) * xp.exp(-2 * numpy.pi ** 2 * sigma ** 2 * k2),
+                         s=shape, axes=ax)
 
 
-def best_gaussian(noisy, target, sigmas=SIGMAS):
+def best_gaussian(noisy, target, sigmas=SIGMAS, ndim=2):
     """The sigma whose low-pass of ``noisy`` is closest to ``target`` (least mean square).
 
     Parameters
     ----------
-    noisy : array (H, W)
+    noisy : array (H, W), or (D, H, W) with ndim=3
         The validation region of the input.
-    target : array (H, W)
+    target : array, the shape of ``noisy``
         The same region of the clean image, or of an independent noisy view.
     sigmas : sequence of float
         Candidates in pixels.
+    ndim : int
+        2 for images, 3 for volumes.
 
     Returns
     -------
@@ -59,5 +66,5 @@ def best_gaussian(noisy, target, sigmas=SIGMAS):
     errors : list of (sigma, mean squared error)
     """
     t = target.astype(numpy.float64)
-    errors = [(s, float(((gaussian_lowpass(noisy, s) - t) ** 2).mean())) for s in sigmas]
+    errors = [(s, float(((gaussian_lowpass(noisy, s, ndim) - t) ** 2).mean())) for s in sigmas]
     return min(errors, key=lambda e: e[1])[0], errors

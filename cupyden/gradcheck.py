@@ -33,7 +33,7 @@ from .layers import (BatchNorm2d, BatchNorm3d, Concat, Conv2d, Conv3d, Dropout, 
                      Upsample3d)
 from .losses import LOSSES, Objective
 from .losses.contrastive import contrastive_backward, contrastive_forward
-from .models import DnCNN, Siamese, TopazUNet, UNet
+from .models import DnCNN, F2FdUNet, Siamese, TopazUNet, UNet
 from .models.base import Model
 from .optim.params import Parameters
 
@@ -363,4 +363,10 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     add("model topaz-unet depth 2, padded",
         TopazUNet(nf=2, base_width=5, top_width=3, depth=2, pad=True, seed=seed),
         [r((1, 1, 10, 7))])
+    add("model f2fd-unet 2-D depth 2, dropout 0.3",
+        F2FdUNet(ndim=2, nf=2, depth=2, dropout_p=0.3, seed=seed), [r((2, 1, 8, 12))],
+        reseed=True)
+    add("model f2fd-unet 3-D depth 1, dropout 0.3",
+        F2FdUNet(ndim=3, nf=2, depth=1, dropout_p=0.3, seed=seed), [r((1, 1, 4, 2, 6))],
+        reseed=True)
     return cases

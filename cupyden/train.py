@@ -15,7 +15,6 @@ from . import report
 from .backend import synchronize
 from .io.atomic import atomic_output
 from .io.checkpoint import load_checkpoint, save_checkpoint
-from .io.loader import Loader
 from .losses import Objective
 from .losses.fourier import frc_ring_weights
 from .models import build_model
@@ -128,7 +127,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
 
     Parameters
     ----------
-    store : cupyden.io.store.PatchStore
+    store : cupyden.io.store.PatchStore or cupyden.f2fd.F2FdPairs
+        The source of pairs: ``size(split)``, ``read("val", indices)`` and
+        ``loader(batch_size, xp, seed, start)``.
     out_dir : str
         Receives model.h5 (the best model by validation loss), checkpoint.h5 (the latest
         state, with Adam's moments, for ``--resume``), history.csv, loss_curve.png.
@@ -176,7 +177,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     n_val = min(store.size("val"), config["val_patches"])
     vx, vy = store.read("val", numpy.arange(n_val))
     vx, vy = xp.asarray(vx), xp.asarray(vy)
-    loader = Loader(store, B, xp, seed=config["seed"], start=start)
+    loader = store.loader(B, xp, seed=config["seed"], start=start)
     per_epoch = loader.per_epoch
     t0, t_last, running, n_running = time.perf_counter(), time.perf_counter(), 0.0, 0
     elapsed0 = history[-1]["seconds"] if history else 0.0

@@ -7,6 +7,10 @@ units to DIR with the input's basename (plus --suffix), its pixel size times the
 Inputs are never opened for writing; each output is written to a temporary file in DIR
 and renamed when complete.
 
+A model trained with --pairs f2fd denoises tomograms (3-D) or micrographs (2-D), MRC or
+TIFF, as F2Fd does: the mean over K Fourier-sample inputs x T passes with dropout on, in
+overlapping tiles averaged where they overlap (cupyden/f2fd.py).
+
 Usage:
   cupyden-denoise [options] MODEL INPUT...
   cupyden-denoise -h | --help
@@ -17,12 +21,18 @@ Arguments:
                       (NAME: unet, unet-small, unet-v0.2.1, fcnn; needs the topaz-em
                       package installed; its micrographs are normalised by mean and
                       standard deviation, as Topaz does).
-  INPUT               Micrographs: MRC files, folders or globs.
+  INPUT               Micrographs (tomograms for a 3-D F2Fd model): MRC files (or
+                      TIFF for F2Fd), folders or globs.
 
 Options:
   -o, --output DIR    Output folder (created) [default: denoised]
   --suffix S          Text added to each output's basename before .mrc [default: ]
-  --patch-size PX     Tile core size in pixels (after binning) [default: 2048]
+  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or 256
+                      voxels for a 3-D F2Fd model (a 256^3 tile takes about 25 GB of
+                      GPU memory; 128 takes a quarter of that but 3.5x the time, since
+                      F2Fd's tiles overlap) [default: auto]
+  --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
+  --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
   --bin B             Fourier-crop binning factor; auto = the model's [default: auto]
   --float16           Write float16 (MRC mode 12) instead of float32 (mode 2), after a
@@ -39,13 +49,14 @@ import time
 
 import numpy
 
-from .. import backend
+from .. import backend, f2fd
 from ..errors import InputError
 from ..infer import denoise_array
 from ..io.checkpoint import load_checkpoint
 from ..io.mrc import read_mrc, write_mrc
 from ..io.pairs import expand
 from ..io.patches import fourier_bin, normalization
+from ..io.tiff import read_image
 from ..io.torch_pickle import read_state_dict, topaz_pretrained
 from ..models import build_model
 from ..models.topaz import PRETRAINED, from_topaz_state
@@ -76,12 +87,15 @@ def _body(args):
     from tqdm import tqdm
 
     device = backend.select_device(args["--device"])
-    tile = as_int(args, "--patch-size", 16)
     batch = as_int(args, "--batch-size", 1)
     inputs = expand(args["INPUT"])
     out_dir = args["--output"]
     output_folder(out_dir)
     model, config = load_model(args["MODEL"], device.xp)
+    is_f2fd = config.get("pairs") == "f2fd"
+    ndim = config["model"].get("ndim", 2)
+    tile = ((256 if ndim == 3 else 2048) if args["--patch-size"] == "auto"
+            else as_int(args, "--patch-size", 16))
     factor = config.get("bin", 1) if args["--bin"] == "auto" else as_int(args, "--bin", 1)
     norm_method = config.get("normalize", "robust")
     print("device: %s; model %s (receptive field %d px), bin %d"
@@ -89,7 +103,7 @@ def _body(args):
     jobs = []
     for path in inputs:
         stem = os.path.splitext(os.path.basename(path))[0]
-        if stem.endswith(".mrc"):                 # name.mrc.gz
+        if stem.endswith((".mrc", ".tif")):      # name.mrc.gz
             stem = stem[:-4]
         target = os.path.join(out_dir, stem + args["--suffix"] + ".mrc")
         if os.path.exists(target) and os.path.samefile(target, path):
@@ -100,6 +114,9 @@ def _body(args):
         jobs.append((path, target))
     t0 = time.perf_counter()
     for path, target in tqdm(jobs, unit="micrograph", disable=args["--no-progress"]):
+        if is_f2fd:
+            _denoise_f2fd(model, config, path, target, device.xp, tile, factor, args)
+            continue
         mic = read_mrc(path, ndim=2)
         image = fourier_bin(numpy.asarray(mic.data, numpy.float32), factor)
         den, stats = denoise_array(model, image, device.xp, tile, batch,
@@ -109,6 +126,27 @@ def _body(args):
             path, target, image.shape[1], image.shape[0], stats["tiles"],
             stats["pixels_processed"], stats["ratio"]))
     print("%d micrograph(s) in %.1f s" % (len(jobs), time.perf_counter() - t0))
+
+
+def _denoise_f2fd(model, config, path, target, xp, tile, factor, args):
+    """One tomogram or micrograph through F2Fd's inference (module docstring)."""
+    from tqdm import tqdm
+
+    image = read_image(path, ndim=config["model"]["ndim"])
+    data = image.data
+    if data.ndim == 2 and factor > 1:
+        data = fourier_bin(numpy.asarray(data, numpy.float32), factor)
+    prm = config["f2fd"]
+    prm = f2fd.F2FdParams(**dict(prm, sphere_fraction=tuple(prm["sphere_fraction"])))
+    x, norm = f2fd.prepare(data)
+    K, T = as_int(args, "--samples", 1), as_int(args, "--passes", 1)
+    t0 = time.perf_counter()
+    den = norm.invert(f2fd.denoise(model, x, prm, xp, K, T, tile))
+    f2fd_seconds = time.perf_counter() - t0
+    write_mrc(target, den, image.pixel_size * (factor if data.ndim == 2 else 1),
+              float16=args["--float16"])
+    tqdm.write("%s -> %s: %s voxels, %d x %d passes in %.1f s" % (
+        path, target, " x ".join(map(str, x.shape)), K, T, f2fd_seconds))
 
 
 def main(argv=None):

@@ -16,12 +16,16 @@ Pair sources (--pairs), INPUT being MRC files, folders or globs:
   halves        INPUT are the even half micrographs, --odd the odd ones, paired by name
   gaussian      each INPUT is a clean image; Gaussian noise of sigma --noise-level
   poisson       each INPUT is a clean image; Poisson counts of mean --noise-level per px
+  f2fd          one INPUT, a tomogram (MRC or TIFF volume) or a single micrograph (MRC
+                or TIFF): F2Fd's Fourier-perturbed pairs of the one image, F2Fd's
+                dropout U-Net (3-D or 2-D); ends by denoising the INPUT
+                (denoised.mrc, central_slice.png)
 
 Options:
   --pairs SOURCE      Pair source, as above [default: count-split]
   --odd PATTERN       Odd half micrographs (folder or glob) for --pairs halves.
   --store H5          Train from an existing patch store instead of building one.
-  --arch ARCH         dncnn or unet [default: dncnn]
+  --arch ARCH         dncnn or unet (--pairs f2fd: always F2Fd's U-Net) [default: dncnn]
   --depth N           DnCNN conv layers [default: 12]
   --width N           DnCNN channels [default: 32]
   --base N            U-Net channels at the first level [default: 32]
@@ -66,6 +70,17 @@ Options:
   --normalize M       robust (median, MAD) or percentile (95th percentile of |x - mean|)
                       [default: robust]
   --float16-store     Keep patches as float16 in the store (half the disk).
+F2Fd (--pairs f2fd; names as in F2Fd; --patch-size is its subtomo_length, a
+multiple of 32):
+  --p P               Probability of inverting a Fourier coefficient's sign [default: 0.1]
+  --Vmask-pct F       Probability of dropping a block of Fourier voxels [default: 0.5]
+  --volumetric-scale-factor N  Side of those blocks, Fourier voxels [default: 8]
+  --dropout-p F       Dropout probability of the U-Net's decoder [default: 0.3]
+  --total-samples N   Fourier masks in the pool [default: 20]
+  --n-bernoulli-samples N  Samples averaged into one input or target [default: 6]
+  --features N        U-Net features [default: 48]
+  --samples K         Denoising: Fourier-sample inputs averaged [default: 4]
+  --passes T          Denoising: dropout passes per input [default: 4]
   --seed N            Seed of the split, patches, batches and weights [default: 0]
   -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
@@ -86,7 +101,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .. import backend
+from .. import backend, f2fd
 from ..data import k2_crop
 from ..errors import InputError
 from ..infer import denoise_array
@@ -96,13 +111,14 @@ from ..io.mrc import read_mrc, write_mrc
 from ..io.pairs import count_split, expand, pair_halves, synthetic_pair
 from ..io.patches import cut_patches, fourier_bin, normalization
 from ..io.store import PatchStore, PatchStoreWriter
+from ..io.tiff import read_image
 from ..metrics import halves_gain
 from ..models import build_model
 from .. import report
 from ..train import fit
 from .common import as_choice, as_float, as_int, output_folder, run
 
-SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson")
+SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson", "f2fd")
 
 
 class View(NamedTuple):
@@ -211,6 +227,8 @@ def _body(args):
     out = args["--output"]
     output_folder(out)
     print("device: %s" % device.name)
+    if o["pairs"] == "f2fd":
+        return _train_f2fd(args, o, device, out)
     t0 = time.perf_counter()
     views = []
     if args["--store"]:
@@ -241,13 +259,7 @@ def _body(args):
               "seed": o["seed"], "max_seconds": o["max_seconds"], "patch_size": store.patch, "bin": store.attr("bin", 1),
               "pairs": store.attr("pairs"), "normalize": store.attr("normalize", "robust"),
               "pixel_size": store.attr("pixel_size", 0.0)}
-    if args["--resume"]:
-        saved = load_checkpoint(args["--resume"])["config"]
-        diff = sorted(k for k in set(saved) | set(config)
-                      if k not in ("steps", "max_seconds") and saved.get(k) != config.get(k))
-        if diff:
-            raise InputError("%s was trained with other settings (%s); resume with the same "
-                             "options" % (args["--resume"], ", ".join(diff)))
+    _check_resume(args["--resume"], config)
     print("training %s on %d patch pairs, %d steps of %d" % (
         build_model(model_cfg).__class__.__name__, n_train, steps, o["batch_size"]))
     fit(store, out, config, device.xp, resume=args["--resume"], progress=not args["--no-progress"])
@@ -255,6 +267,92 @@ def _body(args):
     if views and o["pairs"] in ("count-split", "movie", "halves"):
         _evaluate(views, out, device, o)
     print("done in %.0f s; outputs in %s" % (time.perf_counter() - t0, out))
+
+
+def _check_resume(path, config):
+    """Refuse to resume a checkpoint trained with other settings (steps and time aside)."""
+    if not path:
+        return
+    saved = load_checkpoint(path)["config"]
+    diff = sorted(k for k in set(saved) | set(config)
+                  if k not in ("steps", "max_seconds") and saved.get(k) != config.get(k))
+    if diff:
+        raise InputError("%s was trained with other settings (%s); resume with the same "
+                         "options" % (path, ", ".join(diff)))
+
+
+def f2fd_params(args, patch_size):
+    """F2FdParams from the command line's F2Fd options."""
+    return f2fd.F2FdParams(
+        p=as_float(args, "--p", 0, 1), Vmask_pct=as_float(args, "--Vmask-pct", 0, 1),
+        dropout_p=as_float(args, "--dropout-p", 0, 0.99),
+        volumetric_scale_factor=as_int(args, "--volumetric-scale-factor", 1),
+        total_samples=as_int(args, "--total-samples", 2),
+        n_bernoulli_samples=as_int(args, "--n-bernoulli-samples", 1), subtomo_length=patch_size)
+
+
+def _train_f2fd(args, o, device, out):
+    """--pairs f2fd: train F2Fd's U-Net on one image's Fourier samples, then denoise it."""
+    t0 = time.perf_counter()
+    if len(o["inputs"]) != 1:
+        raise InputError("--pairs f2fd trains on one tomogram or micrograph (INPUT), got %d"
+                         % len(o["inputs"]))
+    image = read_image(expand(o["inputs"])[0])
+    name = os.path.basename(image.path)
+    data = numpy.asarray(image.data, numpy.float32)
+    if o["bin"] > 1:
+        if data.ndim == 3:
+            raise InputError("--bin applies to micrographs; bin volumes before training")
+        data = fourier_bin(data, o["bin"])
+    pixel_size = image.pixel_size * o["bin"]
+    prm = f2fd_params(args, o["patch_size"])
+    if o["patch_size"] % 32:
+        raise InputError("--patch-size must be a multiple of 32 for F2Fd's U-Net (5 poolings),"
+                         " got %d" % o["patch_size"])
+    if data.ndim == 3 and any(o["loss_weights"].values()):
+        raise InputError("the Fourier, SSIM and gradient losses are 2-D; use --loss alone "
+                         "for a volume")
+    x, norm = f2fd.prepare(data)
+    pairs = f2fd.F2FdPairs(x, prm, device.xp, o["seed"], n_val=min(o["val_patches"], 16))
+    model_cfg = {"arch": "f2fd-unet", "ndim": x.ndim, "nf": as_int(args, "--features", 1),
+                 "depth": 5, "dropout_p": prm.dropout_p, "seed": o["seed"]}
+    params = prm._asdict()
+    params["sphere_fraction"] = list(params["sphere_fraction"])
+    config = {"model": model_cfg, "loss": o["loss"], "loss_weights": o["loss_weights"],
+              "lr_schedule": o["lr_schedule"], "lr_options": o["lr_options"], "lr": o["lr"],
+              "batch_size": o["batch_size"], "steps": o["steps"], "val_every": o["val_every"],
+              "val_patches": pairs.size("val"), "seed": o["seed"], "max_seconds": o["max_seconds"],
+              "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
+              "normalize": "f2fd", "pixel_size": pixel_size, "input": name}
+    _check_resume(args["--resume"], config)
+    kind = "tomogram" if x.ndim == 3 else "micrograph"
+    print("F2Fd on the %s %s (%s voxels, %.4g A/voxel): %d steps of %d patches of %d"
+          % (kind, name, " x ".join(map(str, x.shape)), pixel_size, o["steps"], o["batch_size"],
+             prm.subtomo_length))
+    fit(pairs, out, config, device.xp, resume=args["--resume"],
+        progress=not args["--no-progress"])
+    ck = load_checkpoint(os.path.join(out, "model.h5"))
+    model = build_model(ck["config"]["model"]).to(device.xp, numpy.float32)
+    model.load_state(ck["weights"])
+    t1 = time.perf_counter()
+    den = norm.invert(f2fd.denoise(model, x, prm, device.xp, as_int(args, "--samples", 1),
+                                   as_int(args, "--passes", 1), 256 if x.ndim == 3 else 2048))
+    t_den = time.perf_counter() - t1
+    write_mrc(os.path.join(out, "denoised.mrc"), den, pixel_size)
+    central_slice_png(data, den, os.path.join(out, "central_slice.png"), pixel_size)
+    print("denoised %s in %.1f s: denoised.mrc, central_slice.png" % (name, t_den))
+    print("done in %.0f s; outputs in %s" % (time.perf_counter() - t0, out))
+
+
+def central_slice_png(raw, denoised, path, pixel_size):
+    """Before/after panels of the central z slice of a volume (or of a micrograph)."""
+    if raw.ndim == 3:
+        k = raw.shape[0] // 2
+        raw, denoised = raw[k], denoised[k]
+        titles = ("raw, slice z = %d" % k, "F2Fd, slice z = %d" % k)
+    else:
+        titles = ("raw", "F2Fd")
+    report.before_after(raw, denoised, path, titles, pixel_size or None)
 
 
 def _evaluate(views, out, device, o):

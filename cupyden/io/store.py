@@ -118,5 +118,10 @@ class PatchStore:
             y[j] = dy[int(i)]
         return x, y
 
+    def loader(self, batch_size, xp, seed=0, start=0):
+        """The double-buffered training :class:`~cupyden.io.loader.Loader` over this store."""
+        from .loader import Loader
+        return Loader(self, batch_size, xp, seed=seed, start=start)
+
     def close(self):
         self.f.close()

@@ -138,7 +138,8 @@ class Dropout(Layer):
         if self._rng is None:
             self._rng = default_rng(xp, self.seed)
         mask = self._rng.random(x.shape, dtype=numpy.float32) >= self.p
-        y, self.cache = dropout_forward(x, mask, self.p)
+        y, cache = dropout_forward(x, mask, self.p)
+        self.cache = cache if self.keep_cache else None   # Monte-Carlo dropout at inference
         return y
 
     def backward(self, dy):

@@ -49,7 +49,8 @@ class Conv3d(Layer):
         self.rf = (kernel_size, 1)
 
     def forward(self, x):
-        y, self.cache = conv3d_forward(x, self.params["w"], self.params.get("b"), self.slope)
+        y, cache = conv3d_forward(x, self.params["w"], self.params.get("b"), self.slope)
+        self.cache = cache if self.keep_cache else None      # inference keeps no padded copy
         return y
 
     def backward(self, dy):
@@ -69,7 +70,8 @@ class MaxPool3d(Layer):
         self.rf = (kernel, kernel)
 
     def forward(self, x):
-        y, self.cache = maxpool3d_forward(x, self.kernel)
+        y, cache = maxpool3d_forward(x, self.kernel)
+        self.cache = cache if self.keep_cache else None
         return y
 
     def backward(self, dy):
@@ -83,7 +85,8 @@ class Upsample3d(Layer):
 
     def forward(self, x, size=None):
         size = tuple(2 * n for n in x.shape[2:]) if size is None else tuple(size)
-        y, self.cache = upsample3d_forward(x, size)
+        y, cache = upsample3d_forward(x, size)
+        self.cache = cache if self.keep_cache else None
         return y
 
     def backward(self, dy):

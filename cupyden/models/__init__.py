@@ -1,13 +1,15 @@
-"""Networks: DnCNN (the seed's residual CNN) and U-Net for denoising; Topaz-Denoise's
-networks (to run its pretrained weights); Siamese for clustering."""
+"""Networks: DnCNN (the seed's residual CNN) and U-Net for denoising; F2Fd's dropout U-Net
+(3-D and 2-D); Topaz-Denoise's networks (to run its pretrained weights); Siamese for
+clustering."""
 
 from .dncnn import DnCNN
 from .siamese import Siamese
 from .topaz import TopazFCNN, TopazUNet
 from .unet import UNet
+from .unet3d import F2FdUNet
 
 ARCHITECTURES = {"dncnn": DnCNN, "unet": UNet, "siamese": Siamese, "topaz-unet": TopazUNet,
-                 "topaz-fcnn": TopazFCNN}
+                 "topaz-fcnn": TopazFCNN, "f2fd-unet": F2FdUNet}
 
 
 def build_model(config):

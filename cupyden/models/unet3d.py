@@ -1,0 +1,153 @@
+"""F2Fd's U-Net with dropout, in 3-D for tomograms and in 2-D for single micrographs.
+
+The network of F2Fd (Fourier Perturbations for Denoising Cryo-Electron Tomograms; code at
+github.com/Fickincool/F2Fd, ``model.py``), itself Self2Self's U-Net (Quan, Chen, Pang &
+Ji 2020, CVPR) without partial convolutions, written with cupyden's layers. nf = 48
+features, LeakyReLU(0.1), depth d = 5 poolings, every convolution 3 x 3 (x 3):
+
+    enc0       Conv(1->nf)                               (no activation, as in F2Fd)
+    enc1..d    Conv(nf->nf)+LReLU, MaxPool 2             1/2 .. 1/2^d (enc{i} after pooling)
+    bottom     Conv(nf->nf)+LReLU                        1/2^d
+    dec{d}     upsample, concat enc{d-1}'s output:       Dropout, Conv(2nf->2nf)+LReLU,
+                                                         Dropout, Conv(2nf->2nf)+LReLU
+    dec{i}     (i = d-1 .. 2) upsample, concat enc{i-1}'s output (nf): Dropout,
+               Conv(3nf->2nf)+LReLU, Dropout, Conv(2nf->2nf)+LReLU
+    dec1       upsample, concat the input: Dropout, Conv(2nf+1->64)+LReLU, Dropout,
+               Conv(64->32)+LReLU, Dropout, Conv(32->1)
+
+enc0's output feeds only enc1; the input itself is dec1's skip. Dropout, with probability
+``dropout_p``, stays on at inference when F2Fd averages T passes (``cupyden.f2fd``); that
+is what ``mc_dropout`` switches on. F2Fd uses partial convolutions in the encoder, which
+without a mask only rescale the border; plain zero-padded convolutions are used here.
+
+Sides must be multiples of 2^d (32): the patches and tiles of ``cupyden.f2fd`` are.
+"""
+
+import numpy
+
+from ..layers import (Concat, Conv2d, Conv3d, Dropout, MaxPool2d, MaxPool3d, Sequential,
+                      Upsample2d, Upsample3d)
+from .base import Model
+
+SLOPE = 0.1
+
+
+class F2FdUNet(Model):
+    """F2Fd's dropout U-Net (module docstring).
+
+    Parameters
+    ----------
+    ndim : int
+        3 for tomograms (N, 1, D, H, W), 2 for micrographs (N, 1, H, W).
+    nf : int
+        Features (48).
+    depth : int
+        Poolings (5); sides must be multiples of 2^depth.
+    dropout_p : float
+        Drop probability of the decoder's dropout layers (F2Fd's ``dropout_p``).
+    seed : int
+        Seed of the initial weights and of the dropout masks.
+
+    Weights and biases start uniform in +-1/sqrt(fan_in), PyTorch's default (kaiming_uniform
+    with a = sqrt(5)) that F2Fd's network had: He's normal initialisation, with the skip
+    concatenations and the dropout's 1/(1 - p), gave outputs of standard deviation 9 for
+    unit inputs and a diverging first step.
+    """
+
+    arch = "f2fd-unet"
+
+    def __init__(self, ndim=3, nf=48, depth=5, dropout_p=0.3, seed=0):
+        if ndim not in (2, 3):
+            raise ValueError("ndim must be 2 or 3, got %r" % ndim)
+        self.ndim, self.nf, self.depth, self.dropout_p, self.seed = ndim, nf, depth, dropout_p, seed
+        self.multiple = 2 ** depth
+        rng = numpy.random.default_rng(seed)
+        Conv = Conv3d if ndim == 3 else Conv2d
+        Pool = MaxPool3d if ndim == 3 else MaxPool2d
+        Up = Upsample3d if ndim == 3 else Upsample2d
+        drops = iter(range(1000))
+
+        def conv(cin, cout, act=True):
+            return Conv(cin, cout, 3, activation="leaky_relu" if act else None, slope=SLOPE,
+                        rng=rng)
+
+        def drop():
+            return Dropout(dropout_p, seed=seed * 1000 + next(drops))
+
+        self.enc = [Sequential([("conv", conv(1, nf, act=False))])]
+        self.enc += [Sequential([("conv", conv(nf, nf)), ("pool", Pool(2))]) for _ in range(depth)]
+        self.bottom = Sequential([("conv", conv(nf, nf))])
+        self.ups = [Up() for _ in range(depth)]
+        self.cats = [Concat() for _ in range(depth)]
+        self.dec = {}
+        for i in range(depth, 1, -1):
+            cin = 2 * nf if i == depth else 3 * nf
+            self.dec[i] = Sequential([("drop1", drop()), ("conv1", conv(cin, 2 * nf)),
+                                      ("drop2", drop()), ("conv2", conv(2 * nf, 2 * nf))])
+        top = (2 * nf if depth > 1 else nf) + 1        # dec2's output (or the bottom's) + input
+        self.dec[1] = Sequential([("drop1", drop()), ("conv1", conv(top, 64)),
+                                  ("drop2", drop()), ("conv2", conv(64, 32)),
+                                  ("drop3", drop()), ("conv3", conv(32, 1, act=False))])
+        self.named = [("enc%d" % i, e) for i, e in enumerate(self.enc)] + [("bottom", self.bottom)]
+        for i in range(depth, 0, -1):
+            self.named += [("up%d" % i, self.ups[i - 1]), ("cat%d" % i, self.cats[i - 1]),
+                           ("dec%d" % i, self.dec[i])]
+        for _, layer in self.named_layers():          # PyTorch's default initialisation
+            if isinstance(layer, Conv):
+                bound = 1 / numpy.sqrt(layer.params["w"][0].size)     # 1 / sqrt(fan_in)
+                for k, v in layer.params.items():
+                    v[...] = rng.uniform(-bound, bound, v.shape)
+
+    def path(self):
+        return [layer for name, layer in self.named_layers() if not name.startswith("cat")]
+
+    def mc_dropout(self):
+        """Inference with dropout on (F2Fd's T stochastic passes): evaluation mode, no
+        caches, but the Dropout layers drop."""
+        self.eval()
+        for _, layer in self.named_layers():
+            if isinstance(layer, Dropout):
+                layer.training = True
+        return self
+
+    def forward(self, x):
+        """x (N, 1, *S) -> (N, 1, *S), every side of S a multiple of 2^depth.
+
+        Raises
+        ------
+        ValueError
+            When a side is not a multiple of 2^depth.
+        """
+        if any(n % self.multiple for n in x.shape[2:]):
+            raise ValueError("F2FdUNet needs sides that are multiples of %d, got %s"
+                             % (self.multiple, tuple(x.shape[2:])))
+        feats = [x]                                     # x, then enc1 .. enc{d} outputs
+        h = self.enc[0].forward(x)
+        for i in range(1, self.depth + 1):
+            h = self.enc[i].forward(h)
+            feats.append(h)
+        h = self.bottom.forward(h)
+        for i in range(self.depth, 0, -1):              # dec{i} concatenates feats[i - 1]
+            skip = feats[i - 1]
+            h = self.cats[i - 1].forward(self.ups[i - 1].forward(h, skip.shape[2:]), skip)
+            h = self.dec[i].forward(h)
+        return h
+
+    def backward(self, dy):
+        """The forward pass in reverse; each encoder output's gradient sums its two uses
+        (the next encoder level and the skip)."""
+        dfeats = [None] * self.depth
+        dh = dy
+        for i in range(1, self.depth + 1):
+            dup, dfeats[i - 1] = self.cats[i - 1].backward(self.dec[i].backward(dh))
+            dh = self.ups[i - 1].backward(dup)
+        dh = self.bottom.backward(dh)                   # enc{d}'s output feeds only the bottom
+        for i in range(self.depth, 0, -1):
+            dh = self.enc[i].backward(dh)               # gradient of enc{i-1}'s output,
+            if i > 1:                                   # which is also dec{i}'s skip
+                dh = dh + dfeats[i - 1]
+        return self.enc[0].backward(dh) + dfeats[0]     # the input is dec1's skip
+
+    def config(self):
+        return {"arch": self.arch, "ndim": self.ndim, "nf": self.nf, "depth": self.depth,
+                "dropout_p": self.dropout_p, "seed": self.seed}
