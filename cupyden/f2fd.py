@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .backend import default_rng, to_device, to_host
+from .backend import default_rng, free_memory as backend_free, to_device, to_host
 from .errors import InputError
 from .io.patches import normalization
 
@@ -60,7 +60,11 @@ class F2FdParams(NamedTuple):
     total_samples : int
         Masks in the pool (20).
     n_bernoulli_samples : int
-        Samples averaged into one input (and into one target) (6).
+        Samples averaged into one input (and into one target). Default 1, as F2Fd's code
+        pairs them (its 6 is a count of separate pairs per patch): the mean of n masks
+        keeps all but 0.5^n of the dropped Fourier blocks, which removes the blind spots
+        the network must fill from the signal; on a 96^3 GroEL test (2 CPU minutes) n = 6
+        reached 12.9 dB PSNR, n = 1 16.6 dB (benchmarks/RESULTS.md).
     subtomo_length : int
         Side of the training patches, voxels, a multiple of 32 (64).
     sphere_fraction : (float, float)
@@ -72,7 +76,7 @@ class F2FdParams(NamedTuple):
     dropout_p: float = 0.3
     volumetric_scale_factor: int = 8
     total_samples: int = 20
-    n_bernoulli_samples: int = 6
+    n_bernoulli_samples: int = 1
     subtomo_length: int = 64
     sphere_fraction: tuple = (0.05, 0.1)
 
@@ -165,6 +169,11 @@ class FourierPerturbation:
 class FourierSampler:
     """Means of Fourier samples of one image, regenerated on the device when drawn.
 
+    The image is mirrored by ``pad`` voxels on every side before its FFT, so that its
+    periodic extension has no jump between opposite faces: masking the spectrum of a jump
+    rings, and in a first 256^3 run the denoised volume was visibly noisier within about
+    20 voxels of its faces. Samples are cropped back to the image.
+
     Parameters
     ----------
     image : float32 array (H, W) or (D, H, W)
@@ -173,23 +182,32 @@ class FourierSampler:
     xp : module
     seed : int
         Pool ``pool`` entry m is the mask of seed (seed, pool, m).
+    pad : int
+        Mirror padding, voxels (at most the side - 1).
     """
 
-    def __init__(self, image, params, xp, seed=0):
+    def __init__(self, image, params, xp, seed=0, pad=16):
         if params.total_samples < 2 * params.n_bernoulli_samples:
             raise InputError("total_samples (%d) must be at least 2 x n_bernoulli_samples (%d)"
                              % (params.total_samples, 2 * params.n_bernoulli_samples))
         self.params, self.xp, self.seed = params, xp, seed
+        image = numpy.asarray(image, numpy.float32)
         self.shape = tuple(image.shape)
-        self.spectrum = xp.fft.rfftn(to_device(numpy.asarray(image, numpy.float32), xp)).astype(
-            numpy.complex64)
-        self.perturb = FourierPerturbation(self.shape, params, xp)
+        pad = min([pad] + [n - 1 for n in self.shape])
+        self.crop = tuple(slice(pad, pad + n) for n in self.shape)
+        padded = numpy.pad(image, pad, mode="reflect")
+        self.padded_shape = padded.shape
+        self.spectrum = xp.fft.rfftn(to_device(padded, xp)).astype(numpy.complex64)
+        self.perturb = FourierPerturbation(self.padded_shape, params, xp)
 
     def sample_mean(self, members, pool=0):
-        """IFFT(mean mask x X) over the pool entries ``members``: float32 array of xp."""
+        """IFFT(mean mask x X) over the pool entries ``members``, cropped to the image:
+        float32 array of xp."""
         seeds = [_seed(self.seed, pool, m) for m in members]
         m = self.perturb.mean_mask(seeds)
-        return self.xp.fft.irfftn(self.spectrum * m, s=self.shape, axes=tuple(range(len(self.shape)))).astype(numpy.float32)
+        axes = tuple(range(len(self.shape)))
+        full = self.xp.fft.irfftn(self.spectrum * m, s=self.padded_shape, axes=axes)
+        return self.xp.ascontiguousarray(full[self.crop]).astype(numpy.float32)
 
     def draw(self, rng, halves=2):
         """``halves`` disjoint sets of n pool entries, drawn without replacement."""
@@ -294,6 +312,20 @@ def tile_starts(n, tile, overlap):
         return [0]
     count = int(math.ceil((n - overlap) / (tile - overlap)))
     return sorted({int(round(s)) for s in numpy.linspace(0, n - tile, count)})
+
+
+#: Memory of one inference pass of F2Fd's 3-D U-Net (48 features), measured on an H200
+#: (benchmarks/f2fd_tomogram.py speed): 6.9 GiB for a 128^3 tile, 55.3 GiB for 256^3.
+TILE_MEMORY = {128: 6.9 * 2 ** 30, 256: 55.3 * 2 ** 30}
+
+
+def auto_tile(ndim, xp):
+    """Tile side for :func:`denoise`: 2048 px for micrographs; for volumes 256 voxels when
+    the device has room for it (one 256^3 pass took 1.8 s, 3.5x faster than the 27
+    overlapping 128^3 tiles that cover 256^3), else 128."""
+    if ndim == 2:
+        return 2048
+    return 256 if backend_free(xp) > 1.1 * TILE_MEMORY[256] else 128
 
 
 def denoise(model, image, params, xp, samples=4, passes=4, tile=256, overlap=32, seed=1,

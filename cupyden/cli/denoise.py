@@ -27,10 +27,9 @@ Arguments:
 Options:
   -o, --output DIR    Output folder (created) [default: denoised]
   --suffix S          Text added to each output's basename before .mrc [default: ]
-  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or 256
-                      voxels for a 3-D F2Fd model (a 256^3 tile takes about 25 GB of
-                      GPU memory; 128 takes a quarter of that but 3.5x the time, since
-                      F2Fd's tiles overlap) [default: auto]
+  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or for a
+                      3-D F2Fd model 256 voxels when 61 GiB are free (a 256^3 pass
+                      took 55 GiB), else 128 (6.9 GiB, 3.5x the time) [default: auto]
   --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
   --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
@@ -94,7 +93,7 @@ def _body(args):
     model, config = load_model(args["MODEL"], device.xp)
     is_f2fd = config.get("pairs") == "f2fd"
     ndim = config["model"].get("ndim", 2)
-    tile = ((256 if ndim == 3 else 2048) if args["--patch-size"] == "auto"
+    tile = (f2fd.auto_tile(ndim, device.xp) if args["--patch-size"] == "auto"
             else as_int(args, "--patch-size", 16))
     factor = config.get("bin", 1) if args["--bin"] == "auto" else as_int(args, "--bin", 1)
     norm_method = config.get("normalize", "robust")

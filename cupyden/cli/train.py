@@ -77,7 +77,8 @@ multiple of 32):
   --volumetric-scale-factor N  Side of those blocks, Fourier voxels [default: 8]
   --dropout-p F       Dropout probability of the U-Net's decoder [default: 0.3]
   --total-samples N   Fourier masks in the pool [default: 20]
-  --n-bernoulli-samples N  Samples averaged into one input or target [default: 6]
+  --n-bernoulli-samples N  Samples averaged into one input or target; 1 pairs single
+                      samples as F2Fd's code does (cupyden/f2fd.py) [default: 1]
   --features N        U-Net features [default: 48]
   --samples K         Denoising: Fourier-sample inputs averaged [default: 4]
   --passes T          Denoising: dropout passes per input [default: 4]
@@ -336,7 +337,7 @@ def _train_f2fd(args, o, device, out):
     model.load_state(ck["weights"])
     t1 = time.perf_counter()
     den = norm.invert(f2fd.denoise(model, x, prm, device.xp, as_int(args, "--samples", 1),
-                                   as_int(args, "--passes", 1), 256 if x.ndim == 3 else 2048))
+                                   as_int(args, "--passes", 1), f2fd.auto_tile(x.ndim, device.xp)))
     t_den = time.perf_counter() - t1
     write_mrc(os.path.join(out, "denoised.mrc"), den, pixel_size)
     central_slice_png(data, den, os.path.join(out, "central_slice.png"), pixel_size)
