@@ -197,15 +197,6 @@ def to_host(x):
     return numpy.asarray(x)
 
 
-def free_memory(xp=numpy):
-    """Bytes free for arrays of ``xp``: the current GPU's free memory plus what CuPy's
-    pool holds unused, or the host's available physical memory for NumPy."""
-    if xp is not numpy:
-        pool = cupy.get_default_memory_pool()
-        return int(cupy.cuda.runtime.memGetInfo()[0] + pool.free_bytes())
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
 def synchronize(xp=numpy):
     """Wait for all queued GPU work on the current device (no-op for NumPy)."""
     if xp is not numpy:

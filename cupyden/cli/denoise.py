@@ -27,9 +27,9 @@ Arguments:
 Options:
   -o, --output DIR    Output folder (created) [default: denoised]
   --suffix S          Text added to each output's basename before .mrc [default: ]
-  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or for a
-                      3-D F2Fd model 256 voxels when 61 GiB are free (a 256^3 pass
-                      took 55 GiB), else 128 (6.9 GiB, 3.5x the time) [default: auto]
+  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or for an
+                      F2Fd model its training patch (tiles overlap by a quarter)
+                      [default: auto]
   --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
   --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
@@ -92,9 +92,10 @@ def _body(args):
     output_folder(out_dir)
     model, config = load_model(args["MODEL"], device.xp)
     is_f2fd = config.get("pairs") == "f2fd"
-    ndim = config["model"].get("ndim", 2)
-    tile = (f2fd.auto_tile(ndim, device.xp) if args["--patch-size"] == "auto"
-            else as_int(args, "--patch-size", 16))
+    if args["--patch-size"] == "auto":
+        tile = config["patch_size"] if is_f2fd else 2048
+    else:
+        tile = as_int(args, "--patch-size", 16)
     factor = config.get("bin", 1) if args["--bin"] == "auto" else as_int(args, "--bin", 1)
     norm_method = config.get("normalize", "robust")
     print("device: %s; model %s (receptive field %d px), bin %d"

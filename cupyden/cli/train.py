@@ -337,7 +337,7 @@ def _train_f2fd(args, o, device, out):
     model.load_state(ck["weights"])
     t1 = time.perf_counter()
     den = norm.invert(f2fd.denoise(model, x, prm, device.xp, as_int(args, "--samples", 1),
-                                   as_int(args, "--passes", 1), f2fd.auto_tile(x.ndim, device.xp)))
+                                   as_int(args, "--passes", 1)))
     t_den = time.perf_counter() - t1
     write_mrc(os.path.join(out, "denoised.mrc"), den, pixel_size)
     central_slice_png(data, den, os.path.join(out, "central_slice.png"), pixel_size)
