@@ -12,6 +12,7 @@ both targets choose the same sigma (the Noise2Noise argument, Lehtinen et al. 20
 import numpy
 
 from .backend import get_array_module
+from .fourier import rfft_k2
 
 #: Candidate sigmas in pixels, log-spaced from 0.25 to 32.
 SIGMAS = tuple(float(s) for s in numpy.round(numpy.geomspace(0.25, 32, 29), 3))
@@ -37,10 +38,7 @@ def gaussian_lowpass(image, sigma, ndim=2):
     if sigma <= 0:
         return x.copy()
     shape = x.shape[-ndim:]
-    axes = [numpy.fft.fftfreq(n) for n in shape[:-1]] + [numpy.fft.rfftfreq(shape[-1])]
-    k2 = 0
-    for i, k in enumerate(axes):
-        k2 = k2 + xp.asarray(k ** 2).reshape([-1 if j == i else 1 for j in range(ndim)])
+    k2 = rfft_k2(shape, 1.0, xp)
     ax = tuple(range(-ndim, 0))
     return xp.fft.irfftn(xp.fft.rfftn(x, axes=ax) * xp.exp(-2 * numpy.pi ** 2 * sigma ** 2 * k2),
                          s=shape, axes=ax)

@@ -41,6 +41,7 @@ import numpy
 
 from .backend import default_rng, to_device, to_host
 from .errors import InputError
+from .fourier import rfft_k2
 from .io.patches import normalization
 
 
@@ -130,11 +131,7 @@ class FourierPerturbation:
         self.shape, self.params, self.xp = tuple(shape), params, xp
         self.ndim = len(shape)
         self.rshape = self.shape[:-1] + (self.shape[-1] // 2 + 1,)
-        axes = [numpy.fft.fftfreq(n) for n in self.shape[:-1]] + [numpy.fft.rfftfreq(self.shape[-1])]
-        k2 = 0
-        for i, k in enumerate(axes):
-            k2 = k2 + (k ** 2).reshape([-1 if j == i else 1 for j in range(self.ndim)])
-        self.k = xp.asarray(numpy.sqrt(k2).astype(numpy.float32))   # cycles/voxel
+        self.k = xp.asarray(numpy.sqrt(rfft_k2(self.shape)).astype(numpy.float32))  # cycles/voxel
 
     def sphere_radius(self, fraction):
         """Radius (cycles/voxel) of the ball covering ``fraction`` of Fourier space."""

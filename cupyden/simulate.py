@@ -49,6 +49,7 @@ import numpy
 
 from .backend import get_array_module, to_host
 from .errors import InputError
+from .fourier import rfft_k2
 
 #: The default specimen: the GroEL 14-mer (PDB 1MNF), shipped in cupyden/data.
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
@@ -506,11 +507,7 @@ def coulomb_potential(xyz, z, centres, rotations, shape, voxel_size, bfactor=0.0
 def _potential(xyz, z, centres, rotations, shape, pixel_size, bfactor, ice_potential, xp):
     """Step 2 on a 2-D (projected, V Å) or 3-D (V) grid."""
     d = len(shape)
-    axes = [numpy.fft.fftfreq(n, pixel_size) for n in shape[:-1]]
-    axes.append(numpy.fft.rfftfreq(shape[-1], pixel_size))
-    q2 = 0
-    for i, k in enumerate(axes):
-        q2 = q2 + xp.asarray(k ** 2).reshape([-1 if j == i else 1 for j in range(d)])
+    q2 = rfft_k2(shape, pixel_size, xp)
     spectrum = xp.zeros(tuple(shape[:-1]) + (shape[-1] // 2 + 1,), numpy.complex128)
     local = xp.asarray(xyz - xyz.mean(axis=0))
     rot = xp.asarray(rotations)
