@@ -4,9 +4,11 @@
         writes DIR/noisy.mrc, DIR/clean.mrc (5 Å/voxel, cupyden.simulate.simulate_tomogram)
         and DIR/baselines.json (raw, and the Gaussian whose sigma is best against the
         clean volume: an oracle, the strongest Gaussian there is)
-    python benchmarks/f2fd_tomogram.py speed
+    python benchmarks/f2fd_tomogram.py speed [PRECISION]
         times one forward pass of F2Fd's 3-D U-Net on 128^3 and 256^3 voxels (inference
-        mode, dropout on) and one training step on 4 patches of 64^3, on the GPU
+        mode, dropout on), one training step on 4 patches of 64^3, and F2Fd's whole
+        inference of a 256^3 volume (64^3 tiles, K x T = 4 x 4), on the GPU, at
+        PRECISION (fp32, tf32 or fp16; default fp32)
     python benchmarks/f2fd_tomogram.py score DIR DENOISED.mrc [LABEL]
         prints the table: PSNR over the whole volume (range of the clean volume), SSIM of
         the central z slice
@@ -62,18 +64,23 @@ def simulate(out, size=256, seed=0):
                                                  result["gaussian"]["psnr"]))
 
 
-def speed():
+def speed(precision="fp32"):
+    from cupyden import f2fd
+    from cupyden.functional.conv import set_precision
     from cupyden.models import F2FdUNet
     from cupyden.optim import Adam, Parameters
+    from cupyden.optim.loss_scale import LossScaler
     from cupyden.train import train_step
 
     xp = backend.select_device(None).xp
-    model = F2FdUNet().to(xp).mc_dropout()
+    dtype = set_precision(precision, xp)
+    print("precision %s" % precision)
+    model = F2FdUNet().to(xp, dtype).mc_dropout()
     pool = backend.cupy.get_default_memory_pool() if xp is not numpy else None
     for n in (128, 256):
         if pool:
             pool.free_all_blocks()
-        x = xp.asarray(numpy.random.default_rng(0).standard_normal((1, 1, n, n, n)), numpy.float32)
+        x = xp.asarray(numpy.random.default_rng(0).standard_normal((1, 1, n, n, n)), dtype)
         model.forward(x)
         backend.synchronize(xp)
         if pool:
@@ -86,14 +93,22 @@ def speed():
     model.train()
     params = Parameters(model)
     opt = Adam(params, 1e-3)
+    scaler = LossScaler() if dtype == numpy.float16 else None
     x = xp.asarray(numpy.random.default_rng(1).standard_normal((4, 1, 64, 64, 64)), numpy.float32)
-    train_step(model, params, opt, "mse", x, x)
+    train_step(model, params, opt, "mse", x, x, scaler)
     backend.synchronize(xp)
     t0 = time.perf_counter()
     for _ in range(5):
-        train_step(model, params, opt, "mse", x, x)
+        train_step(model, params, opt, "mse", x, x, scaler)
     backend.synchronize(xp)
     print("train step, 4 x 64^3: %.3f s" % ((time.perf_counter() - t0) / 5))
+    model.mc_dropout()
+    volume = numpy.random.default_rng(2).standard_normal((256, 256, 256)).astype(numpy.float32)
+    prm = f2fd.F2FdParams(subtomo_length=64)
+    t0 = time.perf_counter()
+    f2fd.denoise(model, volume, prm, xp, 4, 4)
+    print("F2Fd inference of 256^3, 64^3 tiles, K x T = 4 x 4: %.1f s"
+          % (time.perf_counter() - t0))
 
 
 def score(out, denoised, label="F2Fd"):
@@ -113,7 +128,7 @@ def score(out, denoised, label="F2Fd"):
 if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "speed":
-        speed()
+        speed(*sys.argv[2:3])
     elif cmd == "simulate":
         size = int(args[args.index("--size") + 1]) if "--size" in args else 256
         seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0

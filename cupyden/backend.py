@@ -262,3 +262,50 @@ def new_event():
 def current_stream():
     """CuPy's current CUDA stream (the one kernels are queued on)."""
     return cupy.cuda.get_current_stream()
+
+
+def dense_order(a):
+    """Axes of ``a`` from the largest stride to the smallest: ``a.transpose(order)`` is
+    C-contiguous when ``a`` is a permutation of contiguous memory (a channels-last view)."""
+    return tuple(sorted(range(a.ndim), key=lambda i: (-a.strides[i], i)))
+
+
+def empty_like_memory(a):
+    """An uninitialised array with ``a``'s shape and dtype whose memory follows the same
+    axis order as ``a``'s (``empty_like`` in CuPy 14 returns C order for a channels-last
+    view; mixed layouts then made every elementwise kernel uncoalesced)."""
+    xp = get_array_module(a)
+    order = dense_order(a)
+    phys = xp.empty([a.shape[i] for i in order], a.dtype)
+    return phys.transpose(numpy.argsort(order))
+
+
+def gpu_module():
+    """The ``cupy`` module, or None when CuPy is absent (for GPU-only code that must
+    allocate before it has an array in hand, such as the cuDNN probe)."""
+    return cupy
+
+
+def gpu_time_ms(fn, repeats=3):
+    """Milliseconds per call of ``fn`` on the current stream, by CUDA events.
+
+    One untimed call first (warm-up), then ``repeats`` calls between two events.
+
+    Parameters
+    ----------
+    fn : callable
+        Queues GPU work on the current stream.
+    repeats : int
+
+    Returns
+    -------
+    float
+    """
+    fn()
+    start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    start.record()
+    for _ in range(repeats):
+        fn()
+    stop.record()
+    stop.synchronize()
+    return cupy.cuda.get_elapsed_time(start, stop) / repeats

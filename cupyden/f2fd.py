@@ -378,7 +378,8 @@ def denoise(model, image, params, xp, samples=4, passes=4, tile=None, overlap=No
         for _ in range(passes):
             for i in range(0, len(boxes), batch):
                 group = boxes[i:i + batch]
-                y = model.forward(xp.stack([x[box] for box in group])[:, None])
+                batch_x = xp.stack([x[box] for box in group])[:, None]
+                y = model.forward(batch_x.astype(getattr(model, "dtype", x.dtype), copy=False))
                 for box, yb in zip(group, y[:, 0]):
                     total[box] += yb
             done += 1

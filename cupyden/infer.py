@@ -117,6 +117,7 @@ def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
         for i in range(0, len(group), per_pass):
             chunk = group[i:i + per_pass]
             batch = xp.stack([x[t.y0:t.y1, t.x0:t.x1] for t in chunk])[:, None]
+            batch = batch.astype(getattr(model, "dtype", x.dtype), copy=False)   # fp16 model
             y = to_host(model.forward(batch))        # (n, 1, h, w)
             for t, yt in zip(chunk, y[:, 0]):
                 out[t.cy0:t.cy1, t.cx0:t.cx1] = yt[t.cy0 - t.y0:t.cy1 - t.y0,

@@ -13,12 +13,14 @@ import numpy
 
 from . import report
 from .backend import synchronize
+from .functional.conv import set_precision
 from .io.atomic import atomic_output
 from .io.checkpoint import load_checkpoint, save_checkpoint
 from .losses import Objective
 from .losses.fourier import frc_ring_weights
 from .models import build_model
 from .optim import Adam, Parameters
+from .optim.loss_scale import LossScaler
 from .optim.schedules import LRSchedule
 
 HISTORY_FIELDS = ("step", "train_loss", "val_loss", "lr", "seconds")
@@ -29,7 +31,7 @@ def as_objective(loss):
     return loss if isinstance(loss, Objective) else Objective([(loss, 1.0)])
 
 
-def train_step(model, params, optimizer, loss, x, target):
+def train_step(model, params, optimizer, loss, x, target, scaler=None):
     """One optimisation step on a batch.
 
     Parameters
@@ -43,18 +45,29 @@ def train_step(model, params, optimizer, loss, x, target):
         A loss name ("mse", "l1", ...) or a weighted sum of losses.
     x, target : array (N, C, H, W)
         Input patches and their targets (the other noisy view, or the clean image).
+    scaler : cupyden.optim.loss_scale.LossScaler or None
+        For a float16 model: the loss gradient is multiplied by its scale before the
+        backward pass, and a step whose gradients are not finite is skipped.
 
     Returns
     -------
     0-d array
-        The loss before the update (on the device; no synchronisation).
+        The loss before the update (on the device; no synchronisation without a scaler).
     """
     objective = as_objective(loss)
-    y = model.forward(x)
-    value, cache = objective.forward(y, target)
+    y = model.forward(x.astype(model.dtype, copy=False))
+    value, cache = objective.forward(y.astype(target.dtype, copy=False), target)
     params.zero_grad()
-    model.backward(objective.backward(cache))
-    optimizer.step()
+    dy = objective.backward(cache)
+    if scaler is None:
+        model.backward(dy.astype(model.dtype, copy=False))
+        optimizer.step()
+        return value
+    model.backward((dy * scaler.scale).astype(model.dtype))
+    finite = scaler.finite(params.grad)
+    if finite:
+        optimizer.step(grad_scale=scaler.scale)
+    scaler.update(finite)
     return value
 
 
@@ -80,7 +93,8 @@ def evaluate(model, loss, x, target, batch_size=None):
         B = batch_size or len(x)
         total = 0.0
         for i in range(0, len(x), B):
-            value, _ = objective.forward(model.forward(x[i:i + B]), target[i:i + B])
+            y = model.forward(x[i:i + B].astype(model.dtype, copy=False))
+            value, _ = objective.forward(y.astype(target.dtype, copy=False), target[i:i + B])
             total += float(value) * len(x[i:i + B])
     finally:
         for layer, training, keep_cache in keep:
@@ -136,7 +150,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     config : dict
         "model" (a model config), "loss", "lr", "batch_size", "steps", "val_every",
         "val_patches", "seed"; optionally "loss_weights" ({"fourier", "ssim", "gradient"}),
-        "fourier_frc", "lr_schedule" and "lr_options" (see ``optim.schedules``), "max_seconds" (stop after validating once the
+        "fourier_frc", "lr_schedule" and "lr_options" (see ``optim.schedules``), "precision"
+        ("fp32", "tf32" or "fp16"; see ``functional.conv.set_precision``), "max_seconds" (stop after validating once the
         training time exceeds it), and anything else worth keeping (pair source,
         binning); all of it is saved in the checkpoints.
     xp : module
@@ -154,9 +169,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     """
     from tqdm import tqdm
 
-    model = build_model(config["model"]).to(xp, numpy.float32).train()
+    dtype = set_precision(config.get("precision", "fp32"), xp)
+    model = build_model(config["model"]).to(xp, dtype).train()
     params = Parameters(model)
     opt = Adam(params, lr=config["lr"])
+    scaler = LossScaler() if dtype == numpy.float16 else None
     sched = LRSchedule(config.get("lr_schedule", "constant"), config["lr"], config["steps"],
                        **config.get("lr_options", {}))
     objective = build_objective(config, store, xp)
@@ -165,7 +182,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     if resume:
         ck = load_checkpoint(resume)
         model.load_state(ck["weights"])
+        if params.master is not None:
+            params.load_named(params.master, ck["weights"])
         opt.load_state(ck["adam"])
+        if scaler is not None and "loss_scale" in ck["provenance"]:
+            scaler.load_state(ck["provenance"]["loss_scale"])
         start = ck["step"]
         best = tuple(ck["provenance"].get("best", best))
         if "schedule" in ck["provenance"]:
@@ -186,7 +207,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         for step in range(start + 1, steps + 1):
             x, y = next(loader)
             opt.lr = sched.at(step)
-            running = running + train_step(model, params, opt, objective, x, y)   # on the device
+            running = running + train_step(model, params, opt, objective, x, y, scaler)
             n_running += 1
             bar.update(1)
             out_of_time = max_seconds and time.perf_counter() - t0 > max_seconds
@@ -201,14 +222,20 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
                 bar.set_postfix(loss="%.4g" % train_loss, val="%.4g" % val_loss,
                                 patches_per_s="%.0f" % rate)
                 running, n_running, t_last = 0.0, 0, now
+                weights = model.state()
+                if params.master is not None:                  # float32 master weights
+                    weights.update(params.named(params.master))
                 if val_loss < best[0]:
                     best = (val_loss, step)
-                    save_checkpoint(os.path.join(out_dir, "model.h5"), model.state(), config,
+                    save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
                                     step, step // per_epoch, None, {"seed": config["seed"]},
                                     {"best": list(best)})
-                save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), model.state(), config,
+                extra = {"best": list(best), "schedule": sched.state()}
+                if scaler is not None:
+                    extra["loss_scale"] = scaler.state()
+                save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), weights, config,
                                 step, step // per_epoch, opt.state(), {"seed": config["seed"]},
-                                {"best": list(best), "schedule": sched.state()})
+                                extra)
                 write_history(hist_path, history)
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))
@@ -223,4 +250,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     done = (history[-1]["step"] - start) if history else 0
     log("best validation loss %.5g at step %d; %d steps in %.1f s (%.1f steps/s)"
         % (best[0], best[1], done, seconds, done / max(seconds, 1e-9)))
+    if scaler is not None:
+        log("float16: loss scale %g at the end, %d of %d steps skipped (Inf/NaN gradients)"
+            % (scaler.scale, scaler.skipped, done))
     return history

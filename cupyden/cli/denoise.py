@@ -33,6 +33,8 @@ Options:
   --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
   --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
+  --precision P       fp32, tf32 or fp16: the convolutions' arithmetic; tf32 and fp16
+                      need a GPU with cuDNN [default: fp32]
   --bin B             Fourier-crop binning factor; auto = the model's [default: auto]
   --float16           Write float16 (MRC mode 12) instead of float32 (mode 2), after a
                       range check.
@@ -50,6 +52,7 @@ import numpy
 
 from .. import backend, f2fd
 from ..errors import InputError
+from ..functional.conv import PRECISIONS, set_precision
 from ..infer import denoise_array
 from ..io.checkpoint import load_checkpoint
 from ..io.mrc import read_mrc, write_mrc
@@ -59,11 +62,11 @@ from ..io.tiff import read_image
 from ..io.torch_pickle import read_state_dict, topaz_pretrained
 from ..models import build_model
 from ..models.topaz import PRETRAINED, from_topaz_state
-from .common import as_int, output_folder, run
+from .common import as_choice, as_int, output_folder, run
 
 
-def load_model(path, xp):
-    """A model in evaluation mode on ``xp``, and its config.
+def load_model(path, xp, dtype=numpy.float32):
+    """A model in evaluation mode on ``xp`` with weights of ``dtype``, and its config.
 
     ``path`` is a cupyden checkpoint, or ``topaz:NAME`` for a pretrained Topaz-Denoise
     model (weights read from the installed topaz-em; no binning, mean/std normalisation).
@@ -73,11 +76,11 @@ def load_model(path, xp):
         if name not in PRETRAINED:
             raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
         filename, model_config = PRETRAINED[name]
-        model = build_model(model_config).to(xp, numpy.float32).eval()
+        model = build_model(model_config).to(xp, dtype).eval()
         model.load_state(from_topaz_state(read_state_dict(topaz_pretrained(filename))))
         return model, {"model": dict(model_config), "bin": 1, "normalize": "meanstd"}
     ck = load_checkpoint(path)
-    model = build_model(ck["config"]["model"]).to(xp, numpy.float32).eval()
+    model = build_model(ck["config"]["model"]).to(xp, dtype).eval()
     model.load_state(ck["weights"])
     return model, ck["config"]
 
@@ -90,7 +93,8 @@ def _body(args):
     inputs = expand(args["INPUT"])
     out_dir = args["--output"]
     output_folder(out_dir)
-    model, config = load_model(args["MODEL"], device.xp)
+    dtype = set_precision(as_choice(args, "--precision", PRECISIONS), device.xp)
+    model, config = load_model(args["MODEL"], device.xp, dtype)
     is_f2fd = config.get("pairs") == "f2fd"
     if args["--patch-size"] == "auto":
         tile = config["patch_size"] if is_f2fd else 2048

@@ -10,6 +10,8 @@ Options:
   --tier TIER      elementwise, directional or both [default: both]
   --only TEXT      Check only the cases whose name contains TEXT.
   --seed N         Seed of the inputs and directions [default: 0]
+  --conv PATH      GPU convolutions: auto (cuDNN when usable), cudnn, im2col, or both
+                   (every case once per path) [default: auto]
   -h, --help       Show this help.
 
 Prints one row per case and tier: name, tier, relative error, OK or FAIL (OK when the
@@ -18,6 +20,8 @@ options. The tiers are described in cupyden/gradcheck.py.
 """
 
 from .. import backend, gradcheck
+from ..errors import InputError
+from ..functional.conv import gpu_conv, use_cudnn
 from .common import as_choice, as_int, run
 
 
@@ -26,17 +30,31 @@ def _body(args):
     tier = as_choice(args, "--tier", ("elementwise", "directional", "both"))
     seed = as_int(args, "--seed", 0)
     tiers = ["elementwise", "directional"] if tier == "both" else [tier]
+    conv = as_choice(args, "--conv", ("auto", "cudnn", "im2col", "both"))
+    paths = ["im2col", "cudnn"] if conv == "both" else [conv]
+    if not device.is_gpu:
+        paths = ["cpu"]
+    elif "cudnn" in paths:
+        try:
+            with gpu_conv("cudnn"):
+                use_cudnn(device.xp.zeros((1, 1, 2, 2), "float32"))
+        except RuntimeError as exc:
+            raise InputError(str(exc))
     print("device: %s, float64, tolerance %.0e" % (device.name, gradcheck.TOLERANCE))
     failed = 0
-    for case in gradcheck.all_cases(device.xp, seed):
-        if args["--only"] and args["--only"] not in case.name:
-            continue
-        for t in tiers:
-            check = gradcheck.elementwise_check if t == "elementwise" else gradcheck.directional_check
-            err = check(case, seed=seed)
-            ok = err < gradcheck.TOLERANCE
-            failed += not ok
-            print("%-28s %-12s %.2e  %s" % (case.name, t, err, "OK" if ok else "FAIL"), flush=True)
+    for path in paths:
+        with gpu_conv("auto" if path == "cpu" else path):
+            for case in gradcheck.all_cases(device.xp, seed):
+                if args["--only"] and args["--only"] not in case.name:
+                    continue
+                for t in tiers:
+                    check = (gradcheck.elementwise_check if t == "elementwise"
+                             else gradcheck.directional_check)
+                    err = check(case, seed=seed)
+                    ok = err < gradcheck.TOLERANCE
+                    failed += not ok
+                    print("%-28s %-6s %-12s %.2e  %s" % (case.name, path, t, err,
+                                                         "OK" if ok else "FAIL"), flush=True)
     print("%d FAIL" % failed if failed else "all OK")
     return 1 if failed else 0
 

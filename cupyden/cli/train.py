@@ -70,6 +70,9 @@ Options:
   --normalize M       robust (median, MAD) or percentile (95th percentile of |x - mean|)
                       [default: robust]
   --float16-store     Keep patches as float16 in the store (half the disk).
+  --precision P       fp32, tf32 or fp16: the convolutions' arithmetic on a GPU with
+                      cuDNN (fp16: float16 weights and activations, float32 master
+                      weights, dynamic loss scaling); the CPU runs fp32 [default: fp32]
 F2Fd (--pairs f2fd; names as in F2Fd; --patch-size is its subtomo_length, a
 multiple of 32):
   --p P               Probability of inverting a Fourier coefficient's sign [default: 0.1]
@@ -105,6 +108,7 @@ import numpy
 from .. import backend, f2fd
 from ..data import k2_crop
 from ..errors import InputError
+from ..functional.conv import PRECISIONS, set_precision
 from ..infer import denoise_array
 from ..io.checkpoint import load_checkpoint
 from ..io.movies import even_odd_sums
@@ -144,7 +148,8 @@ def _parse(args):
          "lr_options": {"warmup": as_int(args, "--warmup", 0), "step_size": as_int(args, "--lr-step", 1),
                         "gamma": as_float(args, "--lr-gamma", 0, 1), "factor": as_float(args, "--lr-gamma", 0, 1),
                         "patience": as_int(args, "--patience", 1)},
-         "noise_level": as_float(args, "--noise-level", 0)}
+         "noise_level": as_float(args, "--noise-level", 0),
+         "precision": as_choice(args, "--precision", PRECISIONS)}
     for key in ("depth", "width", "base", "batch-size", "patch-size", "stride", "val-every", "val-patches", "drop-frames", "seed"):
         o[key.replace("-", "_")] = as_int(args, "--" + key, 0 if key in ("drop-frames", "seed") else 1)
     o["epochs"] = as_float(args, "--epochs", 0) if args["--epochs"] else None
@@ -225,9 +230,10 @@ def _body(args):
     o = _parse(args)
     o["align"], o["float16_store"] = args["--align"], args["--float16-store"]
     device = backend.select_device(args["--device"])
+    o["dtype"] = set_precision(o["precision"], device.xp)     # exit 2 now, not after a store
     out = args["--output"]
     output_folder(out)
-    print("device: %s" % device.name)
+    print("device: %s; precision %s" % (device.name, o["precision"]))
     if o["pairs"] == "f2fd":
         return _train_f2fd(args, o, device, out)
     t0 = time.perf_counter()
@@ -257,7 +263,8 @@ def _body(args):
               "fourier_frc": bool(args["--fourier-frc"]), "lr_schedule": o["lr_schedule"],
               "lr_options": o["lr_options"], "lr": o["lr"], "batch_size": o["batch_size"],
               "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
-              "seed": o["seed"], "max_seconds": o["max_seconds"], "patch_size": store.patch, "bin": store.attr("bin", 1),
+              "seed": o["seed"], "max_seconds": o["max_seconds"], "precision": o["precision"],
+              "patch_size": store.patch, "bin": store.attr("bin", 1),
               "pairs": store.attr("pairs"), "normalize": store.attr("normalize", "robust"),
               "pixel_size": store.attr("pixel_size", 0.0)}
     _check_resume(args["--resume"], config)
@@ -323,6 +330,7 @@ def _train_f2fd(args, o, device, out):
               "lr_schedule": o["lr_schedule"], "lr_options": o["lr_options"], "lr": o["lr"],
               "batch_size": o["batch_size"], "steps": o["steps"], "val_every": o["val_every"],
               "val_patches": pairs.size("val"), "seed": o["seed"], "max_seconds": o["max_seconds"],
+              "precision": o["precision"],
               "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
               "normalize": "f2fd", "pixel_size": pixel_size, "input": name}
     _check_resume(args["--resume"], config)
@@ -333,7 +341,7 @@ def _train_f2fd(args, o, device, out):
     fit(pairs, out, config, device.xp, resume=args["--resume"],
         progress=not args["--no-progress"])
     ck = load_checkpoint(os.path.join(out, "model.h5"))
-    model = build_model(ck["config"]["model"]).to(device.xp, numpy.float32)
+    model = build_model(ck["config"]["model"]).to(device.xp, o["dtype"])
     model.load_state(ck["weights"])
     t1 = time.perf_counter()
     den = norm.invert(f2fd.denoise(model, x, prm, device.xp, as_int(args, "--samples", 1),
@@ -360,7 +368,7 @@ def _evaluate(views, out, device, o):
     """Held-out rows of the first micrograph: corr(f(A), B) against corr(A, B); for the
     embedded default, also denoise the whole crop and write the before/after panel."""
     ck = load_checkpoint(os.path.join(out, "model.h5"))
-    model = build_model(ck["config"]["model"]).to(device.xp, numpy.float32).eval()
+    model = build_model(ck["config"]["model"]).to(device.xp, o["dtype"]).eval()
     model.load_state(ck["weights"])
     v = views[0]
     split = int(round(v.a.shape[0] * (1 - o["val_fraction"])))

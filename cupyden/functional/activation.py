@@ -6,7 +6,16 @@ LeakyReLU (Maas et al. 2013): y = x where x > 0, else slope * x; dy/dx = 1 or sl
 
 from typing import NamedTuple
 
-from ..backend import get_array_module
+import numpy
+
+from ..backend import dense_order, empty_like_memory, get_array_module, is_gpu_array
+
+
+def copy_like(a, like):
+    """``a`` copied into memory laid out like ``like`` (same shape)."""
+    out = empty_like_memory(like)
+    out[...] = a
+    return out
 
 
 class ActivationCache(NamedTuple):
@@ -102,4 +111,17 @@ def activation_backward(dy, y, slope):
     if slope is None:
         return dy
     xp = get_array_module(dy)
+    if is_gpu_array(dy):
+        from ..kernels.activation import activation_backward_kernel
+        dz = empty_like_memory(y)             # y's memory layout (channels-last for cuDNN)
+        order = dense_order(y)
+        if dy.strides != y.strides:
+            dy = copy_like(dy, dz)
+        # on 1-D views of the three when their memory is dense (CuPy indexes n-d and
+        # permuted strides with a division per axis and element)
+        views = [a.transpose(order) for a in (dy, y, dz)]
+        if all(v.flags.c_contiguous for v in views):
+            views = [v.reshape(-1) for v in views]
+        activation_backward_kernel(views[0], views[1], numpy.float64(slope), views[2])
+        return dz
     return dy * xp.where(y > 0, dy.dtype.type(1), dy.dtype.type(slope))

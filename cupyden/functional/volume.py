@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 from ..backend import get_array_module
 from .activation import activate_, activation_backward
+from .conv import CudnnConvCache, channel_sum, cudnn_backward, cudnn_forward, use_cudnn
 
 
 class Conv3dCache(NamedTuple):
@@ -65,6 +66,10 @@ def conv3d_forward(x, w, b=None, slope=None):
     xp = get_array_module(x)
     N, C, D, H, W = x.shape
     F, _, K = w.shape[:3]
+    if use_cudnn(x):
+        out = cudnn_forward(x, w, b, 1, K // 2, slope, True)
+        if out is not None:
+            return out
     xpad = _pad(x, K // 2)
     M = D * H * W
     y = xp.zeros((N, F, M), x.dtype)
@@ -87,6 +92,12 @@ def conv3d_backward(dy, cache):
     dw : array (F, C, K, K, K)
     db : array (F,) or None
     """
+    if isinstance(cache, CudnnConvCache):
+        out = cudnn_backward(dy, cache)
+        if out is not None:
+            return out
+        cache = Conv3dCache(_pad(cache.x, cache.padding), cache.w, cache.y, cache.slope,
+                            cache.bias)
     xp = get_array_module(dy)
     dy = activation_backward(dy, cache.y, cache.slope)
     w = cache.w
@@ -103,7 +114,7 @@ def conv3d_backward(dy, cache):
             w[:, :, a, bb, c].T, dyf).reshape(N, C, D, H, W)
     p = K // 2
     dx = dxpad[:, :, p:p + D, p:p + H, p:p + W]
-    db = dy.sum(axis=(0, 2, 3, 4)) if cache.bias else None
+    db = channel_sum(dy) if cache.bias else None
     return xp.ascontiguousarray(dx), dw, db
 
 

@@ -10,9 +10,11 @@ multiply-adds, so it rounds where the reference rounds.
 from ..backend import elementwise_kernel
 
 _adam_kernel = elementwise_kernel(
-    "T g, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, T bc1, T bc2",
+    "T g_scaled, T inv_scale, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, "
+    "T bc1, T bc2",
     "T p, T m, T v",
     """
+    const T g = inv_scale == (T)1 ? g_scaled : g_scaled * inv_scale;
     m = beta1 * m + omb1 * g;
     v = beta2 * v + omb2 * g * g;
     const T m_hat = m / bc1;
@@ -23,8 +25,8 @@ _adam_kernel = elementwise_kernel(
     "cupyden_adam_step", options=("--fmad=false",))
 
 
-def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
     """Fused Adam step in place; arguments as in ``adam_step_reference``."""
     T = p.dtype.type
-    _adam_kernel(g, T(lr), T(beta1), T(beta2), T(1 - beta1), T(1 - beta2), T(eps),
+    _adam_kernel(g, T(1.0 / grad_scale), T(lr), T(beta1), T(beta2), T(1 - beta1), T(1 - beta2), T(eps),
                  T(lr * weight_decay), T(1 - beta1 ** t), T(1 - beta2 ** t), p, m, v)

@@ -42,21 +42,29 @@ class Adam:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.weight_decay = weight_decay
         xp = get_array_module(params.data)
-        self.m = xp.zeros_like(params.data)
-        self.v = xp.zeros_like(params.data)
+        self.m = xp.zeros_like(params.trained)
+        self.v = xp.zeros_like(params.trained)
         self.t = 0
         self.fused = (xp is not numpy) if fused is None else fused
 
-    def step(self):
-        """One update of every parameter from ``params.grad``."""
+    def step(self, grad_scale=1.0):
+        """One update of every parameter from ``params.grad / grad_scale``.
+
+        ``grad_scale`` is the loss scale of mixed-precision training (the gradients are
+        unscaled inside the update, in float32). Master weights, when the parameters have
+        them, are updated and then rounded into the model's float16 weights.
+        """
         self.t += 1
+        p = self.params.trained
         if self.fused:
             from ..kernels.adam import adam_step
-            adam_step(self.params.data, self.params.grad, self.m, self.v, self.lr, self.beta1,
-                      self.beta2, self.eps, self.weight_decay, self.t)
+            adam_step(p, self.params.grad, self.m, self.v, self.lr, self.beta1,
+                      self.beta2, self.eps, self.weight_decay, self.t, grad_scale)
         else:
-            adam_step_reference(self.params.data, self.params.grad, self.m, self.v, self.lr,
-                                self.beta1, self.beta2, self.eps, self.weight_decay, self.t)
+            adam_step_reference(p, self.params.grad, self.m, self.v, self.lr,
+                                self.beta1, self.beta2, self.eps, self.weight_decay, self.t,
+                                grad_scale)
+        self.params.sync()
 
     def state(self):
         """{"step": t, "m": {name: array}, "v": {name: array}} on the host."""
@@ -69,7 +77,7 @@ class Adam:
         self.params.load_named(self.v, state["v"])
 
 
-def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
+def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
     """One Adam step in place on flat arrays p, g, m, v (same shape and dtype).
 
     Parameters
@@ -79,8 +87,12 @@ def adam_step_reference(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t):
     lr, beta1, beta2, eps, weight_decay : float
     t : int
         The step number, starting at 1 (for the bias corrections).
+    grad_scale : float
+        The gradients are ``g / grad_scale`` (the loss scale of mixed precision; 1 = none).
     """
     xp = get_array_module(p)
+    if grad_scale != 1.0:
+        g = g * (1.0 / grad_scale)               # unscale: g <- g / S
     m *= beta1
     m += (1 - beta1) * g                         # m_t = beta1 m_{t-1} + (1 - beta1) g
     v *= beta2

@@ -4,6 +4,11 @@ Each layer's ``params[k]`` and ``grads[k]`` become views into ``data`` and ``gra
 ``"<layer>.<k>"`` (e.g. ``"enc1.conv2.w"``). The optimizer then updates every parameter
 with one pass (one fused kernel on the GPU), zeroing every gradient is one memset, and
 gradient checks perturb all parameters at once along one random direction.
+
+Mixed precision (Micikevicius et al. 2018, "Mixed precision training", sec. 3.1): a float16
+model computes with float16 weights (``data``) while float32 master weights (``master``)
+take the optimizer's updates and float32 gradients (``grad``) collect the backward pass;
+``sync`` rounds the master weights into ``data`` after each update.
 """
 
 import numpy
@@ -22,7 +27,12 @@ class Parameters:
 
     Attributes
     ----------
-    data, grad : 1-D array of the model's dtype, length ``size``
+    data : 1-D array of the model's dtype, length ``size``
+        What the layers compute with.
+    grad : 1-D array, float32 for a float16 model, else the model's dtype
+    master : 1-D float32 array, or None
+        Float32 master weights of a float16 model (None otherwise): what the optimizer
+        updates.
     names : list of str
     shapes : dict name -> tuple
     offsets : dict name -> (start, stop) into ``data``
@@ -39,12 +49,24 @@ class Parameters:
             self.offsets[name] = (start, start + layer.params[k].size)
             start += layer.params[k].size
         self.size = start
+        half = numpy.dtype(dtype) == numpy.float16
         self.data = self.xp.empty(self.size, dtype)
-        self.grad = self.xp.zeros(self.size, dtype)
+        self.grad = self.xp.zeros(self.size, numpy.float32 if half else dtype)
         for name, layer, k in entries:
             self.view(name)[...] = layer.params[k]
             layer.params[k] = self.view(name)
             layer.grads[k] = self.view(name, self.grad)
+        self.master = self.data.astype(numpy.float32) if half else None
+
+    @property
+    def trained(self):
+        """The buffer the optimizer updates: ``master`` when there is one, else ``data``."""
+        return self.data if self.master is None else self.master
+
+    def sync(self):
+        """Round the master weights into ``data`` (no-op without master weights)."""
+        if self.master is not None:
+            self.data[...] = self.master
 
     def view(self, name, flat=None):
         """The named slice of ``flat`` (default ``data``), shaped like the parameter."""

@@ -1,0 +1,215 @@
+"""cupyden against PyTorch eager on one GPU, in one run: train steps and 4k inference.
+
+Usage:
+  bench_gpu.py [--repeats N] [--only TEXT] [--markdown FILE]
+
+Options:
+  --repeats N      Timed train steps (inference passes: N / 4, at least 3) [default: 20]
+  --only TEXT      Run only the workloads whose name contains TEXT.
+  --markdown FILE  Also write the table as Markdown to FILE.
+
+Workloads (PERFORMANCE.md and issue 4):
+  train dncnn-12/32   one Adam step on a batch of 16 x 1 x 256 x 256, MSE
+  train unet          the same with the U-Net (base 32)
+  train dncnn-17/64   the same with a 17-layer, 64-channel DnCNN
+  infer ...           one 4096 x 4096 micrograph, one forward pass, no gradients
+
+cupyden runs im2col (float32), cuDNN fp32 (strict), tf32 and fp16 (float16 weights and
+activations, float32 master weights, dynamic loss scaling). PyTorch (a peer in this
+benchmark only, never a dependency) runs fp32 (TF32 off), tf32, and fp16 / bf16 autocast
+with channels_last memory; its fp16 training uses GradScaler. Each time is the mean of
+``--repeats`` steps after 5 warm-up steps (cupyden's cuDNN plans are tuned during the
+warm-up), measured with a synchronisation before and after. Ratios are PyTorch time /
+cupyden time in the same precision (> 1: cupyden is faster); cupyden fp16 is compared with
+PyTorch's faster 16-bit autocast.
+"""
+
+import time
+
+import numpy
+from docopt import docopt
+
+from cupyden import backend
+from cupyden.functional.conv import gpu_conv, set_precision
+from cupyden.models import build_model
+from cupyden.optim import Adam, Parameters
+from cupyden.optim.loss_scale import LossScaler
+from cupyden.train import train_step
+
+NETS = {"dncnn-12/32": {"arch": "dncnn", "depth": 12, "width": 32, "seed": 0},
+        "unet": {"arch": "unet", "base": 32, "seed": 0},
+        "dncnn-17/64": {"arch": "dncnn", "depth": 17, "width": 64, "seed": 0}}
+BATCH = (16, 1, 256, 256)
+MICROGRAPH = (1, 1, 4096, 4096)
+CUPYDEN = ["im2col", "fp32", "tf32", "fp16"]
+TORCH = ["fp32", "tf32", "fp16", "bf16"]
+
+
+def timed(fn, repeats, sync):
+    for _ in range(5):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return 1000 * (time.perf_counter() - t0) / repeats
+
+
+# ----------------------------------------------------------------------------- cupyden
+
+def cupyden_time(cp, net, mode, kind, repeats):
+    precision = "fp32" if mode == "im2col" else mode
+    dtype = set_precision(precision, cp)
+    rng = numpy.random.default_rng(0)
+    with gpu_conv("im2col" if mode == "im2col" else "cudnn"):
+        model = build_model(NETS[net]).to(cp, dtype)
+        if kind == "train":
+            model.train()
+            params = Parameters(model)
+            opt = Adam(params, lr=1e-4)
+            scaler = LossScaler() if dtype == numpy.float16 else None
+            x = cp.asarray(rng.standard_normal(BATCH, dtype=numpy.float32))
+            t = cp.asarray(rng.standard_normal(BATCH, dtype=numpy.float32))
+            ms = timed(lambda: train_step(model, params, opt, "mse", x, t, scaler), repeats,
+                       lambda: backend.synchronize(cp))
+        else:
+            model.eval()
+            x = cp.asarray(rng.standard_normal(MICROGRAPH, dtype=numpy.float32)).astype(dtype)
+            ms = timed(lambda: model.forward(x), max(3, repeats // 4),
+                       lambda: backend.synchronize(cp))
+    set_precision("fp32", cp)
+    return ms
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def torch_net(torch, net):
+    nn = torch.nn
+    cfg = NETS[net]
+    if cfg["arch"] == "dncnn":
+        d, w = cfg["depth"], cfg["width"]
+        layers = [nn.Conv2d(1, w, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(d - 2):
+            layers += [nn.Conv2d(w, w, 3, padding=1), nn.ReLU(inplace=True)]
+        layers.append(nn.Conv2d(w, 1, 3, padding=1))
+        body = nn.Sequential(*layers)
+
+        class Residual(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.body = body
+
+            def forward(self, x):
+                return x - self.body(x)
+        return Residual()
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+                             nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True))
+
+    b = cfg["base"]
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e1, self.e2, self.e3 = block(1, b), block(b, 2 * b), block(2 * b, 4 * b)
+            self.bt = block(4 * b, 8 * b)
+            self.d3, self.d2 = block(12 * b, 4 * b), block(6 * b, 2 * b)
+            self.d1, self.out = block(3 * b, b), nn.Conv2d(b, 1, 1)
+            self.pool, self.up = nn.MaxPool2d(2), nn.Upsample(scale_factor=2, mode="nearest")
+
+        def forward(self, x):
+            e1 = self.e1(x)
+            e2 = self.e2(self.pool(e1))
+            e3 = self.e3(self.pool(e2))
+            bt = self.bt(self.pool(e3))
+            d3 = self.d3(torch.cat([self.up(bt), e3], 1))
+            d2 = self.d2(torch.cat([self.up(d3), e2], 1))
+            d1 = self.d1(torch.cat([self.up(d2), e1], 1))
+            return self.out(d1)
+    return UNet()
+
+
+def torch_time(torch, net, mode, kind, repeats):
+    torch.backends.cudnn.allow_tf32 = mode != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = mode != "fp32"
+    torch.backends.cudnn.benchmark = False            # eager defaults
+    dev = torch.device("cuda")
+    model = torch_net(torch, net).to(dev)
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mode)
+    fmt = torch.channels_last if half else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    sync = torch.cuda.synchronize
+    if kind == "train":
+        x = torch.randn(BATCH, device=dev).to(memory_format=fmt)
+        t = torch.randn(BATCH, device=dev)
+        opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+        scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16")
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast("cuda", dtype=half or torch.float32, enabled=half is not None):
+                y = model(x)
+            loss = torch.nn.functional.mse_loss(y.float(), t)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        return timed(step, repeats, sync)
+    model.eval()
+    x = torch.randn(MICROGRAPH, device=dev).to(memory_format=fmt)
+
+    def infer():
+        with torch.no_grad(), torch.autocast("cuda", dtype=half or torch.float32,
+                                             enabled=half is not None):
+            model(x)
+    return timed(infer, max(3, repeats // 4), sync)
+
+
+# ----------------------------------------------------------------------------- main
+
+def main():
+    args = docopt(__doc__)
+    repeats = int(args["--repeats"])
+    cp = backend.gpu_module()
+    if backend.gpu_count() == 0:
+        raise SystemExit("bench_gpu.py needs a GPU: %s" % backend.why_no_gpu())
+    import torch
+    from cupyden.kernels import cudnn_fe
+    info = cudnn_fe.info()
+    dev = backend.Device(0)
+    head = ("device: %s; PyTorch %s (cuDNN %s); cuDNN for cupyden: %s (frontend %s, %s)"
+            % (dev.name, torch.__version__, torch.backends.cudnn.version(), info["cudnn"],
+               info["frontend"], info["library"]))
+    print(head, flush=True)
+    work = [("train", n) for n in NETS] + [("infer", n) for n in NETS]
+    rows = []
+    for kind, net in work:
+        name = "%s %s" % (kind, net)
+        if args["--only"] and args["--only"] not in name:
+            continue
+        ours = {m: cupyden_time(cp, net, m, kind, repeats) for m in CUPYDEN}
+        theirs = {m: torch_time(torch, net, m, kind, repeats) for m in TORCH}
+        torch.cuda.empty_cache()
+        cp.get_default_memory_pool().free_all_blocks()
+        best16 = min(theirs["fp16"], theirs["bf16"])
+        ratios = (theirs["fp32"] / ours["fp32"], theirs["tf32"] / ours["tf32"],
+                  best16 / ours["fp16"])
+        row = ("| %s | %s | %s | %.2fx | %.2fx | %.2fx |"
+               % (name, " / ".join("%.1f" % ours[m] for m in CUPYDEN),
+                  " / ".join("%.1f" % theirs[m] for m in TORCH), *ratios))
+        rows.append(row)
+        print(row, flush=True)
+    table = "\n".join(
+        [head, "",
+         "| work | cupyden ms: im2col / fp32 / tf32 / fp16 | PyTorch ms: fp32 / tf32 / fp16 / "
+         "bf16 | fp32 ratio | tf32 ratio | 16-bit ratio |",
+         "|---|---|---|---|---|---|"] + rows)
+    print("\n" + table)
+    if args["--markdown"]:
+        with open(args["--markdown"], "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,547 @@
+"""cuDNN convolutions through NVIDIA's cuDNN Frontend, executed on CuPy buffers.
+
+CuPy 14 has no cuDNN bindings. The frontend (PyPI ``nvidia-cudnn-frontend``, imported as
+``cudnn``) builds cuDNN graphs and executes them on raw device pointers. This is the only
+module that imports ``cudnn``, and it is imported only on the GPU path.
+
+Three graphs per convolution (Chetlur et al. 2014, "cuDNN: efficient primitives for deep
+learning"), for x (N, C, *S), w (F, C, *K), y (N, F, *S'), S = 2 or 3 spatial axes:
+
+    fprop   y  = act(conv(x, w) + b)      conv_fprop -> bias -> relu | leaky_relu, one graph
+    dgrad   dx = conv_dgrad(dz, w)        the convolution's adjoint in x
+    wgrad   dw = conv_wgrad(x, dz)        its adjoint in w (float32 output for float16 data)
+
+where dz = dy * act'(y) comes from ``functional.activation`` beforehand; the bias gradient is
+the sum of dz over N and space (``functional.conv``). The activation's backward is not fused
+into dgrad: cuDNN fuses dReLU after dgrad (the *previous* layer's activation, applied to this
+layer's dx), which would tie each layer to its neighbour.
+
+Plans. A graph is keyed by (op, shapes, strides, data type, stride, padding, activation,
+TF32 allowed). Engines that reduce in less than float32 (numerical note
+REDUCED_PRECISION_REDUCTION) are used for float16 data only (as PyTorch allows by default;
+float16 wgrad without them ran 5 ms per layer); loss scaling catches their overflows. When
+cuDNN has no engine for a fused graph (float64 before Blackwell: the runtime-fusion engines
+do not take doubles), the convolution runs alone and the bias and activation follow as
+CuPy operations. The first time a key is seen, up to ``TUNE_PLANS`` candidate plans from the
+heuristics (mode A, then the fallback list) are built and timed on the real buffers (one
+warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events), and the fastest is kept: the
+heuristics' first plan can be several times slower than the best (PERFORMANCE.md: 6x for a
+float16 wgrad). One workspace buffer, grown as needed, serves every plan.
+
+Math. float16 data: tensor cores, float32 accumulation. float32 data: strict float32 unless
+``set_tf32(True)``; strict mode deselects the engines whose numerical notes say TENSOR_CORE or
+DOWN_CONVERT_INPUTS, which for float32 data are the TF32 engines (inputs rounded to 10
+mantissa bits; PyTorch's ``allow_tf32`` filter does the same). float64 data (gradient checks)
+uses double-precision engines.
+
+Layout. Tensors are declared with their logical dims (N, C, *S) and the physical strides of
+the CuPy array, so one code path serves C-contiguous (NCHW) and channels-last (NHWC) memory.
+Outputs are allocated channels-last when ``CHANNELS_LAST`` is true (tensor-core kernels
+read NHWC), else C-contiguous; inputs and filters in the other layout are copied into it.
+
+Library. ``libcudnn.so.9`` is loaded from the ``lib`` folder of an installed nvidia-cudnn-cu12
+or nvidia-cudnn-cu13 wheel when there is one, else from the system's library path; a probe
+(one small fused convolution checked against a direct sum) decides whether cuDNN is usable.
+``CUPYDEN_CUDNN=0`` turns it off.
+"""
+
+import ctypes
+import glob
+import importlib.util
+import os
+
+import numpy
+
+from .. import backend
+
+#: Candidate plans built and timed per graph (the heuristics' best first).
+TUNE_PLANS = int(os.environ.get("CUPYDEN_CUDNN_TUNE", "16"))
+#: Timed runs per candidate plan.
+TUNE_REPEATS = 3
+#: Output dtype of float16 wgrad: float16 (cuDNN 9.19 on an H200 offered one 5 ms plan per
+#: DnCNN layer for a float32 output, against ... for float16); added to float32 gradients.
+WGRAD_FLOAT16_DTYPE = numpy.dtype(os.environ.get("CUPYDEN_WGRAD16", "float16"))
+#: Allocate outputs channels-last (NHWC / NDHWC memory behind NCHW / NCDHW views).
+CHANNELS_LAST = os.environ.get("CUPYDEN_CUDNN_LAYOUT", "nhwc") != "nchw"
+
+_STATE = {"probed": False, "problem": None, "cudnn": None, "handle": None, "library": None,
+          "stream": None, "tf32": False, "workspace": None}
+_PLANS = {}
+#: Keys of graphs cuDNN could not run, with the reason (a fused forward then runs unfused;
+#: anything else falls back to im2col in ``functional.conv``).
+UNSUPPORTED = {}
+
+
+class Unsupported(Exception):
+    """cuDNN has no working plan for this graph (the caller falls back to im2col)."""
+
+
+# ----------------------------------------------------------------------------- library
+
+def library_paths():
+    """``libcudnn.so.9`` files of installed nvidia-cudnn-cu12/cu13 wheels (may be empty).
+
+    Returns
+    -------
+    list of str
+    """
+    try:
+        spec = importlib.util.find_spec("nvidia.cudnn")
+    except (ImportError, ValueError):
+        spec = None
+    out = []
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        exact = os.path.join(folder, "lib", "libcudnn.so.9")
+        out += [exact] if os.path.exists(exact) else sorted(
+            glob.glob(os.path.join(folder, "lib", "libcudnn.so.9*")))
+    return out
+
+
+def _load():
+    """Load libcudnn (a wheel's first), then import the frontend; returns (module, source)."""
+    source = "the system library path"
+    for path in library_paths():
+        try:
+            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)   # the frontend's dlopen then finds it
+            source = path
+            break
+        except OSError:
+            continue
+    import cudnn
+    return cudnn, source
+
+
+def problem():
+    """None when cuDNN can be used on the current GPU, else why not (one line).
+
+    The first call loads the library, creates the handle and runs the probe; later calls
+    return the stored answer. ``CUPYDEN_CUDNN=0`` always gives a reason.
+
+    Returns
+    -------
+    str or None
+    """
+    if os.environ.get("CUPYDEN_CUDNN", "").strip() == "0":
+        return "cuDNN is turned off by CUPYDEN_CUDNN=0"
+    if not _STATE["probed"]:
+        _STATE["probed"] = True
+        _STATE["problem"] = _probe()
+    return _STATE["problem"]
+
+
+def _probe():
+    if backend.gpu_module() is None or backend.gpu_count() == 0:
+        return "no GPU: %s" % backend.why_no_gpu()
+    try:
+        cudnn, source = _load()
+    except Exception as exc:
+        return ("the cuDNN Frontend package could not be imported (%s: %s); install "
+                "'cupyden[cudnn]' (nvidia-cudnn-frontend)" % (type(exc).__name__, exc))
+    try:
+        version = cudnn.backend_version()
+        handle = cudnn.create_handle()
+    except Exception as exc:
+        return ("no usable cuDNN 9 library (%s: %s); install nvidia-cudnn-cu12 or "
+                "nvidia-cudnn-cu13" % (type(exc).__name__, exc))
+    _STATE.update(cudnn=cudnn, handle=handle, library=source, version=version)
+    xp = backend.gpu_module()
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal((2, 3, 6, 7)).astype(numpy.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(numpy.float32)
+    b = rng.standard_normal(4).astype(numpy.float32)
+    tf32 = _STATE["tf32"]
+    try:
+        _STATE["tf32"] = False
+        y = backend.to_host(conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), 1, 1, 0.0))
+    except Exception as exc:
+        return "the cuDNN probe convolution failed (%s: %s)" % (type(exc).__name__, exc)
+    finally:
+        _STATE["tf32"] = tf32
+    ref = numpy.maximum(_direct_conv(x, w, b, 1), 0)
+    err = float(numpy.linalg.norm(y - ref) / numpy.linalg.norm(ref))
+    if not err < 1e-4:
+        return "the cuDNN probe convolution was wrong (relative error %.2g)" % err
+    return None
+
+
+def _direct_conv(x, w, b, p):
+    """Reference for the probe: stride-1 2-D convolution as K*K sums of products (NumPy)."""
+    N, C, H, W = x.shape
+    F, _, K, _ = w.shape
+    xpad = numpy.pad(x.astype(numpy.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    OH, OW = H + 2 * p - K + 1, W + 2 * p - K + 1
+    y = numpy.zeros((N, F, OH, OW))
+    for i in range(K):
+        for j in range(K):
+            y += numpy.einsum("fc,nchw->nfhw", w[:, :, i, j], xpad[:, :, i:i + OH, j:j + OW])
+    return y + b[None, :, None, None]
+
+
+def info():
+    """Library source, cuDNN and frontend versions, TF32 and layout settings (for reports).
+
+    Returns
+    -------
+    dict
+    """
+    why = problem()
+    c = _STATE["cudnn"]
+    return {"usable": why is None, "problem": why, "library": _STATE["library"],
+            "cudnn": _STATE.get("version"), "frontend": getattr(c, "__version__", None),
+            "tf32": _STATE["tf32"], "channels_last": CHANNELS_LAST, "graphs": len(_PLANS),
+            "unsupported": len(UNSUPPORTED)}
+
+
+def set_tf32(allowed):
+    """Allow (True) or forbid (False, the default) TF32 tensor cores for float32 data."""
+    _STATE["tf32"] = bool(allowed)
+
+
+def tf32_allowed():
+    """Whether float32 convolutions may use TF32 (see :func:`set_tf32`)."""
+    return _STATE["tf32"]
+
+
+# ------------------------------------------------------------------------------ layout
+
+def contiguous_strides(shape):
+    """Element strides of C-contiguous memory for ``shape``."""
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= n
+    return tuple(reversed(out))
+
+
+def channels_last_strides(shape):
+    """Element strides, for logical dims (N, C, *S), of memory laid out as (N, *S, C)."""
+    phys = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    s = contiguous_strides(phys)
+    return (s[0], s[-1]) + s[1:-1]
+
+
+def _matches(a, strides):
+    return all(n == 1 or st == e * a.itemsize for n, st, e in zip(a.shape, a.strides, strides))
+
+
+def is_channels_last(a):
+    """True when ``a``'s memory is (N, *S, C) behind its (N, C, *S) view."""
+    return _matches(a, channels_last_strides(a.shape))
+
+
+def empty(xp, shape, dtype, channels_last=None):
+    """An uninitialised (N, C, *S) array, channels-last in memory when asked (default:
+    ``CHANNELS_LAST``)."""
+    if not (CHANNELS_LAST if channels_last is None else channels_last):
+        return xp.empty(shape, dtype)
+    phys = xp.empty((shape[0],) + tuple(shape[2:]) + (shape[1],), dtype)
+    return xp.moveaxis(phys, -1, 1)
+
+
+def _operand(a):
+    """(array, declared strides): ``a`` itself when its memory already has the preferred
+    layout (``CHANNELS_LAST``) and a 16-byte aligned start, else a copy in that layout.
+    Every tensor of a graph then has one layout (the U-Net's concatenations, poolings and
+    upsamplings return C-contiguous arrays: one copy each in channels-last mode)."""
+    strides = (channels_last_strides if CHANNELS_LAST else contiguous_strides)(a.shape)
+    if a.data.ptr % 16 == 0 and _matches(a, strides):
+        return a, strides
+    out = empty(backend.get_array_module(a), a.shape, a.dtype)
+    out[...] = a
+    return out, strides
+
+
+# -------------------------------------------------------------------------------- plans
+
+def _data_type(dtype):
+    T = _STATE["cudnn"].data_type
+    return {numpy.float16: T.HALF, numpy.float32: T.FLOAT,
+            numpy.float64: T.DOUBLE}[numpy.dtype(dtype).type]
+
+
+def _new_graph(dtype):
+    c = _STATE["cudnn"]
+    acc = c.data_type.DOUBLE if numpy.dtype(dtype) == numpy.float64 else c.data_type.FLOAT
+    return c.pygraph(io_data_type=_data_type(dtype), intermediate_data_type=acc,
+                     compute_data_type=acc, handle=_STATE["handle"])
+
+
+def _tensor(g, name, a, strides):
+    return g.tensor(name=name, dim=list(a.shape), stride=list(strides),
+                    data_type=_data_type(a.dtype))
+
+
+def _workspace(nbytes):
+    ws = _STATE["workspace"]
+    if ws is None or ws.size < nbytes:
+        ws = backend.gpu_module().empty(max(int(nbytes), 256), numpy.uint8)
+        _STATE["workspace"] = ws
+    return ws.data.ptr
+
+
+def _bind_stream():
+    ptr = backend.current_stream().ptr
+    if ptr != _STATE["stream"]:
+        _STATE["cudnn"].set_stream(handle=_STATE["handle"], stream=ptr)
+        _STATE["stream"] = ptr
+
+
+class _Plan:
+    """A built graph, its tensors' uids, and the index and workspace of its fastest plan."""
+    __slots__ = ("graph", "uids", "index", "workspace", "ms", "candidates")
+
+
+def _plan(key, make, buffers, dtype):
+    """The tuned plan for ``key``; builds and times the candidates on first use.
+
+    ``make(g)`` adds the graph's nodes to the empty graph g and returns {name: tensor};
+    ``buffers`` maps the same names to CuPy arrays.
+    """
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    if key in UNSUPPORTED:
+        raise Unsupported(UNSUPPORTED[key])
+    c, handle = _STATE["cudnn"], _STATE["handle"]
+    _bind_stream()
+    try:
+        g = _new_graph(dtype)
+        tensors = make(g)
+        g.validate()
+        g.build_operation_graph()
+        g.create_execution_plans([c.heur_mode.A, c.heur_mode.B, c.heur_mode.FALLBACK])
+        if numpy.dtype(dtype) == numpy.float32 and not _STATE["tf32"]:
+            g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE,
+                                      c.numerical_note.DOWN_CONVERT_INPUTS,
+                                      c.numerical_note.REDUCED_PRECISION_REDUCTION])
+        elif numpy.dtype(dtype) != numpy.float16:
+            g.deselect_numeric_notes([c.numerical_note.REDUCED_PRECISION_REDUCTION])
+        g.check_support()
+        uids = {name: t.get_uid() for name, t in tensors.items()}
+        pack = {uids[k]: buffers[k].data.ptr for k in uids}
+        n = g.get_execution_plan_count()
+        best, built = None, 0
+        for i in range(n):
+            if built >= TUNE_PLANS:
+                break
+            try:
+                g.build_plan_at_index(i)
+                built += 1
+                ws = g.get_workspace_size_plan_at_index(i)
+                wptr = _workspace(ws)
+                ms = backend.gpu_time_ms(
+                    lambda i=i, wptr=wptr: g.execute_plan_at_index(pack, wptr, i, handle=handle),
+                    TUNE_REPEATS)
+            except Exception:
+                continue
+            if best is None or ms < best[0]:
+                best = (ms, i, ws)
+        if best is None:
+            raise RuntimeError("none of %d candidate plans ran" % n)
+    except Exception as exc:
+        why = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split())[:300])
+        UNSUPPORTED[key] = why
+        raise Unsupported("cuDNN has no plan for %s of %s: %s" % (key[0], key[1], why))
+    plan = _Plan()
+    plan.graph, plan.uids, plan.ms, plan.index, plan.workspace = g, uids, *best
+    plan.candidates = built
+    _PLANS[key] = plan
+    return plan
+
+
+def _run(plan, buffers):
+    _bind_stream()
+    pack = {uid: buffers[name].data.ptr for name, uid in plan.uids.items()}
+    plan.graph.execute_plan_at_index(pack, _workspace(plan.workspace), plan.index,
+                                     handle=_STATE["handle"])
+
+
+def tuned_plans():
+    """[(key, milliseconds of the chosen plan, its index, candidates timed)] (for reports)."""
+    return [(k, p.ms, p.index, p.candidates) for k, p in _PLANS.items()]
+
+
+def _key(op, arrays, dtype, *extra):
+    shapes = tuple((a.shape, a.strides) for a in arrays)
+    tf32 = _STATE["tf32"] and numpy.dtype(dtype) == numpy.float32
+    return (op, shapes, numpy.dtype(dtype).str, tf32) + extra
+
+
+# -------------------------------------------------------------------------------- ops
+
+def output_shape(x_shape, w_shape, stride, padding):
+    """(N, F, *S') of a convolution: S' = (S + 2 padding - K) // stride + 1 per axis."""
+    return (x_shape[0], w_shape[0]) + tuple(
+        (s + 2 * padding - k) // stride + 1 for s, k in zip(x_shape[2:], w_shape[2:]))
+
+
+def _pad_channels(a, channels):
+    """``a`` (N, C, *S) with zero channels appended up to ``channels``."""
+    out = empty(backend.get_array_module(a), (a.shape[0], channels) + a.shape[2:], a.dtype)
+    out[:, :a.shape[1]] = a
+    out[:, a.shape[1]:] = 0
+    return out
+
+
+def conv_forward(x, w, b, stride, padding, slope):
+    """y = act(conv(x, w) + b) in one cuDNN graph.
+
+    Parameters
+    ----------
+    x : cupy array (N, C, *S), float16/32/64, S = 2 or 3 axes
+    w : cupy array (F, C, *K), dtype of x
+    b : cupy array (F,) or None
+    stride, padding : int
+        The same on every spatial axis; zero padding.
+    slope : None, 0.0 (ReLU) or the LeakyReLU slope
+
+    Returns
+    -------
+    y : cupy array (N, F, *S'), dtype of x (channels-last memory when ``CHANNELS_LAST``)
+
+    Raises
+    ------
+    Unsupported
+        When cuDNN has no working plan for this graph.
+    """
+    xp = backend.get_array_module(x)
+    nd = x.ndim - 2
+    x, sx = _operand(x)
+    w, sw = _operand(w)
+    y = empty(xp, output_shape(x.shape, w.shape, stride, padding), x.dtype)
+    sy = channels_last_strides(y.shape) if CHANNELS_LAST else contiguous_strides(y.shape)
+    buffers = {"x": x, "w": w, "y": y}
+    F = w.shape[0]
+    if b is not None:
+        buffers["b"] = xp.ascontiguousarray(b).reshape((1, F) + (1,) * nd)
+    key = _key("fprop", (x, w, y), x.dtype, stride, padding, b is not None, slope)
+    if (b is not None or slope is not None) and key in UNSUPPORTED:
+        return _unfused_forward(x, w, b, stride, padding, slope)
+
+    def make(g):
+        t = {"x": _tensor(g, "x", x, sx), "w": _tensor(g, "w", w, sw)}
+        z = g.conv_fprop(image=t["x"], weight=t["w"], padding=[padding] * nd,
+                         stride=[stride] * nd, dilation=[1] * nd, name="fprop")
+        if b is not None:
+            t["b"] = _tensor(g, "b", buffers["b"], channels_last_strides(buffers["b"].shape))
+            z = g.bias(name="bias", input=z, bias=t["b"])
+        if slope == 0.0:
+            z = g.relu(name="relu", input=z)
+        elif slope is not None:
+            z = g.leaky_relu(name="leaky_relu", input=z, negative_slope=float(slope))
+        z.set_output(True).set_dim(list(y.shape)).set_stride(list(sy)).set_data_type(
+            _data_type(x.dtype))
+        t["y"] = z
+        return t
+
+    try:
+        plan = _plan(key, make, buffers, x.dtype)
+    except Unsupported:
+        if b is None and slope is None:
+            raise
+        return _unfused_forward(x, w, b, stride, padding, slope)
+    _run(plan, buffers)
+    return y
+
+
+def _unfused_forward(x, w, b, stride, padding, slope):
+    """The convolution through cuDNN, then bias and activation as CuPy operations."""
+    y = conv_forward(x, w, None, stride, padding, None)
+    if b is not None:
+        y += b.reshape((1, -1) + (1,) * (x.ndim - 2))
+    if slope == 0.0:
+        backend.get_array_module(y).maximum(y, 0, out=y)
+    elif slope is not None:
+        y *= backend.get_array_module(y).where(y > 0, y.dtype.type(1), y.dtype.type(slope))
+    return y
+
+
+def conv_dgrad(dz, w, x_shape, stride, padding):
+    """dx = the adjoint of the convolution in x, applied to dz (cuDNN dgrad).
+
+    Parameters
+    ----------
+    dz : cupy array (N, F, *S'), gradient at the convolution's output (after the
+        activation's backward)
+    w : cupy array (F, C, *K)
+    x_shape : tuple (N, C, *S)
+    stride, padding : int
+
+    Returns
+    -------
+    dx : cupy array x_shape, dtype of dz
+
+    Raises
+    ------
+    Unsupported
+    """
+    xp = backend.get_array_module(dz)
+    nd = dz.ndim - 2
+    dz, sdz = _operand(dz)
+    w, sw = _operand(w)
+    dx = empty(xp, tuple(x_shape), dz.dtype)
+    sdx = channels_last_strides(dx.shape) if CHANNELS_LAST else contiguous_strides(dx.shape)
+    buffers = {"dy": dz, "w": w, "dx": dx}
+
+    def make(g):
+        t = {"dy": _tensor(g, "dy", dz, sdz), "w": _tensor(g, "w", w, sw)}
+        out = g.conv_dgrad(loss=t["dy"], filter=t["w"], padding=[padding] * nd,
+                           stride=[stride] * nd, dilation=[1] * nd, name="dgrad")
+        out.set_output(True).set_dim(list(dx.shape)).set_stride(list(sdx)).set_data_type(
+            _data_type(dz.dtype))
+        t["dx"] = out
+        return t
+
+    key = _key("dgrad", (dz, w, dx), dz.dtype, stride, padding)
+    _run(_plan(key, make, buffers, dz.dtype), buffers)
+    return dx
+
+
+def conv_wgrad(x, dz, w_shape, stride, padding):
+    """dw = the adjoint of the convolution in w (cuDNN wgrad).
+
+    Parameters
+    ----------
+    x : cupy array (N, C, *S), the convolution's input
+    dz : cupy array (N, F, *S')
+    w_shape : tuple (F, C, *K)
+    stride, padding : int
+
+    Returns
+    -------
+    dw : cupy array w_shape; float32 for float16 data (it is accumulated into float32
+        gradients), else the data's dtype
+
+    Raises
+    ------
+    Unsupported
+    """
+    xp = backend.get_array_module(x)
+    nd = x.ndim - 2
+    F, C = w_shape[:2]
+    if x.dtype == numpy.float16 and (F % 8 or C % 8):
+        # cuDNN 9.19 has no float16 wgrad engine for 1 channel (the DnCNN's first and last
+        # layers): zero channels up to a multiple of 8, keep the real filters' gradient
+        Fp, Cp = -(-F // 8) * 8, -(-C // 8) * 8
+        dw = conv_wgrad(_pad_channels(x, Cp), _pad_channels(dz, Fp),
+                        (Fp, Cp) + tuple(w_shape[2:]), stride, padding)
+        return dw[:F, :C]
+    x, sx = _operand(x)
+    dz, sdz = _operand(dz)
+    out_dtype = WGRAD_FLOAT16_DTYPE if x.dtype == numpy.float16 else x.dtype
+    dw = empty(xp, tuple(w_shape), out_dtype)
+    sdw = channels_last_strides(dw.shape) if CHANNELS_LAST else contiguous_strides(dw.shape)
+    buffers = {"x": x, "dy": dz, "dw": dw}
+
+    def make(g):
+        t = {"x": _tensor(g, "x", x, sx), "dy": _tensor(g, "dy", dz, sdz)}
+        out = g.conv_wgrad(image=t["x"], loss=t["dy"], padding=[padding] * nd,
+                           stride=[stride] * nd, dilation=[1] * nd, name="wgrad")
+        out.set_output(True).set_dim(list(dw.shape)).set_stride(list(sdw)).set_data_type(
+            _data_type(out_dtype))
+        t["dw"] = out
+        return t
+
+    key = _key("wgrad", (x, dz, dw), x.dtype, stride, padding)
+    _run(_plan(key, make, buffers, x.dtype), buffers)
+    return dw
