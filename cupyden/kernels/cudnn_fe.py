@@ -26,7 +26,10 @@ CuPy operations. The first time a key is seen, up to ``TUNE_PLANS`` candidate pl
 heuristics (mode A, then the fallback list) are built and timed on the real buffers (one
 warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events), and the fastest is kept: the
 heuristics' first plan can be several times slower than the best (PERFORMANCE.md: 6x for a
-float16 wgrad). One workspace buffer, grown as needed, serves every plan.
+float16 wgrad). Engines that need run-time compilation (NVRTC, seconds per plan) are tried
+only when no precompiled engine supports the graph: with them, tuning the 3-D U-Net's
+graphs cost about 50 s per process (F2Fd inference of 256^3 took 61 s, not 7). One
+workspace buffer, grown as needed, serves every plan.
 
 Math. float16 data: tensor cores, float32 accumulation. float32 data: strict float32 unless
 ``set_tf32(True)``; strict mode deselects the engines whose numerical notes say TENSOR_CORE or
@@ -55,9 +58,9 @@ import numpy
 from .. import backend
 
 #: Candidate plans built and timed per graph (the heuristics' best first).
-TUNE_PLANS = int(os.environ.get("CUPYDEN_CUDNN_TUNE", "16"))
+TUNE_PLANS = int(os.environ.get("CUPYDEN_CUDNN_TUNE", "8"))
 #: Timed runs per candidate plan.
-TUNE_REPEATS = 3
+TUNE_REPEATS = 2
 #: Output dtype of float16 wgrad: float16 (cuDNN 9.19 on an H200 offered one 5 ms plan per
 #: DnCNN layer for a float32 output, against ... for float16); added to float32 gradients.
 WGRAD_FLOAT16_DTYPE = numpy.dtype(os.environ.get("CUPYDEN_WGRAD16", "float16"))
@@ -305,18 +308,26 @@ def _plan(key, make, buffers, dtype):
     c, handle = _STATE["cudnn"], _STATE["handle"]
     _bind_stream()
     try:
-        g = _new_graph(dtype)
-        tensors = make(g)
-        g.validate()
-        g.build_operation_graph()
-        g.create_execution_plans([c.heur_mode.A, c.heur_mode.B, c.heur_mode.FALLBACK])
-        if numpy.dtype(dtype) == numpy.float32 and not _STATE["tf32"]:
-            g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE,
-                                      c.numerical_note.DOWN_CONVERT_INPUTS,
-                                      c.numerical_note.REDUCED_PRECISION_REDUCTION])
-        elif numpy.dtype(dtype) != numpy.float16:
-            g.deselect_numeric_notes([c.numerical_note.REDUCED_PRECISION_REDUCTION])
-        g.check_support()
+        for precompiled in (True, False):
+            g = _new_graph(dtype)
+            tensors = make(g)
+            g.validate()
+            g.build_operation_graph()
+            g.create_execution_plans([c.heur_mode.A, c.heur_mode.B, c.heur_mode.FALLBACK])
+            if numpy.dtype(dtype) == numpy.float32 and not _STATE["tf32"]:
+                g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE,
+                                          c.numerical_note.DOWN_CONVERT_INPUTS,
+                                          c.numerical_note.REDUCED_PRECISION_REDUCTION])
+            elif numpy.dtype(dtype) != numpy.float16:
+                g.deselect_numeric_notes([c.numerical_note.REDUCED_PRECISION_REDUCTION])
+            if precompiled:     # NVRTC-compiled engines cost seconds each to build
+                g.deselect_behavior_notes([c.behavior_note.RUNTIME_COMPILATION])
+            try:
+                g.check_support()
+                break
+            except Exception:
+                if not precompiled:
+                    raise
         uids = {name: t.get_uid() for name, t in tensors.items()}
         pack = {uids[k]: buffers[k].data.ptr for k in uids}
         n = g.get_execution_plan_count()
