@@ -9,6 +9,14 @@
         mode, dropout on), one training step on 4 patches of 64^3, and F2Fd's whole
         inference of a 256^3 volume (64^3 tiles, K x T = 4 x 4), on the GPU, at
         PRECISION (fp32, tf32 or fp16; default fp32)
+    python benchmarks/f2fd_tomogram.py sweep DIR SECONDS CONFIG [CONFIG ...]
+        for each CONFIG ("defaults", or NAME=VALUE,NAME=VALUE...), trains F2Fd on
+        DIR/noisy.mrc for SECONDS (training time, evaluations excluded) and scores the
+        denoised volume against DIR/clean.mrc after 1/8, 1/4, 1/2 and all of them
+        (inference K x T = 2 x 2): where along training F2Fd is best. NAMEs: F2Fd's
+        parameters (p, Vmask_pct, dropout_p, volumetric_scale_factor, total_samples,
+        n_bernoulli_samples, subtomo_length, sphere_fraction=LO:HI) and nf, batch, lr,
+        precision, seed
     python benchmarks/f2fd_tomogram.py score DIR DENOISED.mrc [LABEL]
         prints the table: PSNR over the whole volume (range of the clean volume), SSIM of
         the central z slice
@@ -105,11 +113,78 @@ def speed(precision="fp32"):
     model.mc_dropout()
     volume = numpy.random.default_rng(2).standard_normal((256, 256, 256)).astype(numpy.float32)
     prm = f2fd.F2FdParams(subtomo_length=64)
+    loader = f2fd.F2FdPairs(volume, prm, xp, n_val=1).loader(4, xp)
+    next(loader)
+    backend.synchronize(xp)
+    t0 = time.perf_counter()
+    for _ in range(10):
+        next(loader)
+    backend.synchronize(xp)
+    print("F2Fd pairs, 4 x 64^3 from 256^3: %.4f s per batch" % ((time.perf_counter() - t0) / 10))
     for run in ("first (plans tuned)", "second"):
         t0 = time.perf_counter()
         f2fd.denoise(model, volume, prm, xp, 4, 4)
         print("F2Fd inference of 256^3, 64^3 tiles, K x T = 4 x 4, %s: %.1f s"
               % (run, time.perf_counter() - t0))
+
+
+def sweep(out, seconds, *configs):
+    """Each config: "defaults" or NAME=VALUE[,NAME=VALUE...] (sphere_fraction=LO:HI); all in
+    one process, so that cuDNN plans are tuned once."""
+    from cupyden import f2fd
+    from cupyden.functional.conv import set_precision
+    from cupyden.models import F2FdUNet
+    from cupyden.optim import Adam, Parameters
+    from cupyden.optim.loss_scale import LossScaler
+    from cupyden.train import train_step
+
+    xp = backend.select_device(None).xp
+    with mrcfile.open(os.path.join(out, "noisy.mrc"), mode="r") as m:
+        noisy = numpy.array(m.data)
+    with mrcfile.open(os.path.join(out, "clean.mrc"), mode="r") as m:
+        clean = numpy.array(m.data)
+    x, norm = f2fd.prepare(noisy)
+    print("| settings | steps | training s | PSNR (dB) | SSIM, central slice | scoring s |\n"
+          "|---|---|---|---|---|---|")
+    for label in configs:
+        opts = {"nf": 48, "batch": 4, "lr": 1e-3, "precision": "fp32", "seed": 0}
+        prm = {}
+        for item in ([] if label == "defaults" else label.split(",")):
+            key, value = item.split("=")
+            if key == "sphere_fraction":
+                prm[key] = tuple(float(v) for v in value.split(":"))
+            elif key in f2fd.F2FdParams._fields:
+                prm[key] = type(getattr(f2fd.F2FdParams(), key))(value)
+            elif key in opts:
+                opts[key] = type(opts[key])(value)
+            else:
+                raise SystemExit("unknown setting %s" % key)
+        prm = f2fd.F2FdParams(**prm)
+        dtype = set_precision(opts["precision"], xp)
+        pairs = f2fd.F2FdPairs(x, prm, xp, opts["seed"], n_val=1)
+        model = F2FdUNet(x.ndim, opts["nf"], 5, prm.dropout_p, opts["seed"]).to(xp, dtype).train()
+        params = Parameters(model)
+        opt = Adam(params, opts["lr"])
+        scaler = LossScaler() if dtype == numpy.float16 else None
+        loader = pairs.loader(opts["batch"], xp, opts["seed"])
+        trained, steps = 0.0, 0
+        for stop in (seconds / 8, seconds / 4, seconds / 2, seconds):
+            backend.synchronize(xp)
+            t0 = time.perf_counter()
+            while trained + time.perf_counter() - t0 < stop:
+                xb, yb = next(loader)
+                train_step(model, params, opt, "mse", xb, yb, scaler)
+                steps += 1
+                if steps % 20 == 0:
+                    backend.synchronize(xp)
+            backend.synchronize(xp)
+            trained += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            s = scores(norm.invert(f2fd.denoise(model, x, prm, xp, 2, 2)), clean)
+            print("| %s | %d | %.0f | %.2f | %.3f | %.1f |"
+                  % (label, steps, trained, s["psnr"], s["ssim_central"],
+                     time.perf_counter() - t1), flush=True)
+            model.train()
 
 
 def score(out, denoised, label="F2Fd"):
@@ -130,6 +205,8 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     if cmd == "speed":
         speed(*sys.argv[2:3])
+    elif cmd == "sweep":
+        sweep(args[0], float(args[1]), *args[2:])
     elif cmd == "simulate":
         size = int(args[args.index("--size") + 1]) if "--size" in args else 256
         seed = int(args[args.index("--seed") + 1]) if "--seed" in args else 0

@@ -39,7 +39,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .backend import default_rng, to_device, to_host
+from .backend import to_device, to_host
 from .errors import InputError
 from .fourier import rfft_k2
 from .io.patches import normalization
@@ -85,6 +85,28 @@ class F2FdParams(NamedTuple):
 def _seed(*keys):
     """One integer seed from a tuple of integers (NumPy's SeedSequence)."""
     return int(numpy.random.SeedSequence([int(k) for k in keys]).generate_state(1)[0])
+
+
+def hash_uniform24(key, index):
+    """24 random bits per index: the top 24 bits of SplitMix64's output function of
+    key + (index + 1) * golden gamma (Steele, Lea & Flood 2014, OOPSLA). The GPU kernel
+    (``kernels.fourier_mask``) computes the same bits.
+
+    Parameters
+    ----------
+    key : numpy.uint64
+    index : int array, any shape, values >= 0
+
+    Returns
+    -------
+    uint64 numpy array, ``index``'s shape, values in [0, 2^24)
+    """
+    u = numpy.uint64
+    with numpy.errstate(over="ignore"):
+        z = u(key) + (numpy.asarray(index).astype(u) + u(1)) * u(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> u(30))) * u(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> u(27))) * u(0x94D049BB133111EB)
+    return (z ^ (z >> u(31))) >> u(40)
 
 
 def prepare(image, clip=(0.0005, 0.9995)):
@@ -141,19 +163,34 @@ class FourierPerturbation:
 
     def mask(self, seed):
         """One mask M (module docstring), float32 of ``xp``, shape ``rshape``, values in
-        {-1, 0, 1}; the same seed gives the same mask."""
+        {-1, 0, 1}; a pure function of ``seed``, bit for bit the same on NumPy and CuPy.
+
+        The sphere's radius is drawn by NumPy from the seed; the blocks (hash of the
+        block's index, key 2 seed) and signs (hash of the Fourier voxel's flat index, key
+        2 seed + 1) by :func:`hash_uniform24`, compared with 24-bit integer thresholds.
+        """
         xp, prm = self.xp, self.params
-        host = numpy.random.default_rng(seed)
-        rng = default_rng(xp, seed)
-        radius = self.sphere_radius(host.uniform(*prm.sphere_fraction))
+        radius = numpy.float32(self.sphere_radius(
+            numpy.random.default_rng(seed).uniform(*prm.sphere_fraction)))
         f = prm.volumetric_scale_factor
-        coarse = tuple(-(-n // f) for n in self.rshape)
-        blocks = rng.random(coarse, dtype=numpy.float32) >= prm.Vmask_pct
-        for axis in range(self.ndim):
-            blocks = xp.repeat(blocks, f, axis=axis)
-        kept = blocks[tuple(slice(0, n) for n in self.rshape)] | (self.k < radius)
-        sign = 1 - 2 * (rng.random(self.rshape, dtype=numpy.float32) < prm.p).astype(numpy.float32)
-        return kept.astype(numpy.float32) * sign
+        A, B, C = (1,) * (3 - self.ndim) + self.rshape
+        nb, nc = -(-B // f), -(-C // f)
+        keys = (numpy.uint64(2 * seed), numpy.uint64(2 * seed + 1))
+        keep_below = numpy.uint64(round(prm.Vmask_pct * (1 << 24)))
+        flip_below = numpy.uint64(round(prm.p * (1 << 24)))
+        if xp is not numpy:
+            from .kernels.fourier_mask import fourier_mask_kernel
+            m = xp.empty(self.rshape, numpy.float32)
+            fourier_mask_kernel(self.k, radius, keys[0], keys[1], keep_below, flip_below,
+                                B, C, f, nb, nc, m)
+            return m
+        a, b, c = numpy.ogrid[:A, :B, :C]
+        block = ((a // f) * nb + b // f) * nc + c // f
+        kept = (self.k.reshape(A, B, C) < radius) | (hash_uniform24(keys[0], block) >= keep_below)
+        flip = hash_uniform24(keys[1], numpy.arange(A * B * C).reshape(A, B, C)) < flip_below
+        m = numpy.where(kept, numpy.where(flip, numpy.float32(-1), numpy.float32(1)),
+                        numpy.float32(0))
+        return m.reshape(self.rshape)
 
     def mean_mask(self, seeds):
         """The mean of the masks of ``seeds``."""
@@ -253,15 +290,21 @@ class F2FdPairs:
         self.val = (to_host(vx), to_host(vy))
 
     def _pairs(self, rng, count):
-        """``count`` (input, target) patch pairs: arrays of xp (count, 1, *patch)."""
+        """``count`` (input, target) patch pairs: arrays of xp (count, 1, *patch).
+
+        One draw of pool entries per call: the ``count`` patches are cut from the same
+        two sample means (two inverse FFTs of the whole padded volume per batch, not two
+        per patch: with the network on cuDNN, drawing was most of a training step).
+        """
         S, xp = self.patch, self.xp
         shape = (count, 1) + (S,) * len(self.shape)
         x, y = xp.empty(shape, numpy.float32), xp.empty(shape, numpy.float32)
-        for b, origin in enumerate(patch_origins(self.shape, S, rng, count)):
-            box = tuple(slice(o, o + S) for o in origin)
-            first, second = self.sampler.draw(rng)
-            x[b, 0] = self.sampler.sample_mean(first)[box]
-            y[b, 0] = self.sampler.sample_mean(second)[box]
+        first, second = self.sampler.draw(rng)
+        origins = patch_origins(self.shape, S, rng, count)
+        for half, out in ((first, x), (second, y)):
+            volume = self.sampler.sample_mean(half)
+            for b, origin in enumerate(origins):
+                out[b, 0] = volume[tuple(slice(o, o + S) for o in origin)]
         return x, y
 
     def size(self, split):

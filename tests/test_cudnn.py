@@ -170,6 +170,35 @@ def test_conv3d_cudnn_equals_shift_and_multiply():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [numpy.float64, numpy.float32, numpy.float16])
+@pytest.mark.parametrize("shape", [(3, 32, 17, 19), (2, 48, 5, 6, 7), (16, 32, 64, 64)])
+@pytest.mark.parametrize("slope", [0.0, 0.1])
+def test_fused_activation_bias_backward(dtype, shape, slope):
+    """The one-pass dz + bias sum on channels-last memory equals the two-pass path: dz
+    bit for bit, db to float32 summation rounding (16 x 32 x 64^2 has more elements than
+    the kernel has threads, so threads loop)."""
+    if backend.gpu_count() == 0:
+        pytest.skip("no GPU")
+    cp = backend.gpu_module()
+    from cupyden.functional.activation import activation_backward
+    from cupyden.functional.conv import activation_bias_backward, channel_sum
+    rng = numpy.random.default_rng(3)
+    last = (0,) + tuple(range(2, len(shape))) + (1,)           # channels-last memory
+    inverse = numpy.argsort(last)
+    y = cp.asarray(rng.standard_normal([shape[i] for i in last]).astype(dtype)).transpose(inverse)
+    dy = cp.asarray(rng.standard_normal(shape).astype(dtype))   # NCHW: copied to y's layout
+    dz, db = activation_bias_backward(dy, y, slope, True)
+    ref_dz = activation_backward(dy, y, slope)
+    assert dz.strides == y.strides
+    assert numpy.array_equal(backend.to_host(dz), backend.to_host(ref_dz))
+    exact = backend.to_host(ref_dz).astype(numpy.float64).sum(axis=(0,) + tuple(range(2, len(shape))))
+    assert db.dtype == (numpy.float32 if dtype == numpy.float16 else dtype)
+    tol = 1e-12 if dtype == numpy.float64 else 1e-5
+    assert rel(backend.to_host(db), exact) < tol
+    assert rel(backend.to_host(channel_sum(ref_dz)), exact) < tol
+
+
+@pytest.mark.gpu
 def test_cudnn_can_be_turned_off(monkeypatch):
     _, cudnn_fe = _cudnn()
     monkeypatch.setenv("CUPYDEN_CUDNN", "0")

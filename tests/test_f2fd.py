@@ -43,6 +43,15 @@ def test_mask_values_sphere_blocks_and_rates(xp):
     assert not numpy.array_equal(backend.to_host(fp.mask(4)), m)
 
 
+def test_mask_is_the_same_on_numpy_and_the_device(xp):
+    prm = F2FdParams(p=0.3, Vmask_pct=0.4, volumetric_scale_factor=3)
+    for shape in ((20, 34, 17), (50, 62)):
+        here = FourierPerturbation(shape, prm, xp)
+        ref = FourierPerturbation(shape, prm, numpy)
+        for seed in (0, 12345, 2 ** 32 - 1):
+            assert numpy.array_equal(backend.to_host(here.mask(seed)), ref.mask(seed))
+
+
 def test_sample_mean_is_mean_of_samples_and_identity_without_perturbation(xp):
     rng = numpy.random.default_rng(0)
     image = rng.standard_normal((16, 24, 20)).astype(numpy.float32)

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy
 
 from ..backend import dense_order, get_array_module, is_gpu_array
-from .activation import activate_, activation_backward
+from .activation import activate_, activation_backward, copy_like
 
 #: The GPU convolution: "auto" (cuDNN when usable, else im2col), "cudnn" or "im2col".
 _GPU_CONV = ["auto"]
@@ -171,6 +171,66 @@ def channel_sum(dz):
     return part.sum(axis=(0,) + tuple(range(2, part.ndim)))
 
 
+#: Threads of the fused activation-backward + bias-sum kernel (rounded down to a multiple of
+#: the channel count): about four times the resident threads of an H100/H200, so that enough
+#: loads are in flight to keep memory busy; 2^20 float32 partial sums (4 MB) to add.
+SUM_THREADS = 1 << 20
+
+
+_ONES = {}
+
+
+def _ones(xp, n, dtype):
+    """A cached device vector of n ones (the GEMV that adds partial sums)."""
+    key = (n, numpy.dtype(dtype).str, xp.cuda.Device().id)
+    if key not in _ONES:
+        _ONES[key] = xp.ones(n, dtype)
+    return _ONES[key]
+
+
+def activation_bias_backward(dy, y, slope, bias):
+    """Gradient through a fused activation and a bias: (dz, db).
+
+    dz = dy * act'(y) (``functional.activation.activation_backward``), db = the sum of dz
+    over N and space (``channel_sum``), or None when ``bias`` is False. On the GPU, for a
+    channels-last ``y`` (the cuDNN path's outputs), both in one pass over memory
+    (``kernels.activation``); measured on an H200 in benchmarks/RESULTS.md.
+
+    Parameters
+    ----------
+    dy, y : arrays (N, F, *S), same shape and dtype
+    slope : float or None
+        The activation's negative slope (0 for ReLU); None: no activation (dz = dy).
+    bias : bool
+
+    Returns
+    -------
+    dz : array (N, F, *S), ``y``'s memory layout when it was computed here
+    db : array (F,), float32 for float16 data, else dz's dtype; or None
+    """
+    F = dy.shape[1]
+    order = dense_order(y) if bias and slope is not None and is_gpu_array(dy) else None
+    if order and y.ndim > 2 and F > 1 and order[-1] == 1:
+        from ..kernels.activation import activation_backward_sum_kernel
+        xp = get_array_module(dy)
+        if dy.strides != y.strides:
+            dy = copy_like(dy, y)
+        flat = [a.transpose(order) for a in (dy, y)]
+        if all(a.flags.c_contiguous for a in flat):
+            dy1, y1 = (a.reshape(-1) for a in flat)
+            dz1 = xp.empty_like(y1)
+            n = y1.size
+            G = max(F, min(SUM_THREADS, -(-n // F) * F) // F * F)
+            acc = numpy.float32 if dy.dtype == numpy.float16 else dy.dtype
+            part = xp.empty(G, acc)
+            activation_backward_sum_kernel(dy1, y1, numpy.float64(slope), numpy.int64(n),
+                                           numpy.int64(G), dz1, part)
+            dz = dz1.reshape(flat[1].shape).transpose(numpy.argsort(order))
+            return dz, _ones(xp, G // F, acc) @ part.reshape(G // F, F)
+    dz = activation_backward(dy, y, slope)
+    return dz, (channel_sum(dz) if bias else None)
+
+
 def cudnn_forward(x, w, b, stride, padding, slope, keep_cache):
     """Convolution forward through cuDNN: (y, CudnnConvCache or None), or None when cuDNN
     has no plan for this shape (the caller then takes the im2col path)."""
@@ -192,8 +252,7 @@ def cudnn_backward(dy, cache):
     data), dw by cuDNN's wgrad, dx by its dgrad. None when cuDNN has no plan.
     """
     from ..kernels import cudnn_fe
-    dz = activation_backward(dy, cache.y, cache.slope)
-    db = channel_sum(dz) if cache.bias else None
+    dz, db = activation_bias_backward(dy, cache.y, cache.slope, cache.bias)
     try:
         dw = cudnn_fe.conv_wgrad(cache.x, dz, cache.w.shape, cache.stride, cache.padding)
         dx = cudnn_fe.conv_dgrad(dz, cache.w, cache.x.shape, cache.stride, cache.padding)
@@ -423,8 +482,7 @@ def conv2d_backward(dy, cache):
     N, C, H, W = cache.x_shape
     F, _, KH, KW = w.shape
     OH, OW = dy.shape[2:]
-    dy = activation_backward(dy, cache.y, cache.slope)  # through the fused activation
-    db = channel_sum(dy)
+    dy, db = activation_bias_backward(dy, cache.y, cache.slope, True)
     wm = w.reshape(F, C * KH * KW)
     dwm = xp.zeros_like(wm)                             # (F, K)
     dxpad = xp.zeros_like(xpad)

@@ -25,8 +25,9 @@ from itertools import product
 from typing import NamedTuple
 
 from ..backend import get_array_module
-from .activation import activate_, activation_backward
-from .conv import CudnnConvCache, channel_sum, cudnn_backward, cudnn_forward, use_cudnn
+from .activation import activate_
+from .conv import (CudnnConvCache, activation_bias_backward, cudnn_backward,
+                   cudnn_forward, use_cudnn)
 
 
 class Conv3dCache(NamedTuple):
@@ -99,7 +100,7 @@ def conv3d_backward(dy, cache):
         cache = Conv3dCache(_pad(cache.x, cache.padding), cache.w, cache.y, cache.slope,
                             cache.bias)
     xp = get_array_module(dy)
-    dy = activation_backward(dy, cache.y, cache.slope)
+    dy, db = activation_bias_backward(dy, cache.y, cache.slope, cache.bias)
     w = cache.w
     N, F, D, H, W = dy.shape
     C, K = w.shape[1], w.shape[2]
@@ -114,7 +115,6 @@ def conv3d_backward(dy, cache):
             w[:, :, a, bb, c].T, dyf).reshape(N, C, D, H, W)
     p = K // 2
     dx = dxpad[:, :, p:p + D, p:p + H, p:p + W]
-    db = channel_sum(dy) if cache.bias else None
     return xp.ascontiguousarray(dx), dw, db
 
 

@@ -4,11 +4,44 @@ NumPy's expression in ``functional.activation`` makes three passes (compare, sel
 multiply) and two temporaries; on the GPU this is one read of dy and y and one write.
 Where y <= 0 and slope == 0 the result is 0 whatever dy holds (as PyTorch's threshold
 backward gives).
+
+``activation_backward_sum_kernel`` also sums dz per channel (the bias gradient) in the same
+pass, for channels-last memory, where element e of the dense buffer belongs to channel
+e mod F. Thread i of G walks elements i, i + G, i + 2G, ...: with G a multiple of F every
+element a thread visits is of channel i mod F, consecutive threads read consecutive
+elements (coalesced), and each thread keeps one partial sum; the loop is unrolled by four
+so that each thread has four loads in flight (float16 moves half the bytes per load). The caller adds the G / F
+partials of each channel (a GEMV), in a fixed order: the result does not depend on timing.
 """
 
 from ..backend import elementwise_kernel
 
+_DZ = "y > (T)0 ? dy : (slope == 0.0 ? (T)0 : (T)(slope * (double)dy))"
+
 activation_backward_kernel = elementwise_kernel(
-    "T dy, T y, float64 slope", "T dz",
-    "dz = y > (T)0 ? dy : (slope == 0.0 ? (T)0 : (T)(slope * (double)dy))",
-    "cupyden_activation_backward")
+    "T dy, T y, float64 slope", "T dz", "dz = " + _DZ, "cupyden_activation_backward")
+
+activation_backward_sum_kernel = elementwise_kernel(
+    "raw T dy_, raw T y_, float64 slope, int64 n, int64 G", "raw T dz_, P part",
+    """
+    P acc = 0;
+    long long e = i;
+    for (; e + 3 * G < n; e += 4 * G) {       // four loads of each in flight per thread
+        T dy4[4], y4[4];
+        for (int u = 0; u < 4; ++u) { dy4[u] = dy_[e + u * G]; y4[u] = y_[e + u * G]; }
+        for (int u = 0; u < 4; ++u) {
+            const T dy = dy4[u], y = y4[u];
+            const T z = %s;
+            dz_[e + u * G] = z;
+            acc += (P)z;
+        }
+    }
+    for (; e < n; e += G) {
+        const T dy = dy_[e], y = y_[e];
+        const T z = %s;
+        dz_[e] = z;
+        acc += (P)z;
+    }
+    part = acc;
+    """ % (_DZ, _DZ),
+    "cupyden_activation_backward_sum")

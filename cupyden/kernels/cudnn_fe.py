@@ -49,6 +49,7 @@ or nvidia-cudnn-cu13 wheel when there is one, else from the system's library pat
 """
 
 import ctypes
+import functools
 import glob
 import importlib.util
 import os
@@ -207,6 +208,7 @@ def tf32_allowed():
 
 # ------------------------------------------------------------------------------ layout
 
+@functools.lru_cache(maxsize=1024)
 def contiguous_strides(shape):
     """Element strides of C-contiguous memory for ``shape``."""
     out, acc = [], 1
@@ -216,6 +218,7 @@ def contiguous_strides(shape):
     return tuple(reversed(out))
 
 
+@functools.lru_cache(maxsize=1024)
 def channels_last_strides(shape):
     """Element strides, for logical dims (N, C, *S), of memory laid out as (N, *S, C)."""
     phys = (shape[0],) + tuple(shape[2:]) + (shape[1],)
@@ -387,7 +390,10 @@ def output_shape(x_shape, w_shape, stride, padding):
 
 
 def _pad_channels(a, channels):
-    """``a`` (N, C, *S) with zero channels appended up to ``channels``."""
+    """``a`` (N, C, *S) with zero channels appended up to ``channels`` (``a`` itself when
+    it has them)."""
+    if a.shape[1] == channels:
+        return a
     out = empty(backend.get_array_module(a), (a.shape[0], channels) + a.shape[2:], a.dtype)
     out[:, :a.shape[1]] = a
     out[:, a.shape[1]:] = 0
