@@ -290,21 +290,19 @@ class F2FdPairs:
         self.val = (to_host(vx), to_host(vy))
 
     def _pairs(self, rng, count):
-        """``count`` (input, target) patch pairs: arrays of xp (count, 1, *patch).
-
-        One draw of pool entries per call: the ``count`` patches are cut from the same
-        two sample means (two inverse FFTs of the whole padded volume per batch, not two
-        per patch: with the network on cuDNN, drawing was most of a training step).
-        """
+        """``count`` (input, target) patch pairs: arrays of xp (count, 1, *patch), each
+        patch from its own draw of pool entries, as F2Fd draws them (two masks and two
+        inverse FFTs of the padded volume per patch: 1.7 ms for 288^3 on an H200). One draw
+        shared by a whole batch was tried; it is not faster where it matters (the network's
+        step is 0.06 s) and changes the data F2Fd trains on (benchmarks/RESULTS.md)."""
         S, xp = self.patch, self.xp
         shape = (count, 1) + (S,) * len(self.shape)
         x, y = xp.empty(shape, numpy.float32), xp.empty(shape, numpy.float32)
-        first, second = self.sampler.draw(rng)
-        origins = patch_origins(self.shape, S, rng, count)
-        for half, out in ((first, x), (second, y)):
-            volume = self.sampler.sample_mean(half)
-            for b, origin in enumerate(origins):
-                out[b, 0] = volume[tuple(slice(o, o + S) for o in origin)]
+        for b, origin in enumerate(patch_origins(self.shape, S, rng, count)):
+            box = tuple(slice(o, o + S) for o in origin)
+            first, second = self.sampler.draw(rng)
+            x[b, 0] = self.sampler.sample_mean(first)[box]
+            y[b, 0] = self.sampler.sample_mean(second)[box]
         return x, y
 
     def size(self, split):

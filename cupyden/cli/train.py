@@ -40,7 +40,9 @@ Options:
                       scales as fit the 11 px window, up to 5) [default: 0]
   --grad-weight W     Weight of the gradient loss (L1 of finite differences)
                       [default: 0]
-  --lr LR             Adam learning rate (per step, unitless) [default: 0.001]
+  --lr LR             Adam learning rate (per step, unitless); auto = 0.001, and
+                      0.0001 with --pairs f2fd (F2Fd's U-Net diverged at 0.001 on a
+                      256^3 tomogram, benchmarks/RESULTS.md) [default: auto]
   --lr-schedule S     constant, step, cosine or plateau [default: constant]
   --warmup N          Steps of linear learning-rate warm-up [default: 0]
   --lr-step N         step: steps between reductions [default: 1000]
@@ -140,7 +142,9 @@ def _parse(args):
          "arch": as_choice(args, "--arch", ("dncnn", "unet")),
          "loss": as_choice(args, "--loss", ("mse", "l1")),
          "normalize": as_choice(args, "--normalize", ("robust", "percentile")),
-         "lr": as_float(args, "--lr", 0), "val_fraction": as_float(args, "--val-fraction", 0.01, 0.9),
+         "lr": ((1e-4 if args["--pairs"] == "f2fd" else 1e-3) if args["--lr"] == "auto"
+                else as_float(args, "--lr", 0)),
+         "val_fraction": as_float(args, "--val-fraction", 0.01, 0.9),
          "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
          "loss_weights": {k: as_float(args, "--%s-weight" % a, 0)
                           for k, a in (("fourier", "fourier"), ("ssim", "ssim"),
