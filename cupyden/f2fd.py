@@ -54,8 +54,9 @@ class F2FdParams(NamedTuple):
         Probability of dropping a block of the volumetric mask (0.5).
     dropout_p : float
         Dropout probability in the network's decoder. F2Fd's example uses 0.8; cupyden's
-        default is 0.3 (Self2Self's value), which trained faster in a 10-minute budget
-        (benchmarks/RESULTS.md).
+        default is 0.3 (Self2Self's value): on the simulated GroEL tomogram both peaked
+        alike (20.3 and 20.1 dB PSNR in the first 40 s at lr 1e-3) and 0.8 diverged later
+        (benchmarks/RESULTS.md, session 5).
     volumetric_scale_factor : int
         Side of the volumetric mask's blocks, in Fourier voxels (8).
     total_samples : int
