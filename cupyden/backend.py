@@ -92,6 +92,13 @@ class Device:
     def is_gpu(self):
         return self.ordinal >= 0
 
+    def bind(self):
+        """Make this device current in the calling thread (CUDA's current device is per
+        thread: a new thread starts on GPU 0, and a page-locked allocation there would
+        create a context on GPU 0). No-op for the CPU."""
+        if self.is_gpu:
+            cupy.cuda.Device(self.ordinal).use()
+
     def __repr__(self):
         return "Device(%s)" % self.name
 
@@ -195,6 +202,29 @@ def to_host(x):
     if is_gpu_array(x):
         return cupy.asnumpy(x)
     return numpy.asarray(x)
+
+
+def to_host_into(x, out):
+    """Copy ``x`` into the existing host array ``out`` (same shape and dtype) and return it.
+
+    A copy from the GPU into page-locked memory (:func:`pinned_empty`) runs at the bus's
+    full rate and allocates nothing. Blocks until the copy is done.
+
+    Parameters
+    ----------
+    x : numpy.ndarray or cupy.ndarray
+    out : numpy.ndarray, C-contiguous
+
+    Returns
+    -------
+    numpy.ndarray
+        ``out``.
+    """
+    if is_gpu_array(x):
+        x.get(out=out)
+    else:
+        numpy.copyto(out, x)
+    return out
 
 
 def synchronize(xp=numpy):

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .backend import to_device, to_host
+from .backend import get_array_module, to_device, to_host
 from .io.patches import normalization
 
 
@@ -82,13 +82,17 @@ PASS_PIXELS = 1 << 23
 def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
     """Denoise one micrograph.
 
+    The tiles are cut from, and the output assembled in, ``xp``'s memory: an image already
+    on the GPU is never copied to the host, and the result stays where the input was.
+
     Parameters
     ----------
     model : Model
         In evaluation mode, on ``xp``.
-    image : array (H, W)
+    image : numpy or cupy array (H, W)
         Raw values (any real dtype).
     xp : module
+        The model's array module.
     tile : int
         Core size in pixels.
     batch_size : int
@@ -98,17 +102,17 @@ def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
 
     Returns
     -------
-    denoised : float32 numpy array (H, W)
+    denoised : float32 array (H, W), of the input's array module (NumPy or CuPy)
         In the input's units (normalisation inverted).
     stats : dict
         "tiles", "pixels_processed", "ratio" (processed / image pixels), "halo".
     """
     H, W = image.shape
-    norm = norm or normalization(numpy.asarray(image))
-    x = to_device(norm.apply(numpy.asarray(image)), xp)
+    norm = norm or normalization(image)
+    x = to_device(norm.apply(image), xp)
     halo = halo_for(model)
     tiles = plan_tiles(H, W, tile, halo, getattr(model, "multiple", 1))
-    out = numpy.empty((H, W), numpy.float32)
+    out = xp.empty((H, W), numpy.float32)
     groups = {}
     for t in tiles:                                   # batch tiles of equal shape
         groups.setdefault((t.y1 - t.y0, t.x1 - t.x0), []).append(t)
@@ -118,10 +122,11 @@ def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
             chunk = group[i:i + per_pass]
             batch = xp.stack([x[t.y0:t.y1, t.x0:t.x1] for t in chunk])[:, None]
             batch = batch.astype(getattr(model, "dtype", x.dtype), copy=False)   # fp16 model
-            y = to_host(model.forward(batch))        # (n, 1, h, w)
+            y = model.forward(batch)                  # (n, 1, h, w), on xp
             for t, yt in zip(chunk, y[:, 0]):
                 out[t.cy0:t.cy1, t.cx0:t.cx1] = yt[t.cy0 - t.y0:t.cy1 - t.y0,
                                                    t.cx0 - t.x0:t.cx1 - t.x0]
     n = pixels_processed(tiles)
     stats = {"tiles": len(tiles), "pixels_processed": n, "ratio": n / (H * W), "halo": halo}
-    return norm.invert(out).astype(numpy.float32), stats
+    den = norm.invert(out).astype(numpy.float32, copy=False)
+    return (den if get_array_module(image) is xp else to_host(den)), stats

@@ -14,6 +14,7 @@ from typing import NamedTuple
 import mrcfile
 import numpy
 
+from ..backend import get_array_module
 from ..errors import InputError
 from .atomic import atomic_output
 
@@ -104,18 +105,7 @@ def read_mrc(path, ndim=None, mmap=False, check_values=True):
     """
     mrc = _open(path, mmap)
     try:
-        mode = int(mrc.header.mode)
-        if mode not in REAL_MODES:
-            raise InputError("%s: unsupported MRC mode %d (supported: %s)" % (
-                path, mode, ", ".join("%d %s" % kv for kv in REAL_MODES.items())))
-        data = mrc.data
-        if data is None:
-            raise InputError("%s: the MRC file holds no data" % path)
-        if ndim == 2 and data.ndim == 3 and data.shape[0] == 1:
-            data = data[0]
-        if ndim is not None and data.ndim != ndim:
-            what = {2: "a single 2-D micrograph", 3: "a stack, movie or volume"}[ndim]
-            raise InputError("%s: has shape %s but %s is needed" % (path, data.shape, what))
+        data = _checked_data(mrc, path, ndim)
         if not mmap:
             data = numpy.array(data)
         pixel_size = float(mrc.voxel_size.x)
@@ -128,18 +118,76 @@ def read_mrc(path, ndim=None, mmap=False, check_values=True):
     return Micrograph(data, pixel_size, dose, path)
 
 
+def _checked_data(mrc, path, ndim):
+    """The open file's data (a 1-section stack as 2-D when ``ndim`` is 2), after the mode
+    and dimension checks of :func:`read_mrc`."""
+    mode = int(mrc.header.mode)
+    if mode not in REAL_MODES:
+        raise InputError("%s: unsupported MRC mode %d (supported: %s)" % (
+            path, mode, ", ".join("%d %s" % kv for kv in REAL_MODES.items())))
+    data = mrc.data
+    if data is None:
+        raise InputError("%s: the MRC file holds no data" % path)
+    if ndim == 2 and data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if ndim is not None and data.ndim != ndim:
+        what = {2: "a single 2-D micrograph", 3: "a stack, movie or volume"}[ndim]
+        raise InputError("%s: has shape %s but %s is needed" % (path, data.shape, what))
+    return data
+
+
+def read_mrc_into(path, allocate, ndim=None):
+    """Read an MRC file's data into a buffer the caller provides (e.g. pinned host memory).
+
+    The file is memory-mapped read-only and its data copied once into
+    ``allocate(shape, dtype)`` (native byte order), so a pipeline can reuse page-locked
+    buffers for fast host-to-device copies. Values are not checked: call
+    :func:`check_image` on the result (on the device, where it is cheap).
+
+    Parameters
+    ----------
+    path : str
+    allocate : callable (shape, numpy.dtype) -> numpy array
+        Returns a writable array of that shape and dtype.
+    ndim : int or None
+        As in :func:`read_mrc`.
+
+    Returns
+    -------
+    Micrograph
+        ``data`` is the array ``allocate`` returned, with the values as stored (raw dtype).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_mrc`, except the value checks.
+    """
+    mrc = _open(path, True)
+    try:
+        data = _checked_data(mrc, path, ndim)
+        buf = allocate(data.shape, data.dtype.newbyteorder("="))
+        try:
+            numpy.copyto(buf, data)
+        except OSError as exc:                    # an I/O error while paging the map in
+            raise InputError("%s: cannot be read (%s)" % (path, exc.strerror or exc))
+        return Micrograph(buf, float(mrc.voxel_size.x), _dose(mrc), path)
+    finally:
+        mrc.close()
+
+
 def check_image(data, name):
-    """Refuse NaN/Inf and constant images.
+    """Refuse NaN/Inf and constant images (NumPy or CuPy arrays).
 
     Raises
     ------
     InputError
     """
-    if data.dtype.kind == "f" and not numpy.isfinite(data).all():
+    xp = get_array_module(data)
+    if data.dtype.kind == "f" and not bool(xp.isfinite(data).all()):
         raise InputError("%s: contains NaN or Inf values" % name)
-    if data.size == 0 or data.min() == data.max():
+    if data.size == 0 or bool(data.min() == data.max()):
         raise InputError("%s: the image is constant (every pixel %s)" % (
-            name, data.flat[0] if data.size else "missing"))
+            name, data.ravel()[0].item() if data.size else "missing"))
 
 
 def write_mrc(path, data, pixel_size, float16=False, labels=()):
@@ -157,6 +205,8 @@ def write_mrc(path, data, pixel_size, float16=False, labels=()):
     float16 : bool
         Write mode 12 after checking the values fit (|x| <= 65504, no underflow of the
         whole image).
+    labels : sequence of str
+        Up to 10 header labels of 80 ASCII characters.
 
     Raises
     ------
@@ -173,7 +223,7 @@ def write_mrc(path, data, pixel_size, float16=False, labels=()):
     elif data.dtype in (numpy.int8, numpy.int16, numpy.uint16):
         out = data
     else:
-        out = data.astype(numpy.float32)
+        out = data.astype(numpy.float32, copy=False)
     with atomic_output(path, ".mrc") as tmp:
         with mrcfile.new(tmp, overwrite=True) as mrc:
             mrc.set_data(out)
