@@ -129,12 +129,25 @@ def set_precision(precision, xp):
         return numpy.dtype(numpy.float32)
     from ..kernels import cudnn_fe
     if precision != "fp32":
-        why = cudnn_fe.problem() if _GPU_CONV[0] != "im2col" else "im2col was chosen"
+        why = cudnn_problem()
         if why is not None:
             raise InputError("--precision %s needs cuDNN, which cannot be used: %s"
                              % (precision, why))
     cudnn_fe.set_tf32(precision == "tf32")
     return numpy.dtype(numpy.float16 if precision == "fp16" else numpy.float32)
+
+
+def cudnn_problem():
+    """None when GPU convolutions run through cuDNN, else why not (one line).
+
+    Returns
+    -------
+    str or None
+    """
+    if _GPU_CONV[0] == "im2col":
+        return "im2col was chosen"
+    from ..kernels import cudnn_fe
+    return cudnn_fe.problem()
 
 
 class CudnnConvCache(NamedTuple):

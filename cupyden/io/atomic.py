@@ -54,6 +54,26 @@ def atomic_output(path, suffix=""):
             os.remove(tmp)
 
 
+def output_folder(path):
+    """Create the output folder ``path`` (and parents) if needed.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        It cannot be created (a file in the way, no permission).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError("%s: cannot create the output folder (%s)" % (path, exc.strerror))
+    return path
+
+
 def _umask():
     """The process's umask (read by setting and restoring it)."""
     mask = os.umask(0)

@@ -167,14 +167,40 @@ def _key(path):
     return _HALF_TAG.sub("", base)
 
 
-def expand(patterns):
-    """Files named by folders, globs or paths (sorted, .mrc/.mrcs in folders).
+def expand(patterns, star_columns=("rlnMicrographName",)):
+    """Files named by folders, globs, paths or STAR files (sorted, .mrc in folders).
+
+    A ``.star`` file stands for the files it lists (:func:`cupyden.io.star.read_star_paths`:
+    the first of ``star_columns`` present, paths resolved as RELION does).
+
+    Parameters
+    ----------
+    patterns : str or list of str
+    star_columns : sequence of str
+        STAR columns to read paths from (``("rlnMicrographMovieName",)`` for movies).
+
+    Returns
+    -------
+    list of str
 
     Raises
     ------
     InputError
-        A pattern matches nothing.
+        A pattern matches nothing, or a STAR file cannot be read.
     """
+    return [p for _, paths in expand_sources(patterns, star_columns) for p in paths]
+
+
+def expand_sources(patterns, star_columns=("rlnMicrographName",)):
+    """As :func:`expand`, keeping where each file came from.
+
+    Returns
+    -------
+    list of (str or None, list of str)
+        (the STAR file, or None for a folder, glob or path; the files it names).
+    """
+    from .star import read_star_paths
+
     out = []
     for p in ([patterns] if isinstance(patterns, str) else patterns):
         if os.path.isdir(p):
@@ -183,7 +209,10 @@ def expand(patterns):
             found = sorted(glob.glob(p)) or ([p] if os.path.exists(p) else [])
         if not found:
             raise InputError("%s: matches no file" % p)
-        out.extend(found)
+        files = [f for f in found if not f.lower().endswith(".star")]
+        if files:
+            out.append((None, files))
+        out.extend((f, read_star_paths(f, star_columns)) for f in found if f not in files)
     return out
 
 

@@ -1,0 +1,195 @@
+"""RELION STAR files of micrographs and movies, read and written through ``starfile``.
+
+A STAR file (Hall 1991; RELION's dialect, Scheres 2012) holds data blocks; RELION 3.1 and
+later put the optics groups in ``data_optics`` and one row per micrograph in
+``data_micrographs`` (column ``rlnMicrographName``; movies: ``rlnMicrographMovieName``).
+Paths in it are relative to the RELION project folder, from which RELION runs, e.g.
+``MotionCorr/job002/Movies/mic_001.mrc``.
+
+``starfile`` (an extra: ``pip install 'cupyden[star]'``) parses and writes the blocks as
+pandas tables; cupyden has no STAR parser of its own.
+"""
+
+import os
+
+from ..errors import InputError
+from .atomic import atomic_output
+
+#: The file ``cupyden-denoise`` writes beside the denoised micrographs.
+DENOISED_STAR = "denoised_micrographs.star"
+
+
+def _starfile():
+    try:
+        import starfile
+    except ImportError:
+        raise InputError("reading STAR files needs the starfile package; install "
+                         "'cupyden[star]' (pip install starfile)")
+    return starfile
+
+
+def read_blocks(path, columns=()):
+    """All data blocks of a STAR file.
+
+    Parameters
+    ----------
+    path : str
+    columns : sequence of str
+        Columns kept as text (never converted to numbers), e.g. path columns.
+
+    Returns
+    -------
+    dict
+        Block name (``"optics"``, ``"micrographs"``, ...) -> pandas.DataFrame for loop
+        blocks, dict for simple blocks; in file order.
+
+    Raises
+    ------
+    InputError
+        Missing or unreadable file, or starfile not installed.
+    """
+    starfile = _starfile()
+    if not os.path.isfile(path):
+        raise InputError("%s: no such STAR file" % path)
+    try:
+        return starfile.read(path, always_dict=True, parse_as_string=list(columns))
+    except Exception as exc:      # starfile and pandas raise several types for bad text
+        raise InputError("%s: not a readable STAR file (%s)" % (
+            path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+
+
+def find_column(blocks, columns, path="STAR file"):
+    """(block name, column) of the first of ``columns`` present in a loop block.
+
+    Raises
+    ------
+    InputError
+        No loop block has any of the columns.
+    """
+    for column in columns:
+        for name, block in blocks.items():
+            if column in getattr(block, "columns", ()):
+                return name, column
+    raise InputError("%s: no data block has a %s column" % (path, " or ".join(columns)))
+
+
+def resolve(name, star_path):
+    """A path from a STAR file, resolved the RELION way.
+
+    RELION writes paths relative to the project folder and runs from it: a relative path
+    is taken relative to the current directory when it exists there, else relative to the
+    STAR file's folder or the nearest of its parents where it exists (a STAR file inside
+    ``Job/job003/`` names files from the project folder two levels up).
+
+    Parameters
+    ----------
+    name : str
+        As written in the STAR file.
+    star_path : str
+        The STAR file.
+
+    Returns
+    -------
+    str
+        The resolved path; ``name`` unchanged when it is absolute or found nowhere (the
+        read then reports it missing).
+    """
+    if os.path.isabs(name) or os.path.exists(name):
+        return name
+    folder = os.path.dirname(os.path.abspath(star_path))
+    while True:
+        candidate = os.path.join(folder, name)
+        if os.path.exists(candidate):
+            return os.path.relpath(candidate) if _under_cwd(candidate) else candidate
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return name
+        folder = parent
+
+
+def _under_cwd(path):
+    return not os.path.relpath(os.path.abspath(path)).startswith(os.pardir)
+
+
+def read_star_paths(path, columns=("rlnMicrographName",)):
+    """The files a STAR file names, resolved (:func:`resolve`), each once, in file order.
+
+    Parameters
+    ----------
+    path : str
+        A STAR file, e.g. RELION's ``micrographs_ctf.star`` or ``corrected_micrographs.star``.
+    columns : sequence of str
+        Candidate columns; the first one present in a loop block is read
+        (``("rlnMicrographMovieName",)`` for movies).
+
+    Returns
+    -------
+    list of str
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no such column, an empty table, or starfile not installed.
+    """
+    blocks = read_blocks(path, columns)
+    block, column = find_column(blocks, columns, path)
+    names = [str(v) for v in blocks[block][column]]
+    if not names:
+        raise InputError("%s: the %s table lists no file" % (path, block))
+    return list(dict.fromkeys(resolve(n, path) for n in names))
+
+
+def write_denoised_star(source, outputs, path, columns=("rlnMicrographName",), bin_factor=1):
+    """Write a copy of a micrographs STAR file that points at the denoised micrographs.
+
+    Every block is kept (the optics table included); in the block with the path column,
+    rows whose micrograph was denoised get the output's path (relative to the current
+    directory, RELION's project folder, when the output lies under it, else absolute) and
+    the other rows are dropped. With binning, ``rlnMicrographPixelSize`` (Å/px) in the
+    optics table is multiplied by ``bin_factor``, so that pickers and CTF-aware tools read
+    the denoised micrographs' pixel size.
+
+    Parameters
+    ----------
+    source : str
+        The STAR file that named the inputs.
+    outputs : dict str -> str
+        Resolved input path (as :func:`read_star_paths` returns it) -> output file.
+    path : str
+        The STAR file to write (atomically).
+    columns : sequence of str
+        As in :func:`read_star_paths`.
+    bin_factor : int
+        The binning applied to the micrographs.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_blocks`, or the folder is not writable.
+    """
+    starfile = _starfile()
+    blocks = read_blocks(source, columns)
+    block, column = find_column(blocks, columns, source)
+    table = blocks[block]
+    resolved = [resolve(str(n), source) for n in table[column]]
+    keep = [r in outputs for r in resolved]
+    table = table[keep].copy()
+    table[column] = [_star_name(outputs[r]) for r, k in zip(resolved, keep) if k]
+    blocks[block] = table
+    optics = blocks.get("optics")
+    if bin_factor != 1 and "rlnMicrographPixelSize" in getattr(optics, "columns", ()):
+        optics = optics.copy()
+        optics["rlnMicrographPixelSize"] = optics["rlnMicrographPixelSize"] * bin_factor
+        blocks["optics"] = optics
+    with atomic_output(path, ".star") as tmp:
+        starfile.write(blocks, tmp)
+    return len(table)
+
+
+def _star_name(path):
+    return os.path.relpath(path) if _under_cwd(path) else os.path.abspath(path)
