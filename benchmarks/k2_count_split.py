@@ -24,11 +24,11 @@ from docopt import docopt
 
 from cupyden import backend, report
 from cupyden.cli import train
-from cupyden.cli.denoise import load_model
 from cupyden.infer import denoise_array
 from cupyden.io.mrc import read_mrc
 from cupyden.io.pairs import count_split
 from cupyden.io.patches import fourier_bin, normalization
+from cupyden.pipeline import load_model
 
 
 def main():
@@ -48,8 +48,8 @@ def main():
     a, _, _ = count_split(mic.data, mic.pixel_size, mic.dose, seed=0)
     a = fourier_bin(a, b)
     split = ev["rows"][0]
-    model, _ = load_model(os.path.join(out, "model.h5"), backend.select_device("0").xp)
-    den, _ = denoise_array(model, a[split:], model.xp, norm=normalization(a))
+    model = load_model(os.path.join(out, "model.h5"), backend.select_device("0"), "fp32")
+    den, _ = denoise_array(model.network, a[split:], model.device.xp, norm=normalization(a))
     d = 4 // b if b < 4 else 1
     report.before_after(fourier_bin(a[split:], d), fourier_bin(den, d), args["--panel"],
                         ("held-out A half, raw", "held-out A half, cupyden DnCNN-12/32"),

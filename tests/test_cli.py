@@ -136,7 +136,11 @@ def test_bad_input_to_denoise(tmp_path, model, capsys, which):
     assert denoise.main([model, path, "-o", str(out), "-d", "-1", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cupyden-denoise: error: ") and err.count("\n") == 1
-    assert not out.exists() or os.listdir(out) == []
+    if which == "missing":                  # a named file that is not there: refused up front
+        assert not out.exists()
+    else:                                   # a bad file in a batch: listed, nothing written
+        assert os.listdir(out) == ["failed.txt"]
+        assert (out / "failed.txt").read_text().split("\t")[0] == path
 
 
 @pytest.mark.parametrize("which", ["truncated", "nan", "constant", "3d"])

@@ -4,8 +4,26 @@ Each micrograph is binned as the model was trained (auto), normalised with one s
 of the whole micrograph, denoised in tiles with a halo equal to half the model's
 receptive field (so tiled output equals a whole-image pass), and written in the input's
 units to DIR with the input's basename (plus --suffix), its pixel size times the binning.
+Reading, the device and writing overlap (a reader thread, the GPU, writer threads).
 Inputs are never opened for writing; each output is written to a temporary file in DIR
 and renamed when complete.
+
+A file that cannot be denoised is reported on one line and skipped; the run goes on, ends
+with a summary line, lists the failures in DIR/failed.txt and exits with 2 (0 when every
+file was denoised). After Ctrl-C no partial file is left: the same command with
+the option --only-unfinished completes the batch.
+
+A RELION STAR file as INPUT stands for the micrographs it lists (rlnMicrographName, paths
+relative to the project folder, i.e. the current directory); the run then also writes
+DIR/denoised_micrographs.star: the same tables (optics kept) pointing at the denoised
+files.
+
+Several GPUs: --gpus 0,1 starts one Dask worker per GPU on this machine (dask-cuda), and
+the option --scheduler ADDRESS sends the work to a running Dask cluster, e.g. many nodes:
+    dask scheduler                              # on one node; prints tcp://HOST:8786
+    dask cuda worker tcp://HOST:8786            # on every GPU node (one worker per GPU)
+    cupyden-denoise MODEL 'mics/*.mrc' -o out --scheduler tcp://HOST:8786
+The output folder must be reachable from every worker (a shared file system).
 
 A model trained with --pairs f2fd denoises tomograms (3-D) or micrographs (2-D), MRC or
 TIFF, as F2Fd does: the mean over K Fourier-sample inputs x T passes with dropout on, in
@@ -22,135 +40,108 @@ Arguments:
                       package installed; its micrographs are normalised by mean and
                       standard deviation, as Topaz does).
   INPUT               Micrographs (tomograms for a 3-D F2Fd model): MRC files (or
-                      TIFF for F2Fd), folders or globs.
+                      TIFF for F2Fd), folders, globs, or RELION STAR files.
 
 Options:
   -o, --output DIR    Output folder (created) [default: denoised]
   --suffix S          Text added to each output's basename before .mrc [default: ]
+  --format F          mrc, or png for an 8-bit preview per micrograph (binned to at
+                      most 1024 px, 0.5-99.5 percentile contrast) [default: mrc]
   --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or for an
                       F2Fd model its training patch (tiles overlap by a quarter)
                       [default: auto]
   --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
   --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
-  --precision P       fp32, tf32 or fp16: the convolutions' arithmetic; tf32 and fp16
-                      need a GPU with cuDNN [default: fp32]
+  --precision P       auto, fp32, tf32 or fp16: the convolutions' arithmetic; auto =
+                      fp16 on a GPU with cuDNN when the weights fit float16, else tf32;
+                      fp32 on a GPU without cuDNN and on the CPU; tf32 and fp16 need a
+                      GPU with cuDNN [default: auto]
   --bin B             Fourier-crop binning factor; auto = the model's [default: auto]
   --float16           Write float16 (MRC mode 12) instead of float32 (mode 2), after a
                       range check.
-  --only-unfinished   Skip inputs whose output already exists.
+  --only-unfinished   Skip inputs whose output already exists (the summary says how
+                      many).
+  --star-column C     STAR column naming the input files [default: rlnMicrographName]
+  --gpus LIST         Denoise on these GPUs of this machine, one Dask worker each
+                      (comma-separated ordinals, e.g. 0,1; needs cupyden[dask]).
+  --scheduler ADDR    Send the work to a running Dask cluster (e.g. tcp://host:8786;
+                      needs cupyden[dask]); each worker uses --device.
   -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
+  -v, --verbose       A line per micrograph and, at the end, the seconds per micrograph
+                      of each stage (read, h2d, bin+norm, network, d2h, write, wait).
   --no-progress       No progress bar.
   -h, --help          Show this help.
 """
 
-import os
-import time
+import sys
 
-import numpy
-
-from .. import backend, f2fd
 from ..errors import InputError
-from ..functional.conv import PRECISIONS, set_precision
-from ..infer import denoise_array
-from ..io.checkpoint import load_checkpoint
-from ..io.mrc import read_mrc, write_mrc
-from ..io.pairs import expand
-from ..io.patches import fourier_bin, normalization
-from ..io.tiff import read_image
-from ..io.torch_pickle import read_state_dict, topaz_pretrained
-from ..models import build_model
-from ..models.topaz import PRETRAINED, from_topaz_state
-from .common import as_choice, as_int, output_folder, run
+from .common import as_choice, as_int, run
 
 
-def load_model(path, xp, dtype=numpy.float32):
-    """A model in evaluation mode on ``xp`` with weights of ``dtype``, and its config.
+def _parse(args):
+    """Options as Python values (InputError for bad ones)."""
+    from ..pipeline.denoise import FORMATS
 
-    ``path`` is a cupyden checkpoint, or ``topaz:NAME`` for a pretrained Topaz-Denoise
-    model (weights read from the installed topaz-em; no binning, mean/std normalisation).
-    """
-    if path.startswith("topaz:"):
-        name = path[len("topaz:"):]
-        if name not in PRETRAINED:
-            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
-        filename, model_config = PRETRAINED[name]
-        model = build_model(model_config).to(xp, dtype).eval()
-        model.load_state(from_topaz_state(read_state_dict(topaz_pretrained(filename))))
-        return model, {"model": dict(model_config), "bin": 1, "normalize": "meanstd"}
-    ck = load_checkpoint(path)
-    model = build_model(ck["config"]["model"]).to(xp, dtype).eval()
-    model.load_state(ck["weights"])
-    return model, ck["config"]
+    o = {"model": args["MODEL"], "inputs": args["INPUT"], "output": args["--output"],
+         "device": args["--device"], "precision": args["--precision"],
+         "verbose": args["--verbose"], "progress": not args["--no-progress"],
+         "scheduler": args["--scheduler"], "gpus": None}
+    o["options"] = {
+        "suffix": args["--suffix"], "fmt": as_choice(args, "--format", FORMATS),
+        "tile": None if args["--patch-size"] == "auto" else as_int(args, "--patch-size", 16),
+        "bin": None if args["--bin"] == "auto" else as_int(args, "--bin", 1),
+        "batch_size": as_int(args, "--batch-size", 1), "samples": as_int(args, "--samples", 1),
+        "passes": as_int(args, "--passes", 1), "float16": args["--float16"],
+        "only_unfinished": args["--only-unfinished"],
+        "star_columns": (args["--star-column"],)}
+    if args["--gpus"] is not None:
+        try:
+            o["gpus"] = [int(g) for g in args["--gpus"].split(",")]
+        except ValueError:
+            raise InputError("--gpus must be comma-separated GPU numbers such as 0,1, got %r"
+                             % args["--gpus"])
+        if o["scheduler"]:
+            raise InputError("give --gpus (a cluster on this machine) or --scheduler (a "
+                             "running cluster), not both")
+    return o
 
 
 def _body(args):
-    from tqdm import tqdm
+    from ..pipeline import denoise_files, load_model
 
-    device = backend.select_device(args["--device"])
-    batch = as_int(args, "--batch-size", 1)
-    inputs = expand(args["INPUT"])
-    out_dir = args["--output"]
-    output_folder(out_dir)
-    dtype = set_precision(as_choice(args, "--precision", PRECISIONS), device.xp)
-    model, config = load_model(args["MODEL"], device.xp, dtype)
-    is_f2fd = config.get("pairs") == "f2fd"
-    if args["--patch-size"] == "auto":
-        tile = config["patch_size"] if is_f2fd else 2048
+    o = _parse(args)
+    if o["gpus"] is not None or o["scheduler"]:
+        from ..pipeline.dask_workers import denoise_files_dask
+        result = denoise_files_dask(o["model"], o["inputs"], o["output"], gpus=o["gpus"],
+                                    scheduler=o["scheduler"], device=o["device"],
+                                    precision=o["precision"], progress=o["progress"],
+                                    log=_log, **o["options"])
     else:
-        tile = as_int(args, "--patch-size", 16)
-    factor = config.get("bin", 1) if args["--bin"] == "auto" else as_int(args, "--bin", 1)
-    norm_method = config.get("normalize", "robust")
-    print("device: %s; model %s (receptive field %d px), bin %d"
-          % (device.name, config["model"]["arch"], model.receptive_field, factor))
-    jobs = []
-    for path in inputs:
-        stem = os.path.splitext(os.path.basename(path))[0]
-        if stem.endswith((".mrc", ".tif")):      # name.mrc.gz
-            stem = stem[:-4]
-        target = os.path.join(out_dir, stem + args["--suffix"] + ".mrc")
-        if os.path.exists(target) and os.path.samefile(target, path):
-            raise InputError("%s: the output would overwrite the input; choose another "
-                             "--output or a --suffix" % path)
-        if args["--only-unfinished"] and os.path.exists(target):
-            continue
-        jobs.append((path, target))
-    t0 = time.perf_counter()
-    for path, target in tqdm(jobs, unit="micrograph", disable=args["--no-progress"]):
-        if is_f2fd:
-            _denoise_f2fd(model, config, path, target, device.xp, tile, factor, args)
-            continue
-        mic = read_mrc(path, ndim=2)
-        image = fourier_bin(numpy.asarray(mic.data, numpy.float32), factor)
-        den, stats = denoise_array(model, image, device.xp, tile, batch,
-                                   normalization(image, norm_method))
-        write_mrc(target, den, mic.pixel_size * factor, float16=args["--float16"])
-        tqdm.write("%s -> %s: %dx%d px, %d tiles, %d px processed (%.3fx)" % (
-            path, target, image.shape[1], image.shape[0], stats["tiles"],
-            stats["pixels_processed"], stats["ratio"]))
-    print("%d micrograph(s) in %.1f s" % (len(jobs), time.perf_counter() - t0))
+        model = load_model(o["model"], o["device"], o["precision"])
+        print("device: %s; model %s (receptive field %d px), bin %d, precision %s" % (
+            model.device.name, model.config["model"]["arch"], model.network.receptive_field,
+            model.bin if o["options"]["bin"] is None else o["options"]["bin"],
+            model.precision))
+        result = denoise_files(model, o["inputs"], o["output"], progress=o["progress"],
+                               callback=_said if o["verbose"] else None, log=_log,
+                               **o["options"])
+    if o["verbose"]:
+        print(result.stage_line())
+    print(result.summary(o["output"]))
+    return 2 if result.failed else 0
 
 
-def _denoise_f2fd(model, config, path, target, xp, tile, factor, args):
-    """One tomogram or micrograph through F2Fd's inference (module docstring)."""
+def _log(line):
     from tqdm import tqdm
+    tqdm.write("cupyden-denoise: " + line, file=sys.stderr)
 
-    image = read_image(path, ndim=config["model"]["ndim"])
-    data = image.data
-    if data.ndim == 2 and factor > 1:
-        data = fourier_bin(numpy.asarray(data, numpy.float32), factor)
-    prm = config["f2fd"]
-    prm = f2fd.F2FdParams(**dict(prm, sphere_fraction=tuple(prm["sphere_fraction"])))
-    x, norm = f2fd.prepare(data)
-    K, T = as_int(args, "--samples", 1), as_int(args, "--passes", 1)
-    t0 = time.perf_counter()
-    den = norm.invert(f2fd.denoise(model, x, prm, xp, K, T, tile))
-    f2fd_seconds = time.perf_counter() - t0
-    write_mrc(target, den, image.pixel_size * (factor if data.ndim == 2 else 1),
-              float16=args["--float16"])
-    tqdm.write("%s -> %s: %s voxels, %d x %d passes in %.1f s" % (
-        path, target, " x ".join(map(str, x.shape)), K, T, f2fd_seconds))
+
+def _said(job):
+    from tqdm import tqdm
+    tqdm.write("%s -> %s" % job)
 
 
 def main(argv=None):
