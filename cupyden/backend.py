@@ -156,6 +156,19 @@ def _gpu_works(ordinal):
     return None
 
 
+def gpu_identity():
+    """The current GPU's model and compute capability, e.g. ``"NVIDIA H200 (sm_90)"``
+    (keys of caches that must not cross GPU models).
+
+    Returns
+    -------
+    str
+    """
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.runtime.getDevice())
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return "%s (sm_%d%d)" % (name, props["major"], props["minor"])
+
+
 def get_array_module(*arrays):
     """``cupy`` if any argument is a CuPy array, else ``numpy``.
 

@@ -28,8 +28,10 @@ warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events), and the fastest is k
 heuristics' first plan can be several times slower than the best (PERFORMANCE.md: 6x for a
 float16 wgrad). Engines that need run-time compilation (NVRTC, seconds per plan) are tried
 only when no precompiled engine supports the graph: with them, tuning the 3-D U-Net's
-graphs cost about 50 s per process (F2Fd inference of 256^3 took 61 s, not 7). One
-workspace buffer, grown as needed, serves every plan.
+graphs cost about 50 s per process (F2Fd inference of 256^3 took 61 s, not 7). The
+winner's name is kept on disk (``kernels.plan_cache``): a later process builds that plan
+alone, untimed, and every process sharing the file runs the same kernels. One workspace
+buffer, grown as needed, serves every plan.
 
 Math. float16 data: tensor cores, float32 accumulation. float32 data: strict float32 unless
 ``set_tf32(True)``; strict mode deselects the engines whose numerical notes say TENSOR_CORE or
@@ -57,6 +59,7 @@ import os
 import numpy
 
 from .. import backend
+from . import plan_cache
 
 #: Candidate plans built and timed per graph (the heuristics' best first).
 TUNE_PLANS = int(os.environ.get("CUPYDEN_CUDNN_TUNE", "8"))
@@ -334,8 +337,8 @@ def _plan(key, make, buffers, dtype):
         uids = {name: t.get_uid() for name, t in tensors.items()}
         pack = {uids[k]: buffers[k].data.ptr for k in uids}
         n = g.get_execution_plan_count()
-        best, built = None, 0
-        for i in range(n):
+        best, built = _recall(g, key), 0         # the choice of an earlier process, built
+        for i in range(0 if best else n):
             if built >= TUNE_PLANS:
                 break
             try:
@@ -352,6 +355,8 @@ def _plan(key, make, buffers, dtype):
                 best = (ms, i, ws)
         if best is None:
             raise RuntimeError("none of %d candidate plans ran" % n)
+        if built:
+            _remember(g, key, best, built)
     except Exception as exc:
         why = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split())[:300])
         UNSUPPORTED[key] = why
@@ -361,6 +366,35 @@ def _plan(key, make, buffers, dtype):
     plan.candidates = built
     _PLANS[key] = plan
     return plan
+
+
+def _cache_context():
+    """GPU model and library versions: plan choices are reused only where these match."""
+    return "%s|cudnn %s|frontend %s" % (backend.gpu_identity(), _STATE.get("version"),
+                                        getattr(_STATE["cudnn"], "__version__", None))
+
+
+def _recall(g, key):
+    """(ms, index, workspace) of the plan ``plan_cache`` holds for ``key``, built, or None
+    (no entry, no candidate of that name, or it fails to build: the caller tunes)."""
+    try:
+        entry = plan_cache.lookup(_cache_context(), repr(key))
+        for i in range(g.get_execution_plan_count() if entry else 0):
+            if g.get_plan_name_at_index(i) == entry["plan"]:
+                g.build_plan_at_index(i)
+                return (float(entry["ms"]), i, g.get_workspace_size_plan_at_index(i))
+    except Exception:               # the cache only saves time: never let it fail a graph
+        return None
+    return None
+
+
+def _remember(g, key, best, built):
+    """Record the tuned plan's name in ``plan_cache`` (failures only cost time later)."""
+    try:
+        plan_cache.remember(_cache_context(), repr(key), {
+            "plan": g.get_plan_name_at_index(best[1]), "ms": best[0], "candidates": built})
+    except Exception:
+        pass
 
 
 def _run(plan, buffers):
