@@ -140,8 +140,9 @@ def fp16_allowed(state):
     -------
     bool
     """
-    return all(bool(numpy.isfinite(numpy.asarray(v, numpy.float16)).all())
-               for v in state.values() if numpy.asarray(v).dtype.kind == "f")
+    arrays = [numpy.asarray(v) for v in state.values()]
+    return all(bool(numpy.isfinite(a).all()) and float(numpy.abs(a).max(initial=0)) <= 65504
+               for a in arrays if a.dtype.kind == "f")
 
 
 def resolve_precision(precision, xp, state):
@@ -467,10 +468,8 @@ class _HostBuffers:
         """An uninitialised array of ``shape`` and ``dtype`` viewing a free buffer."""
         n = int(numpy.prod(shape)) * numpy.dtype(dtype).itemsize
         with self._lock:
-            fits = [b for b in self._free if b.size >= n]
-            raw = min(fits, key=lambda b: b.size) if fits else None
-            if raw is not None:
-                self._free.remove(raw)
+            fits = [i for i, b in enumerate(self._free) if b.size >= n]
+            raw = self._free.pop(min(fits, key=lambda i: self._free[i].size)) if fits else None
         if raw is None:
             raw = (backend.pinned_empty if self.pinned else numpy.empty)((max(n, 1),),
                                                                           numpy.uint8)
