@@ -213,11 +213,18 @@ def test_png_previews(tmp_path, model_file):
 
 
 def test_host_buffers_are_reused():
-    pool = _HostBuffers(pinned=False)
+    # page-locked memory comes as an array that does not own its memory: a bytearray here
+    pool = _HostBuffers(lambda shape, dtype: numpy.frombuffer(bytearray(shape[0]), dtype))
     a = pool.take((4, 5), numpy.float32)
     pool.give(a)
-    b = pool.take((3, 3), numpy.uint16)
-    assert b.base is a.base or numpy.shares_memory(a, b)
+    b = pool.take((3, 3), numpy.uint16)                 # fits in a's 80 bytes: the same memory
+    assert b.ctypes.data == a.ctypes.data
+    c = pool.take((30,), numpy.float64)                 # b is lent: a new buffer
+    assert c.ctypes.data != b.ctypes.data and c.flags.c_contiguous
+    pool.give(numpy.zeros(3))                           # not from the pool: ignored
+    pool.give(b)
+    pool.give(c)
+    assert sorted(r.nbytes for r in pool._free) == [80, 240]
 
 
 def test_precision_auto():

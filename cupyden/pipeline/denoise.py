@@ -456,32 +456,41 @@ def plan_jobs(inputs, output_dir, suffix="", fmt="mrc", only_unfinished=False,
 
 
 class _HostBuffers:
-    """Reused host buffers, page-locked on a GPU; a buffer is taken for one file's input or
-    output and given back when its copy or write is done."""
+    """Reused host buffers (page-locked on a GPU): one is taken for a file's input or output
+    and given back when its copy or write is done.
 
-    def __init__(self, pinned):
-        self.pinned = pinned
-        self._free = []
+    Parameters
+    ----------
+    allocate : callable (shape, dtype) -> numpy array
+        ``backend.pinned_empty`` or ``numpy.empty``; called with a byte count.
+    """
+
+    def __init__(self, allocate):
+        self._allocate = allocate
+        self._free = []               # raw uint8 buffers
+        self._lent = {}               # address -> raw buffer behind a view handed out
         self._lock = threading.Lock()
 
     def take(self, shape, dtype):
-        """An uninitialised array of ``shape`` and ``dtype`` viewing a free buffer."""
+        """An uninitialised C-contiguous array of ``shape`` and ``dtype`` on a free buffer
+        (the smallest that fits; a new one when none does)."""
         n = int(numpy.prod(shape)) * numpy.dtype(dtype).itemsize
         with self._lock:
-            fits = [i for i, b in enumerate(self._free) if b.size >= n]
-            raw = self._free.pop(min(fits, key=lambda i: self._free[i].size)) if fits else None
+            fits = [i for i, b in enumerate(self._free) if b.nbytes >= n]
+            raw = self._free.pop(min(fits, key=lambda i: self._free[i].nbytes)) if fits else None
         if raw is None:
-            raw = (backend.pinned_empty if self.pinned else numpy.empty)((max(n, 1),),
-                                                                          numpy.uint8)
-        return raw[:n].view(dtype).reshape(shape)
+            raw = self._allocate((max(n, 1),), numpy.uint8)
+        view = raw[:n].view(dtype).reshape(shape)
+        with self._lock:
+            self._lent[view.ctypes.data] = raw
+        return view
 
     def give(self, array):
-        """Return the buffer behind ``array`` (from :meth:`take`)."""
-        raw = array
-        while raw.base is not None and isinstance(raw.base, numpy.ndarray):
-            raw = raw.base
+        """Return the buffer behind ``array`` (a view from :meth:`take`; others are ignored)."""
         with self._lock:
-            self._free.append(raw)
+            raw = self._lent.pop(array.ctypes.data, None)
+            if raw is not None:
+                self._free.append(raw)
 
 
 class Settings(NamedTuple):
@@ -709,7 +718,7 @@ def run_jobs(model, jobs, settings, callback=None, log=None, advance=None):
     log = log or default_log
     settings = settings.resolved(model)
     times = StageTimes()
-    buffers = _HostBuffers(model.device.is_gpu)
+    buffers = _HostBuffers(backend.pinned_empty if model.device.is_gpu else numpy.empty)
     inbox, outbox, done = queue.Queue(QUEUE_DEPTH), queue.Queue(QUEUE_DEPTH), queue.Queue()
     stop = threading.Event()
     reader = threading.Thread(target=_read_loop, daemon=True,
