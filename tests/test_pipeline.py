@@ -270,3 +270,63 @@ def test_gpu_pipeline_equals_array_api(tmp_path, model_file):
     for m in mics:
         a = read(os.path.join(tmp_path, "out", os.path.basename(m)))[0]
         assert rel(a, cupyden.denoise(model, read(m)[0])) < 1e-6
+
+
+def _arch_checkpoint(path, arch):
+    """A checkpoint of a shipped architecture with seeded weights."""
+    from cupyden.f2fd import F2FdParams
+    from cupyden.models import F2FdUNet, TopazUNet, UNet
+    from cupyden.models.topaz import PRETRAINED
+
+    extra = {}
+    if arch == "dncnn":
+        net = DnCNN()
+    elif arch == "unet":
+        net = UNet()
+    elif arch == "topaz-unet":
+        cfg = dict(PRETRAINED["unet"][1])
+        cfg.pop("arch")
+        net = TopazUNet(**cfg)
+        extra = {"normalize": "meanstd"}
+    else:
+        net = F2FdUNet(ndim=2, nf=48, seed=1)
+        params = F2FdParams(subtomo_length=64)._asdict()
+        params["sphere_fraction"] = list(params["sphere_fraction"])
+        extra = {"pairs": "f2fd", "f2fd": params, "patch_size": 64, "normalize": "f2fd"}
+    save_checkpoint(path, net.state(), dict({"model": net.config(), "bin": 1}, **extra))
+    return path
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(backend.gpu_count() == 0, reason="needs a GPU")
+@pytest.mark.parametrize("arch", ["dncnn", "unet", "topaz-unet", "f2fd-unet"])
+def test_fp16_output_within_2e_3_of_fp32(tmp_path, arch):
+    """--precision auto's fp16 on every shipped 2-D architecture (zero-mean input, so the
+    comparison is not swamped by the mean the normalisation adds back)."""
+    from cupyden.functional.conv import cudnn_problem
+    if cudnn_problem() is not None:
+        pytest.skip(cudnn_problem())
+    path = _arch_checkpoint(str(tmp_path / "m.h5"), arch)
+    rng = numpy.random.default_rng(5)
+    image = (rng.standard_normal((512, 512)) + numpy.sin(numpy.arange(512) / 9.0)).astype(
+        numpy.float32)
+    outs = {}
+    for precision in ("fp32", "auto"):
+        model = cupyden.load_model(path, device=0, precision=precision)
+        outs[model.precision] = cupyden.denoise(model, image, samples=1, passes=1)
+    assert set(outs) == {"fp32", "fp16"}              # auto = fp16 on a GPU with cuDNN
+    assert rel(outs["fp16"], outs["fp32"]) < 2e-3
+
+
+@pytest.mark.parametrize("method", ["robust", "percentile", "meanstd"])
+def test_binning_and_normalisation_on_the_array_module(xp, method):
+    """fourier_bin and normalization run on the device and agree with NumPy (the CPU
+    results are the reference and unchanged)."""
+    image = noisy((300, 260), 4)
+    binned = fourier_bin(xp.asarray(image), 2)
+    assert backend.get_array_module(binned) is xp and binned.shape == (150, 130)
+    ref = fourier_bin(image, 2)
+    assert rel(binned, ref) < 1e-6
+    a, b = normalization(xp.asarray(ref), method), normalization(ref, method)
+    assert a.method == b.method and abs(a.loc - b.loc) <= 1e-9 * abs(b.loc)
+    assert abs(a.scale - b.scale) <= 1e-9 * b.scale

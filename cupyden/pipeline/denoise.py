@@ -309,10 +309,10 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
     factor = model.bin if bin is None else int(bin)
     tile = _tile(model, tile)
     times = StageTimes()
-    if image.ndim not in (2, 3) or (model.ndim == 3 and image.ndim != 3):
+    if image.ndim not in (2, 3) or (model.is_f2fd and image.ndim != model.ndim):
         raise InputError("the image has shape %s; this %d-D model takes %s" % (
-            tuple(image.shape), model.ndim,
-            "volumes (D, H, W)" if model.ndim == 3 else "(H, W) or stacks (N, H, W)"))
+            tuple(image.shape), model.ndim, "volumes (D, H, W)" if model.ndim == 3 else
+            "micrographs (H, W)" if model.is_f2fd else "(H, W) or stacks (N, H, W)"))
     x = backend.to_device(image, model.device.xp)
     check_image(x, "the image")
     if model.is_f2fd:
