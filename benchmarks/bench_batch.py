@@ -6,7 +6,8 @@ Usage:
 Options:
   -n N             Micrographs per input set [default: 20]
   --size PX        Side of each micrograph in pixels [default: 4096]
-  --dtypes LIST    Input sets: float32 and/or uint16 (counting data) [default: float32,uint16]
+  --dtypes LIST    Input sets: float32 and/or uint16 (counting data), or none (only the
+                   GPU comparison) [default: float32,uint16]
   --model M        dncnn (DnCNN-12/32, seeded weights, bin 1, written here), a model.h5,
                    or topaz:NAME [default: dncnn]
   --precision P    cupyden-denoise --precision [default: auto]
@@ -148,7 +149,7 @@ def main():
     print("bench_batch: %d micrographs of %d^2 per set, model %s, %s" % (
         n, size, args["--model"], " ".join(dev)))
     rows = []
-    for dtype in args["--dtypes"].split(","):
+    for dtype in [t for t in args["--dtypes"].split(",") if t != "none"]:
         paths = generate(os.path.join(d, dtype), n, size, dtype)
         cold_env = dict(env, CUPYDEN_PLAN_CACHE=os.path.join(d, "plans-%s.json" % dtype))
         t_cold, _ = cupyden(model, paths[:1], os.path.join(d, "o1"), cold_env, dev)

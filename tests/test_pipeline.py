@@ -247,6 +247,11 @@ def test_dask_local_cluster_equals_one_process(tmp_path, model_file):
                       dashboard_address=None) as cluster:
         result = denoise_files_dask(model_file, mics, str(tmp_path / "dask"), device=-1,
                                     scheduler=cluster.scheduler_address, log=lambda line: None)
+        # the command: one line for the bad file, exit 2, failed.txt
+        assert cli.main([model_file] + mics + ["-o", str(tmp_path / "cli"), "--scheduler",
+                                               cluster.scheduler_address] + RUN) == 2
+    assert (tmp_path / "cli" / "failed.txt").read_text().startswith(mics[5] + "\t")
+    assert len(os.listdir(tmp_path / "cli")) == 6
     assert [j.source for j in result.written] == mics[:5]
     assert [f[0] for f in result.failed] == mics[5:]
     assert result.times["network"] > 0
@@ -330,3 +335,14 @@ def test_binning_and_normalisation_on_the_array_module(xp, method):
     a, b = normalization(xp.asarray(ref), method), normalization(ref, method)
     assert a.method == b.method and abs(a.loc - b.loc) <= 1e-9 * abs(b.loc)
     assert abs(a.scale - b.scale) <= 1e-9 * b.scale
+
+
+def test_gpus_without_dask_cuda_is_one_line(tmp_path, model_file, capsys):
+    import importlib.util
+    if importlib.util.find_spec("dask_cuda") is not None:
+        pytest.skip("dask-cuda is installed: --gpus would start a cluster")
+    mic = write(tmp_path / "m.mrc", noisy((32, 32)))
+    assert cli.main([model_file, mic, "-o", str(tmp_path / "o"), "--gpus", "0,1",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ("dask" in err or "GPU" in err)

@@ -10,7 +10,8 @@ The file pipeline (:func:`denoise_files`) overlaps the disk with the device::
     calling thread    file k: host -> device, value checks, Fourier binning, one
                       normalisation, the network in tiles (``cupyden.infer``), the inverse
                       normalisation, device -> host buffer
-    writer threads    file k-1, k-2: temporary file in the output folder, renamed when whole
+    writer threads    files k-1, k-2, ...: temporary file in the output folder, renamed when
+                      whole
 
 On a GPU the calling thread's work runs on the device; on a CPU the same code runs with
 NumPy and the threads overlap the reads and writes with the network. Queues hold at most
@@ -47,9 +48,10 @@ from ..io.patches import fourier_bin, normalization
 
 #: Files waiting between the reader and the device, and between the device and the writers.
 QUEUE_DEPTH = 2
-#: Writer threads (an MRC write is a header-statistics pass and a copy into the page
-#: cache: two writers keep up with a device that denoises a 4k micrograph in ~20 ms).
-WRITERS = 2
+#: Writer threads: an MRC write is mrcfile's header-statistics pass over the image (about
+#: 50 ms for 4096^2 float32 on one core) and a copy into the page cache, longer than the
+#: GPU's ~20 ms network pass, so several write at once (one per 4 cores, 1 to 4).
+WRITERS = max(1, min(4, (os.cpu_count() or 1) // 4))
 #: Default tile core in pixels for 2-D models (after binning).
 TILE = 2048
 #: Stages timed by :func:`denoise_files` (seconds summed over files; stages of different
