@@ -19,9 +19,11 @@ NumPy and the threads overlap the reads and writes with the network. Queues hold
 whatever the number of files.
 
 Batch semantics. A file that cannot be denoised (anything :class:`InputError` covers: a
-missing or truncated file, an unsupported mode, NaN/Inf, a constant image, a stack where a
-micrograph is needed, a full disk) is reported on one line, nothing is written for it,
-and the batch goes on; the failures are listed in ``failed.txt`` in the output folder.
+file a STAR file lists but that is missing, a truncated file, an unsupported mode, NaN/Inf,
+a constant image, a stack where a micrograph is needed, a full disk) is reported on one
+line, nothing is written for it, and the batch goes on; the failures are listed in
+``failed.txt`` in the output folder. A path given by name that does not exist, and
+outputs that would clash, are refused before anything starts (:func:`plan_jobs`).
 An interrupt (Ctrl-C) lets the writers finish the file each is writing and drops the
 rest; no partial file is left (outputs are renamed into place only when complete), and
 ``only_unfinished=True`` then completes the batch.
