@@ -1,11 +1,11 @@
 """What every command shares: error handling and option conversion."""
 
-import os
 import sys
 
 from docopt import DocoptExit, docopt
 
 from ..errors import InputError
+from ..io.atomic import output_folder  # noqa: F401  (re-exported for the commands)
 
 
 def run(doc, argv, body, name):
@@ -63,12 +63,3 @@ def as_choice(args, key, choices):
     if v not in choices:
         raise InputError("%s must be one of %s, got %r" % (key, ", ".join(choices), v))
     return v
-
-
-def output_folder(path):
-    """Create the output folder ``path`` (and parents) if needed; InputError if impossible."""
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as exc:
-        raise InputError("%s: cannot create the output folder (%s)" % (path, exc.strerror))
-    return path

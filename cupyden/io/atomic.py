@@ -59,3 +59,23 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def output_folder(path):
+    """Create the output folder ``path`` (and parents) if needed.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        The folder cannot be created (a file in the way, no permission).
+    """
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise InputError("%s: cannot create the output folder (%s)" % (path, exc.strerror))
+    return path

@@ -56,7 +56,11 @@ class PatchStoreWriter:
                               dtype=h5py.string_dtype(), chunks=(256,))
         self.f.attrs["patch"] = patch
         self.f.attrs["dtype"] = self.dtype.name
-        for k, v in (attrs or {}).items():
+        self.set_attrs(attrs or {})
+
+    def set_attrs(self, attrs):
+        """Store JSON-serialisable provenance as attributes (replacing same-named ones)."""
+        for k, v in attrs.items():
             self.f.attrs[k] = json.dumps(v)
 
     def append(self, split, inputs, targets):
