@@ -333,8 +333,34 @@ def launch(p, uid, store_path, out_dir, config, resume=None, progress=True, time
                          args=(r, p.world, uid, gpu, store_path, out_dir, config, resume,
                                progress, timeout))
              for r, gpu in enumerate(p.gpus)]
-    for proc in procs:
-        proc.start()
+    try:
+        for proc in procs:
+            proc.start()
+    except BaseException:
+        _stop(procs)
+        raise
+    supervise(procs, p.gpus, os.path.join(out_dir, "checkpoint.h5"))
+    return read_history(os.path.join(out_dir, "history.csv"))
+
+
+def supervise(procs, gpus, checkpoint):
+    """Wait for the started rank processes; when one exits with an error, stop the others
+    (they would wait in NCCL for ever) and say which one failed.
+
+    Parameters
+    ----------
+    procs : list of multiprocessing.Process
+        Rank r is ``procs[r]``, started.
+    gpus : list of int
+        The GPU of each rank (for the message).
+    checkpoint : str
+        The run's checkpoint.h5, named in the message when it exists.
+
+    Raises
+    ------
+    InputError
+        A rank exited with a non-zero status (the others are stopped first).
+    """
     running = {proc.sentinel: (r, proc) for r, proc in enumerate(procs)}
     try:
         while running:
@@ -343,20 +369,19 @@ def launch(p, uid, store_path, out_dir, config, resume=None, progress=True, time
                 proc.join()
                 if proc.exitcode != 0:
                     _stop(procs)
-                    ck = os.path.join(out_dir, "checkpoint.h5")
                     raise InputError(
                         "rank %d (GPU %d) ended with exit status %s; the other ranks were "
-                        "stopped%s" % (r, p.gpus[r], proc.exitcode,
-                                       "; resume with --resume %s" % ck
-                                       if os.path.exists(ck) else ""))
+                        "stopped%s" % (r, gpus[r], proc.exitcode,
+                                       "; resume with --resume %s" % checkpoint
+                                       if os.path.exists(checkpoint) else ""))
     except BaseException:
         _stop(procs)
         raise
-    return read_history(os.path.join(out_dir, "history.csv"))
 
 
 def _stop(procs, grace=10.0):
     """Terminate the ranks still running (SIGTERM, then SIGKILL after ``grace`` s)."""
+    procs = [proc for proc in procs if proc.pid is not None]      # started ones
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
