@@ -247,10 +247,14 @@ class NcclComm:
                       file=sys.stderr, flush=True)
                 os._exit(3)
 
-    def close(self):
-        """Stop the watchdog and free the communicator."""
+    def close(self, failed=False):
+        """Free the communicator (abort it after a failure: peers may be waiting in a
+        collective, and destroying would wait for them), then stop the watchdog."""
+        if failed:
+            self.comm.abort()
+        else:
+            self.comm.destroy()
         self._done.set()
-        self.comm.destroy()
 
 
 def _quiet(*args):
@@ -293,11 +297,16 @@ def run_rank(rank, world, uid, device, store_path, out_dir, config, resume=None,
     comm = NcclComm(world, uid, rank, timeout)
     store = PatchStore(store_path)
     try:
-        return fit(store, out_dir, config, dev.xp, resume=resume, progress=progress and rank == 0,
-                   log=log if rank == 0 else _quiet, comm=comm)
+        history = fit(store, out_dir, config, dev.xp, resume=resume,
+                      progress=progress and rank == 0, log=log if rank == 0 else _quiet,
+                      comm=comm)
+    except BaseException:
+        comm.close(failed=True)
+        raise
     finally:
         store.close()
-        comm.close()
+    comm.close()
+    return history
 
 
 def _worker(rank, world, uid, device, store_path, out_dir, config, resume, progress, timeout):

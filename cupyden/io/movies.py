@@ -82,13 +82,13 @@ class MrcFrames:
         return self.shape[0]
 
     def __getitem__(self, i):
-        """Frame ``i`` as a numpy array (H, W) of the stored dtype."""
+        """Frame ``i`` as a numpy array (H, W) of the stored dtype, in native byte order."""
         H, W = self.shape[1:]
         self._f.seek(self.offset + int(i) * H * W * self.dtype.itemsize)
         frame = numpy.fromfile(self._f, self.dtype, H * W)
         if frame.size != H * W:
             raise InputError("%s: truncated movie (frame %d is incomplete)" % (self.path, i))
-        return frame.reshape(H, W)
+        return frame.reshape(H, W).astype(self.dtype.newbyteorder("="), copy=False)
 
     def close(self):
         self._f.close()
@@ -147,7 +147,7 @@ class TiffFrames:
         return self.shape[0]
 
     def __getitem__(self, i):
-        """Frame ``i`` as a numpy array (H, W), flipped along the slow axis."""
+        """Frame ``i`` as a C-contiguous numpy array (H, W), flipped along the slow axis."""
         try:
             frame = self._tif.pages[int(i)].asarray()
         except Exception as exc:
@@ -158,7 +158,7 @@ class TiffFrames:
         if frame.shape != self.shape[1:]:
             raise InputError("%s: frame %d has shape %s, frame 0 %s"
                              % (self.path, i, frame.shape, self.shape[1:]))
-        return frame[::-1]
+        return numpy.ascontiguousarray(frame[::-1])
 
     def close(self):
         self._tif.close()

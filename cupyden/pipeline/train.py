@@ -190,13 +190,13 @@ def make_view(i, source, o, xp, gain=None, log=print):
             info["frames"] = movie.shape[0]
     elif pairs == "halves":
         even, odd = read_mrc(path, ndim=2), read_mrc(other, ndim=2)
-        a, b = (xp.asarray(m.data).astype(numpy.float32) for m in (even, odd))
+        a, b = (_on(xp, m.data).astype(numpy.float32) for m in (even, odd))
         pixel_size, info["odd"] = even.pixel_size, os.path.basename(other)
     else:
         mic = k2_crop() if o["embedded"] else read_mrc(path, ndim=2)
         pixel_size = mic.pixel_size
         if pairs == "count-split":
-            a, b, c = count_split(xp.asarray(mic.data), mic.pixel_size, o["dose"] or mic.dose,
+            a, b, c = count_split(_on(xp, mic.data), mic.pixel_size, o["dose"] or mic.dose,
                                   seed, name)
             info.update(count_scale=c.scale, count_scale_hf=c.scale_hf,
                         count_scale_dose=c.scale_dose, noise_flatness=c.flatness,
@@ -209,6 +209,11 @@ def make_view(i, source, o, xp, gain=None, log=print):
             a, b = (xp.asarray(v) for v in synthetic_pair(mic.data, pairs, o["noise_level"], seed))
     f = o["bin"]
     return View(name, fourier_bin(a, f), fourier_bin(b, f), pixel_size * f, info)
+
+
+def _on(xp, data):
+    """A host array on xp, in native byte order (CuPy has no big-endian arrays)."""
+    return xp.asarray(numpy.asarray(data, data.dtype.newbyteorder("=")))
 
 
 def _store_attrs(o, pixel_size):
