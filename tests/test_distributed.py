@@ -236,3 +236,16 @@ def test_nccl_on_two_gpus_matches_one_gpu(tmp_path):
     for a, b in zip(two, one):
         assert abs(a["train_loss"] - b["train_loss"]) <= 1e-4 * abs(b["train_loss"])
         assert abs(a["val_loss"] - b["val_loss"]) <= 1e-4 * abs(b["val_loss"])
+
+
+def test_the_command_refuses_bad_gpu_options(tmp_path, capsys):
+    from cupyden.cli import train as train_cli
+
+    base = ["--steps", "2", "-o", str(tmp_path / "o"), "--no-progress", "--depth", "3"]
+    assert train_cli.main(base + ["--gpus", "0,1", "--batch-size", "3"]) == 2
+    assert "does not split over 2 GPUs" in capsys.readouterr().err
+    assert train_cli.main(base + ["--gpus", "0,x"]) == 2
+    assert "--gpus must be GPU numbers" in capsys.readouterr().err
+    if backend.gpu_count() < 2:                  # never a silent CPU run
+        assert train_cli.main(base + ["--gpus", "0,1"]) == 2
+        assert "cannot be used" in capsys.readouterr().err

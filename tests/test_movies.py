@@ -8,6 +8,7 @@ import numpy
 import pytest
 import tifffile
 
+from cupyden.backend import to_host
 from cupyden.errors import InputError
 from cupyden.io.movies import (even_odd_sums, open_movie, orient_gain, orient_gain_reference,
                                read_gain)
@@ -60,6 +61,22 @@ def test_tiff_movie_with_gain_equals_the_mrc_path(tmp_path, compression, rot, fl
         even, odd, _ = even_odd_sums(m, drop_first=1, gain=read_gain(gain_path, rot, flip))
     assert numpy.array_equal(even, want_even) and numpy.array_equal(odd, want_odd)
     assert numpy.array_equal(even, (frames[1::2] * gain).sum(0).astype(numpy.float32))
+
+
+def test_sums_on_the_device_equal_numpys(tmp_path, xp):
+    rng = numpy.random.default_rng(2)
+    frames = rng.poisson(3.0, (7, 20, 24)).astype(numpy.uint16)
+    path = str(tmp_path / "m.tif")
+    tifffile.imwrite(path, frames, compression="zlib")
+    gain = xp.asarray(rng.integers(32, 128, (20, 24)) / 64.0)
+    with open_movie(path) as m:
+        even, odd, _ = even_odd_sums(m, 1, gain=gain, xp=xp)
+        want_even, want_odd, _ = even_odd_sums(m, 1, gain=to_host(gain))
+    assert numpy.array_equal(to_host(even), want_even) and numpy.array_equal(to_host(odd), want_odd)
+    base = rng.standard_normal((32, 32)) * 5                       # alignment on the device
+    drift = numpy.stack([numpy.roll(base, (i, -i), axis=(0, 1)) + rng.standard_normal((32, 32))
+                         for i in range(4)])
+    assert even_odd_sums(drift, align=True, xp=xp)[2] == [(0, 0), (-1, 1), (-2, 2), (-3, 3)]
 
 
 def test_mrc_movie_is_read_frame_by_frame_as_stored(tmp_path):

@@ -134,6 +134,22 @@ def test_streaming_store_equals_the_old_store_movies_halves_gaussian(tmp_path):
     assert_store_equals(str(tmp_path / "gauss.h5"), old_store(views, 16, 8, 0.25))
 
 
+def test_the_store_built_on_the_device_matches_numpys(tmp_path, xp):
+    """Split, binning, normalisation and cutting where xp lives; the binomial draw is
+    NumPy's on the host, so only FFT rounding differs."""
+    rng = numpy.random.default_rng(4)
+    paths = [write(tmp_path / ("m%d.mrc" % i), rng.poisson(25.0, (128, 96)).astype(numpy.uint16))
+             for i in range(2)]
+    o = recipe(paths, pairs="count-split", binning=2, dose=25.0, **STORE)
+    build_store(str(tmp_path / "np.h5"), o, numpy, log=lambda *a: None)
+    build_store(str(tmp_path / "xp.h5"), o, xp, log=lambda *a: None)
+    with h5py.File(str(tmp_path / "np.h5"), "r") as f, h5py.File(str(tmp_path / "xp.h5"), "r") as g:
+        for key in ("train/input", "train/target", "val/input", "val/target"):
+            a, b = f[key][()], g[key][()]
+            assert a.shape == b.shape
+            assert numpy.abs(a - b).max() <= 1e-5 * numpy.abs(a).max(), key
+
+
 def test_an_unusable_micrograph_is_reported_and_skipped(tmp_path):
     good = write(tmp_path / "a.mrc", smooth((64, 64)))
     tiny = write(tmp_path / "b.mrc", smooth((12, 12), 1))

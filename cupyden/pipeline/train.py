@@ -175,7 +175,7 @@ def make_view(i, source, o, xp, gain=None, log=print):
         Unreadable input, noise that is not Poisson-like for a count split, too few frames.
     """
     path, other = source
-    pairs, seed, info = o["pairs"], o["seed"] + i, {}
+    pairs, seed, info, mic = o["pairs"], o["seed"] + i, {}, None
     if o["embedded"]:
         mic = k2_crop()
         log("embedded default: %s, %dx%d px, %.4f A/px, %.1f e/A^2 (cupyden/data/PROVENANCE.md)"
@@ -193,7 +193,7 @@ def make_view(i, source, o, xp, gain=None, log=print):
         a, b = (_on(xp, m.data).astype(numpy.float32) for m in (even, odd))
         pixel_size, info["odd"] = even.pixel_size, os.path.basename(other)
     else:
-        mic = k2_crop() if o["embedded"] else read_mrc(path, ndim=2)
+        mic = mic or read_mrc(path, ndim=2)
         pixel_size = mic.pixel_size
         if pairs == "count-split":
             a, b, c = count_split(_on(xp, mic.data), mic.pixel_size, o["dose"] or mic.dose,
