@@ -45,7 +45,22 @@ from .tiff import TIFF_SUFFIXES, read_tiff
 MRC_SUFFIXES = (".mrc", ".mrcs")
 
 
-class MrcFrames:
+class _Frames:
+    """What both movie readers share: (F, H, W) frames by index, closed by ``with``."""
+
+    ndim = 3
+
+    def __len__(self):
+        return self.shape[0]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class MrcFrames(_Frames):
     """The frames of an MRC movie, read one at a time (plain reads at computed offsets).
 
     Parameters
@@ -67,8 +82,6 @@ class MrcFrames:
         As :func:`cupyden.io.mrc.read_mrc` with ``ndim=3``.
     """
 
-    ndim = 3
-
     def __init__(self, path):
         mic = read_mrc(path, ndim=3, mmap=True, check_values=False)
         # the memory map gives the layout (offset past the extended header, byte order);
@@ -77,9 +90,6 @@ class MrcFrames:
         self.pixel_size, self.dose, self.path = mic.pixel_size, mic.dose, path
         del mic
         self._f = open(path, "rb")
-
-    def __len__(self):
-        return self.shape[0]
 
     def __getitem__(self, i):
         """Frame ``i`` as a numpy array (H, W) of the stored dtype, in native byte order."""
@@ -93,14 +103,8 @@ class MrcFrames:
     def close(self):
         self._f.close()
 
-    def __enter__(self):
-        return self
 
-    def __exit__(self, *exc):
-        self.close()
-
-
-class TiffFrames:
+class TiffFrames(_Frames):
     """The frames of a TIFF movie (one per page), read page by page and flipped along the
     slow axis (RELION's convention, see the module's docstring).
 
@@ -123,8 +127,6 @@ class TiffFrames:
         absent, pages that are not 2-D or differ in shape.
     """
 
-    ndim = 3
-
     def __init__(self, path):
         import tifffile
 
@@ -143,9 +145,6 @@ class TiffFrames:
             raise InputError("%s: TIFF pages of shape %s; a movie needs 2-D frames (one per "
                              "page)" % (path, self.shape[1:]))
 
-    def __len__(self):
-        return self.shape[0]
-
     def __getitem__(self, i):
         """Frame ``i`` as a C-contiguous numpy array (H, W), flipped along the slow axis."""
         try:
@@ -162,12 +161,6 @@ class TiffFrames:
 
     def close(self):
         self._tif.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _first_line(exc):
