@@ -163,9 +163,9 @@ def check_identical(params, comm, step):
     c = [float(xp.sum(p, dtype=numpy.float64)), float(xp.sum(p.astype(numpy.float64) ** 2))]
     hi = comm.values(c + [-v for v in c], "max")
     if hi[0] != -hi[2] or hi[1] != -hi[3]:
-        raise RuntimeError("the ranks' parameters differ at step %d (checksums %r to %r): "
-                           "data-parallel training lost step" % (step, [-hi[2], -hi[3]],
-                                                                  list(hi[:2])))
+        raise RuntimeError("the ranks' parameters differ at step %d (checksums from %r to %r):"
+                           " the ranks no longer train one model" % (step, [-hi[2], -hi[3]],
+                                                                     list(hi[:2])))
 
 
 def read_history(path, upto=None):
@@ -266,7 +266,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
     vx, vy = xp.asarray(vx), xp.asarray(vy)
     loader = (store.loader(B, xp, seed=config["seed"], start=start) if comm.size == 1 else
               store.loader(B, xp, seed=config["seed"], start=start, rank=comm.rank,
-                           world=comm.size))
+                           world=comm.size))        # (F2Fd's pair source has no shares)
     per_epoch = loader.per_epoch
     t0, t_last, running, n_running = time.perf_counter(), time.perf_counter(), 0.0, 0
     elapsed0 = history[-1]["seconds"] if history else 0.0
