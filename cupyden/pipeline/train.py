@@ -111,7 +111,7 @@ def recipe(inputs=(), **options):
     if unknown:
         raise TypeError("unknown option(s) %s" % ", ".join(unknown))
     o.update(options)
-    o["inputs"] = list([inputs] if isinstance(inputs, str) else inputs)
+    o["inputs"] = list([inputs] if isinstance(inputs, str) else inputs or ())
     pairs = o["pairs"]
     for name, choices in (("pairs", SOURCES), ("arch", ARCHS), ("loss", ("mse", "l1")),
                           ("normalize", ("robust", "percentile")),
