@@ -107,7 +107,7 @@ nodes, e.g. under SLURM with srun):
                       and the model evaluated on the first.
   --rendezvous PATH   Several nodes: this process is one rank; rank 0 builds the store and
                       writes the NCCL id to PATH (a new file on a shared file system), the
-                      other ranks wait for it.
+                      other ranks wait for it; each rank's GPU is -d, else SLURM_LOCALID.
   --rank N            This process's rank with --rendezvous; default: SLURM_PROCID.
   --world-size N      Number of ranks with --rendezvous; default: SLURM_NTASKS.
   --nccl-timeout S    A rank without training progress for S seconds (a peer died or
