@@ -26,14 +26,14 @@ import numpy
 from docopt import docopt
 
 from cupyden import backend
-from cupyden.cli.train import build_store, load_views
 from cupyden.infer import denoise_array
 from cupyden.io.patches import normalization
 from cupyden.io.store import PatchStore
 from cupyden.metrics import halves_gain
 from cupyden.models import build_model
 from cupyden.io.checkpoint import load_checkpoint
-from cupyden.train import evaluate, fit
+from cupyden.pipeline.train import build_store, make_view, recipe, sources
+from cupyden.training import evaluate, fit
 
 CONFIGS = [("MSE", {}, False), ("MSE + 0.05 Fourier", {"fourier": 0.05}, False),
            ("MSE + 0.1 Fourier", {"fourier": 0.1}, False),
@@ -48,16 +48,15 @@ def main():
     dev = backend.select_device(args["--device"])
     xp, out = dev.xp, args["-o"]
     os.makedirs(out, exist_ok=True)
-    o = {"embedded": not args["--mrc"], "inputs": [args["--mrc"]] if args["--mrc"] else [],
-         "pairs": "count-split", "bin": int(args["--bin"]), "dose": None, "seed": 0,
-         "patch_size": int(args["--patch-size"]), "stride": int(args["--patch-size"]) // 2,
-         "val_fraction": 0.25, "normalize": "robust"}
-    views = load_views(o)
+    o = recipe([args["--mrc"]] if args["--mrc"] else [], pairs="count-split",
+               binning=int(args["--bin"]), patch_size=int(args["--patch-size"]),
+               stride=int(args["--patch-size"]) // 2, val_fraction=0.25)
     store_path = os.path.join(out, "patches.h5")
-    build_store(views, store_path, o)
+    build_store(store_path, o, xp)
     store = PatchStore(store_path)
     vx, vy = (xp.asarray(v) for v in store.read("val", numpy.arange(store.size("val"))))
-    v = views[0]
+    v = make_view(0, sources(o)[0], o, xp)
+    v = v._replace(a=backend.to_host(v.a), b=backend.to_host(v.b))
     split = int(round(v.a.shape[0] * 0.75))
     rows = []
     for name, weights, frc in CONFIGS:

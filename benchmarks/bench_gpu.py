@@ -34,7 +34,7 @@ from cupyden.functional.conv import gpu_conv, set_precision
 from cupyden.models import build_model
 from cupyden.optim import Adam, Parameters
 from cupyden.optim.loss_scale import LossScaler
-from cupyden.train import train_step
+from cupyden.training import train_step
 
 NETS = {"dncnn-12/32": {"arch": "dncnn", "depth": 12, "width": 32, "seed": 0},
         "unet": {"arch": "unet", "base": 32, "seed": 0},

@@ -28,7 +28,7 @@ from cupyden.io.loader import Loader
 from cupyden.io.store import PatchStore, PatchStoreWriter
 from cupyden.models import DnCNN
 from cupyden.optim import Adam, Parameters
-from cupyden.train import train_step
+from cupyden.training import train_step
 
 
 def rss_mb():

@@ -78,7 +78,7 @@ def speed(precision="fp32"):
     from cupyden.models import F2FdUNet
     from cupyden.optim import Adam, Parameters
     from cupyden.optim.loss_scale import LossScaler
-    from cupyden.train import train_step
+    from cupyden.training import train_step
 
     xp = backend.select_device(None).xp
     dtype = set_precision(precision, xp)
@@ -136,7 +136,7 @@ def sweep(out, seconds, *configs):
     from cupyden.models import F2FdUNet
     from cupyden.optim import Adam, Parameters
     from cupyden.optim.loss_scale import LossScaler
-    from cupyden.train import train_step
+    from cupyden.training import train_step
 
     xp = backend.select_device(None).xp
     with mrcfile.open(os.path.join(out, "noisy.mrc"), mode="r") as m:

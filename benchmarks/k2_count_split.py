@@ -22,24 +22,22 @@ import os
 
 from docopt import docopt
 
-from cupyden import backend, report
-from cupyden.cli import train
+import cupyden
+from cupyden import report
 from cupyden.infer import denoise_array
 from cupyden.io.mrc import read_mrc
 from cupyden.io.pairs import count_split
 from cupyden.io.patches import fourier_bin, normalization
-from cupyden.pipeline import load_model
 
 
 def main():
     args = docopt(__doc__)
     out, b = args["-o"], int(args["--bin"])
-    rc = train.main([args["MRC"], "--pairs", "count-split", "--val-fraction", "0.2663",
-                     "--bin", str(b), "--batch-size", args["--batch-size"],
-                     "--patch-size", args["--patch-size"], "--steps", "1000000",
-                     "--max-minutes", args["--minutes"], "--val-every", "500",
-                     "--val-patches", "512", "-d", "0", "-o", out, "--no-progress"])
-    assert rc == 0
+    model, _ = cupyden.train(args["MRC"], out, pairs="count-split", val_fraction=0.2663,
+                             binning=b, batch_size=int(args["--batch-size"]),
+                             patch_size=int(args["--patch-size"]), steps=1000000,
+                             max_minutes=float(args["--minutes"]), val_every=500,
+                             val_patches=512, device="0", progress=False)
     ev = json.load(open(os.path.join(out, "evaluation.json")))
     print("held-out rows %s: corr(A, B) %.4f, corr(f(A), B) %.4f, SNR gain %+.2f dB"
           % (ev["rows"], ev["cc_raw"], ev["cc_denoised"], ev["gain_db"]))
@@ -48,8 +46,7 @@ def main():
     a, _, _ = count_split(mic.data, mic.pixel_size, mic.dose, seed=0)
     a = fourier_bin(a, b)
     split = ev["rows"][0]
-    model = load_model(os.path.join(out, "model.h5"), backend.select_device("0"), "fp32")
-    den, _ = denoise_array(model.network, a[split:], model.device.xp, norm=normalization(a))
+    den, _ = denoise_array(model, a[split:], model.xp, norm=normalization(a))
     d = 4 // b if b < 4 else 1
     report.before_after(fourier_bin(a[split:], d), fourier_bin(den, d), args["--panel"],
                         ("held-out A half, raw", "held-out A half, cupyden DnCNN-12/32"),

@@ -24,7 +24,7 @@ from docopt import docopt
 from cupyden import backend
 from cupyden.models import DnCNN
 from cupyden.optim import Adam, Parameters
-from cupyden.train import train_step
+from cupyden.training import train_step
 
 
 def main():

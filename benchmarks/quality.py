@@ -38,9 +38,9 @@ import time
 import numpy
 from docopt import docopt
 
+import cupyden
 from cupyden import backend
 from cupyden.baselines import SIGMAS, gaussian_lowpass
-from cupyden.cli import train
 from cupyden.cli.denoise import load_model
 from cupyden.errors import InputError
 from cupyden.infer import denoise_array
@@ -99,19 +99,15 @@ def main():
                        lambda img: gaussian_lowpass(img, sigma)}
         for arch in archs:
             run_dir = os.path.join(folder, arch)
-            rc = train.main([os.path.join(folder, "even"), "--pairs", "halves", "--odd",
-                             os.path.join(folder, "odd"), "--arch", arch, "--bin", str(b),
-                             "--patch-size", args["--patch-size"], "--stride", "48",
-                             "--steps", "1000000", "--max-minutes", args["--minutes"],
-                             "--val-every", "100", "-d", args["-d"], "-o", run_dir,
-                             "--no-progress"])
-            assert rc == 0
-            hist = open(os.path.join(run_dir, "history.csv")).read().splitlines()
+            model, hist = cupyden.train(os.path.join(folder, "even"), run_dir, pairs="halves",
+                                        odd=os.path.join(folder, "odd"), arch=arch, binning=b,
+                                        patch_size=int(args["--patch-size"]), stride=48,
+                                        steps=1000000, max_minutes=float(args["--minutes"]),
+                                        val_every=100, device=args["-d"], progress=False)
             print("  %s: %s" % (arch, hist[-1]))
-            model, cfg = load_model(os.path.join(run_dir, "model.h5"), xp)
             methods["cupyden %s, N2N %s min" % (arch, args["--minutes"])] = (
-                lambda img, m=model, c=cfg: denoise_array(
-                    m, img, xp, 2048, 4, normalization(img, c.get("normalize", "robust")))[0])
+                lambda img, m=model: denoise_array(m, img, xp, 2048, 4,
+                                                   normalization(img, "robust"))[0])
         if args["--topaz"] != "none":
             try:
                 tmodel, _ = load_model("topaz:" + args["--topaz"], xp)

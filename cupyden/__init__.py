@@ -4,10 +4,11 @@ Every layer has an explicit forward and backward pass (see ``cupyden.functional`
 checked against finite differences (``cupyden.gradcheck``); the same code runs on a GPU
 through CuPy and on a CPU through NumPy (``cupyden.backend``).
 
-The Python API (``cupyden.pipeline``), imported on first use so that ``import cupyden``
+The Python API (:mod:`cupyden.pipeline`), imported on first use so that ``import cupyden``
 stays cheap::
 
     import cupyden
+    model, history = cupyden.train("mics/*.mrc", "run1", pairs="count-split")
     model = cupyden.load_model("run1/model.h5", device=0)
     clean = cupyden.denoise(model, image)              # NumPy or CuPy array, any size
     cupyden.denoise_files(model, "mics/*.mrc", "denoised")
@@ -15,9 +16,9 @@ stays cheap::
 
 __version__ = "0.1.0"
 
-#: Public names -> the module that defines them (imported when first asked for).
-_API = {"load_model": "cupyden.pipeline", "denoise": "cupyden.pipeline",
-        "denoise_files": "cupyden.pipeline"}
+#: Public names -> the module that defines them (imported when first asked for, PEP 562).
+_API = {"load_model": "cupyden.pipeline.denoise", "denoise": "cupyden.pipeline.denoise",
+        "denoise_files": "cupyden.pipeline.denoise", "train": "cupyden.pipeline.train"}
 
 
 def __getattr__(name):

@@ -323,6 +323,26 @@ def empty_like_memory(a):
     return phys.transpose(numpy.argsort(order))
 
 
+def nccl_module():
+    """``cupy.cuda.nccl`` (NCCL through CuPy) for data-parallel training.
+
+    Raises
+    ------
+    InputError
+        CuPy or its NCCL binding cannot be loaded (with the reason and the fix).
+    """
+    if cupy is None:
+        raise InputError("several GPUs were asked for but %s" % why_no_gpu())
+    try:
+        from cupy.cuda import nccl
+        if not nccl.available:
+            raise ImportError("cupy.cuda.nccl.available is False")
+    except Exception as exc:
+        raise InputError("NCCL cannot be loaded through CuPy (%s); install it, e.g. "
+                         "pip install nvidia-nccl-cu12 (or -cu13)" % exc)
+    return nccl
+
+
 def gpu_module():
     """The ``cupy`` module, or None when CuPy is absent (for GPU-only code that must
     allocate before it has an array in hand, such as the cuDNN probe)."""

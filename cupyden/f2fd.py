@@ -257,7 +257,7 @@ def patch_origins(shape, size, rng, count):
 
 
 class F2FdPairs:
-    """Training pairs of F2Fd for :func:`cupyden.train.fit` (the interface of a patch store:
+    """Training pairs of F2Fd for :func:`cupyden.training.fit` (the interface of a patch store:
     ``size``, ``read`` for the validation pairs, ``loader`` for the training batches).
 
     Parameters

@@ -13,7 +13,7 @@ from cupyden.functional.conv import gpu_conv, set_precision
 from cupyden.models import build_model
 from cupyden.optim import Adam, Parameters
 from cupyden.optim.loss_scale import LossScaler
-from cupyden.train import train_step
+from cupyden.training import train_step
 
 from conftest import rel
 

@@ -4,7 +4,7 @@ import numpy
 
 from cupyden.models import DnCNN
 from cupyden.optim import Adam, Parameters
-from cupyden.train import evaluate, train_step
+from cupyden.training import evaluate, train_step
 
 
 def smooth_images(rng, n, size, cutoff=0.05):

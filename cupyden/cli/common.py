@@ -1,6 +1,5 @@
 """What every command shares: error handling and option conversion."""
 
-import os
 import sys
 
 from docopt import DocoptExit, docopt

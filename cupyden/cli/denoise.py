@@ -110,7 +110,7 @@ def _parse(args):
 
 
 def _body(args):
-    from ..pipeline import denoise_files, load_model
+    from ..pipeline.denoise import denoise_files, load_model
 
     o = _parse(args)
     if o["gpus"] is not None or o["scheduler"]:

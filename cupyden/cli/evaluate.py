@@ -54,7 +54,7 @@ from ..io.atomic import atomic_output
 from ..io.mrc import read_mrc
 from ..io.patches import fourier_bin
 from ..metrics import compare, power_spectrum
-from ..train import read_history
+from ..training import read_history
 from .common import as_float, output_folder, run
 
 

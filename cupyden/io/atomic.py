@@ -79,3 +79,4 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+

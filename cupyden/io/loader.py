@@ -13,6 +13,10 @@ On a GPU, a background thread prepares batch k+1 while the model trains on batch
     consumer:     record freed[previous slot] on the compute stream, release that slot
                   -> take the next ready slot -> compute stream waits on copied[s]
 
+Data parallel (``rank``, ``world``): the batch sequence is the one-process run's for the
+global batch size; rank r takes the contiguous share [r B / world, (r + 1) B / world) of
+each batch, augmented as the one-process run augments those samples.
+
 Two slots, so host memory is two batches whatever the store's size. On the CPU the same
 interface is a prefetching generator: a thread reads batch k+1 while batch k trains.
 (The pattern of PyTorch's DataLoader with pin_memory and a CUDA-stream prefetcher, as in
@@ -45,23 +49,30 @@ class Loader:
     do_augment : bool
     slots : int
         Batches in flight (2 = double buffering).
+    rank, world : int
+        This process's rank and the number of processes of a data-parallel run;
+        ``batch_size`` is the global batch, a multiple of ``world``.
 
     Yields
     ------
-    (x, target) : arrays of ``xp`` (batch_size, 1, P, P), float32
+    (x, target) : arrays of ``xp`` (batch_size // world, 1, P, P), float32
         Valid until the next batch is taken.
     """
 
     def __init__(self, store, batch_size, xp, seed=0, start=0, split="train", do_augment=True,
-                 slots=2):
+                 slots=2, rank=0, world=1):
         self.store, self.B, self.xp = store, batch_size, xp
         self.seed, self.step, self.split, self.do_augment = seed, start, split, do_augment
         self.n = store.size(split)
         if self.n < batch_size:
             raise ValueError("%d patches, fewer than one batch of %d" % (self.n, batch_size))
+        if batch_size % world:
+            raise ValueError("a batch of %d does not split over %d ranks" % (batch_size, world))
+        b = batch_size // world
+        self.part = slice(rank * b, (rank + 1) * b)       # this rank's share of a batch
         self.per_epoch = self.n // batch_size
         P = store.patch
-        shape = (batch_size, 1, P, P)
+        shape = (b, 1, P, P)
         gpu = xp is not numpy
         alloc = backend.pinned_empty if gpu else numpy.empty
         self.host = [(alloc(shape, numpy.float32), alloc(shape, numpy.float32))
@@ -83,10 +94,11 @@ class Loader:
         self.thread.start()
 
     def indices(self, step):
-        """Store indices of batch ``step`` (pure function of seed and step)."""
+        """Store indices of this rank's share of batch ``step`` (pure function of seed and
+        step)."""
         epoch, k = divmod(step, self.per_epoch)
         perm = numpy.random.default_rng([self.seed, epoch]).permutation(self.n)
-        return perm[k * self.B:(k + 1) * self.B]
+        return perm[k * self.B:(k + 1) * self.B][self.part]
 
     def _produce(self):
         try:
@@ -103,7 +115,8 @@ class Loader:
                 self.store.read(self.split, self.indices(step), hx, hy)
                 if self.do_augment:
                     epoch, k = divmod(step, self.per_epoch)
-                    augment(hx, hy, numpy.random.default_rng([self.seed, epoch, k]))
+                    augment(hx, hy, numpy.random.default_rng([self.seed, epoch, k]),
+                            self.B, self.part)
                 if self.xp is not numpy:
                     dx, dy = self.device[s]
                     self.copy_stream.wait_event(self.freed[s])

@@ -19,6 +19,7 @@ from typing import NamedTuple
 
 import numpy
 
+from ..backend import get_array_module, to_host
 from ..errors import InputError
 from .mrc import read_mrc
 
@@ -38,18 +39,21 @@ def band_powers(image):
 
     Parameters
     ----------
-    image : array (H, W)
+    image : array (H, W), numpy or cupy (computed where it lives)
 
     Returns
     -------
     (float, float)
         Low-band and high-band power, in squared image units.
     """
-    x = numpy.asarray(image, numpy.float64)
+    xp = get_array_module(image)
+    x = xp.asarray(image, numpy.float64)
     x = x - x.mean()
     H, W = x.shape
-    power = numpy.abs(numpy.fft.rfft2(x)) ** 2 / (H * W)
-    r = numpy.hypot(numpy.fft.fftfreq(H)[:, None], numpy.fft.rfftfreq(W)[None, :]) / 0.5
+    power = xp.abs(xp.fft.rfft2(x)) ** 2 / (H * W)
+    # radius in units of Nyquist on the rfft2 grid (shape (H, W // 2 + 1))
+    r = xp.hypot(xp.asarray(numpy.fft.fftfreq(H))[:, None],
+                 xp.asarray(numpy.fft.rfftfreq(W))[None, :]) / 0.5
     return float(power[(r > 0.1) & (r < 0.3)].mean()), float(power[(r > 0.6) & (r < 0.95)].mean())
 
 
@@ -77,7 +81,7 @@ def poisson_check(image, pixel_size, dose=None, name="micrograph"):
 
     Parameters
     ----------
-    image : array (H, W)
+    image : array (H, W), numpy or cupy
         A counting-mode micrograph (gain-corrected values are fine).
     pixel_size : float
         Å/px.
@@ -97,7 +101,7 @@ def poisson_check(image, pixel_size, dose=None, name="micrograph"):
         integrating detectors or after filtering), or a dose-based scale that disagrees
         with the data (variance/mean of the counts far from 1).
     """
-    mean = float(numpy.mean(image))
+    mean = float(get_array_module(image).mean(image))
     if mean <= 0:
         raise InputError("%s: mean value %g <= 0; a count split needs counts" % (name, mean))
     low, high = band_powers(image)
@@ -130,9 +134,13 @@ def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
     correction, so they are rounded to counts first); a ~ Binomial(counts, 1/2);
     b = counts - a.
 
+    The rounding and the check run where ``image`` lives (numpy or cupy); the binomial
+    draw is NumPy's ``default_rng(seed)`` on the host on every device, so a seed gives the
+    same halves on a CPU and a GPU (and as cupyden always drew them).
+
     Parameters
     ----------
-    image : array (H, W)
+    image : array (H, W), numpy or cupy
     pixel_size : float
         Å/px.
     dose : float or None
@@ -143,7 +151,7 @@ def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
 
     Returns
     -------
-    a, b : float32 arrays (H, W)
+    a, b : float32 arrays (H, W) of the image's array module
         The halves, in electron counts; a + b equals the rounded counts exactly.
     info : CountScale
 
@@ -152,10 +160,11 @@ def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
     InputError
         See :func:`poisson_check`.
     """
+    xp = get_array_module(image)
     info = poisson_check(image, pixel_size, dose, name)
-    counts = numpy.clip(numpy.rint(numpy.asarray(image, numpy.float64) / info.scale), 0, None)
+    counts = xp.clip(xp.rint(xp.asarray(image, numpy.float64) / info.scale), 0, None)
     counts = counts.astype(numpy.int64)
-    a = numpy.random.default_rng(seed).binomial(counts, 0.5)
+    a = xp.asarray(numpy.random.default_rng(seed).binomial(to_host(counts), 0.5))
     return a.astype(numpy.float32), (counts - a).astype(numpy.float32), info
 
 

@@ -134,8 +134,50 @@ def patch_origins(length, patch, stride):
     return starts
 
 
+def patch_rows(a, b, patch, stride, rows=None):
+    """Cut aligned patches from two views, one row of patch origins at a time.
+
+    The patches come in the order of :func:`cut_patches` (origins row by row, left to
+    right), so a store can be filled while only one row of patches exists: the memory a
+    micrograph's patches need is (number of columns) x patch^2, not the whole set.
+
+    Parameters
+    ----------
+    a, b : arrays (H, W), float32, normalised (numpy or cupy; cut where they live)
+    patch : int
+        Side in pixels.
+    stride : int
+        Step between patch origins, in pixels.
+    rows : (int, int) or None
+        Only patches lying wholly within rows [r0, r1).
+
+    Yields
+    ------
+    pa, pb : arrays (n, 1, patch, patch), float32, C-contiguous
+        The patches whose origins lie on one row.
+
+    Raises
+    ------
+    InputError
+        The region is smaller than one patch.
+    """
+    r0, r1 = rows if rows is not None else (0, a.shape[0])
+    ys = [r0 + y for y in patch_origins(r1 - r0, patch, stride)]
+    xs = patch_origins(a.shape[1], patch, stride)
+    if not ys or not xs:
+        raise InputError("a region of %dx%d px is smaller than one %d px patch; use a "
+                         "smaller --patch-size" % (r1 - r0, a.shape[1], patch))
+    xp = get_array_module(a)
+    cols = xp.asarray(numpy.asarray(xs)[:, None] + numpy.arange(patch))     # (n, P)
+    for y in ys:
+        # band[:, cols] is (P, n, P): the band's rows, then each patch's columns
+        yield tuple(xp.ascontiguousarray(
+            v[y:y + patch][:, cols].transpose(1, 0, 2)[:, None], dtype=numpy.float32)
+            for v in (a, b))
+
+
 def cut_patches(a, b, patch, stride, rows=None):
-    """Cut aligned patches from two views.
+    """Cut aligned patches from two views (all rows of :func:`patch_rows` at once).
 
     Parameters
     ----------
@@ -149,25 +191,19 @@ def cut_patches(a, b, patch, stride, rows=None):
 
     Returns
     -------
-    pa, pb : arrays (n, 1, patch, patch), float32
+    pa, pb : arrays (n, 1, patch, patch), float32, of a's array module
 
     Raises
     ------
     InputError
         The region is smaller than one patch.
     """
-    r0, r1 = rows if rows is not None else (0, a.shape[0])
-    ys = [r0 + y for y in patch_origins(r1 - r0, patch, stride)]
-    xs = patch_origins(a.shape[1], patch, stride)
-    if not ys or not xs:
-        raise InputError("a region of %dx%d px is smaller than one %d px patch; use a "
-                         "smaller --patch-size" % (r1 - r0, a.shape[1], patch))
-    pa = numpy.stack([a[y:y + patch, x:x + patch] for y in ys for x in xs])[:, None]
-    pb = numpy.stack([b[y:y + patch, x:x + patch] for y in ys for x in xs])[:, None]
-    return pa.astype(numpy.float32), pb.astype(numpy.float32)
+    xp = get_array_module(a)
+    parts = list(patch_rows(a, b, patch, stride, rows))
+    return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
 
 
-def augment(x, y, rng):
+def augment(x, y, rng, batch=None, part=slice(None)):
     """Random dihedral transform (flips and 90-degree rotations) and a random swap of the
     two views, per sample, in place on host arrays.
 
@@ -178,9 +214,16 @@ def augment(x, y, rng):
     ----------
     x, y : numpy arrays (N, C, P, P)
     rng : numpy.random.Generator
+    batch : int or None
+        Draw the transforms for a batch of this many samples (None: N) and apply those of
+        ``part`` to x and y: a rank of a data-parallel run then transforms its share of
+        the global batch exactly as a one-process run transforms those samples.
+    part : slice
+        The samples of the drawn batch that x and y hold.
     """
-    ops = rng.integers(0, 8, size=x.shape[0])
-    swap = rng.random(x.shape[0]) < 0.5
+    n = x.shape[0] if batch is None else batch
+    ops = rng.integers(0, 8, size=n)[part]
+    swap = rng.random(n)[part] < 0.5
     x[swap], y[swap] = y[swap], x[swap].copy()
     for op in range(1, 8):
         idx = numpy.nonzero(ops == op)[0]

@@ -4,8 +4,12 @@ Layout (h5py):
 
     /train/input, /train/target   (n, 1, P, P) float32 or float16, one chunk per patch
     /val/input,   /val/target     likewise
-    attributes: patch (px), dtype, pixel_size (Å/px), bin, normalisation method, the
-    per-micrograph statistics (JSON), the pair source and the input files (provenance)
+    /micrographs                  one JSON string per micrograph, in the order its patches
+                                  were appended: its name, shape, normalisation statistic
+                                  (loc, scale), the pair source's numbers (e.g. the count
+                                  split's scale) and its patches' index ranges per split
+    attributes: patch (px), dtype, pixel_size (Å/px), bin, normalisation method, the pair
+    source and the input files (provenance)
 
 The store is built once (written to a temporary file in the target folder, renamed when
 complete) and reused by later runs with ``--store``. Datasets are resizable, so patches
@@ -48,9 +52,15 @@ class PatchStoreWriter:
                 self.f.create_dataset("%s/%s" % (split, role), shape=(0, 1, patch, patch),
                                       maxshape=(None, 1, patch, patch), dtype=self.dtype,
                                       chunks=(1, 1, patch, patch))
+        self.f.create_dataset("micrographs", shape=(0,), maxshape=(None,),
+                              dtype=h5py.string_dtype(), chunks=(256,))
         self.f.attrs["patch"] = patch
         self.f.attrs["dtype"] = self.dtype.name
-        for k, v in (attrs or {}).items():
+        self.set_attrs(attrs or {})
+
+    def set_attrs(self, attrs):
+        """Store JSON-serialisable provenance as attributes (replacing same-named ones)."""
+        for k, v in attrs.items():
             self.f.attrs[k] = json.dumps(v)
 
     def append(self, split, inputs, targets):
@@ -60,6 +70,16 @@ class PatchStoreWriter:
             n = ds.shape[0]
             ds.resize(n + len(arr), axis=0)
             ds[n:] = arr.astype(self.dtype)
+
+    def size(self, split):
+        """Patch pairs appended to ``split`` so far."""
+        return self.f["%s/input" % split].shape[0]
+
+    def add_micrograph(self, info):
+        """Record one micrograph's statistics (a JSON-serialisable dict) in /micrographs."""
+        ds = self.f["micrographs"]
+        ds.resize(ds.shape[0] + 1, axis=0)
+        ds[-1] = json.dumps(info)
 
     def __enter__(self):
         return self
@@ -102,6 +122,13 @@ class PatchStore:
         """Number of patch pairs in ``split``."""
         return self.f["%s/input" % split].shape[0]
 
+    def micrographs(self):
+        """Per-micrograph statistics (list of dicts, in append order; [] for stores built
+        before they were recorded)."""
+        if "micrographs" not in self.f:
+            return []
+        return [json.loads(v) for v in self.f["micrographs"].asstr()[()]]
+
     def read(self, split, indices, out_x=None, out_y=None):
         """Patch pairs at ``indices`` (any order), as float32 (n, 1, P, P) arrays.
 
@@ -118,10 +145,11 @@ class PatchStore:
             y[j] = dy[int(i)]
         return x, y
 
-    def loader(self, batch_size, xp, seed=0, start=0):
-        """The double-buffered training :class:`~cupyden.io.loader.Loader` over this store."""
+    def loader(self, batch_size, xp, seed=0, start=0, rank=0, world=1):
+        """The double-buffered training :class:`~cupyden.io.loader.Loader` over this store
+        (``rank``'s share of each global batch of ``batch_size`` when ``world`` > 1)."""
         from .loader import Loader
-        return Loader(self, batch_size, xp, seed=seed, start=start)
+        return Loader(self, batch_size, xp, seed=seed, start=start, rank=rank, world=world)
 
     def close(self):
         self.f.close()

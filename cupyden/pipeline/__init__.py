@@ -1,9 +1,11 @@
-"""The library layer under the commands: the Python API.
+"""The library layer under the commands: from files to a trained model and back.
 
-``cupyden.load_model``, ``cupyden.denoise`` and ``cupyden.denoise_files`` (module
-:mod:`cupyden.pipeline.denoise`) are re-exported here and, lazily, from ``cupyden``.
+- :mod:`cupyden.pipeline.train`: sources -> pair views -> a patch store (streaming) ->
+  training, on one device or one process per GPU (:mod:`cupyden.distributed`).
+- :mod:`cupyden.pipeline.denoise`: a model from a file, one array denoised, and many files
+  denoised in a streaming read -> device -> write pipeline (one GPU, or several through
+  Dask: :mod:`cupyden.pipeline.dask_workers`).
+
+The Python API re-exports one function of each, lazily, from the package itself:
+``cupyden.train``, ``cupyden.load_model``, ``cupyden.denoise``, ``cupyden.denoise_files``.
 """
-
-from .denoise import BatchResult, DenoiseModel, Job, denoise, denoise_files, load_model
-
-__all__ = ["BatchResult", "DenoiseModel", "Job", "denoise", "denoise_files", "load_model"]

@@ -3,6 +3,12 @@
 One step is: model.forward -> loss.forward -> loss.backward -> model.backward -> Adam.
 ``fit`` adds what a run needs around it: the loader, validation every N steps, the best
 model kept, a checkpoint to resume from, history.csv and the loss curve.
+
+Data parallel (``comm``, see ``cupyden.distributed``): each of R ranks takes 1/R of every
+global batch; after the backward pass the flat gradient buffer is summed over the ranks
+(one all-reduce per step) and Adam divides it by R while it unscales (its ``grad_scale``),
+so every rank applies the gradient of the global batch's mean loss, as one process with
+the whole batch would, and the parameters stay identical (checked at each validation).
 """
 
 import csv
@@ -31,7 +37,28 @@ def as_objective(loss):
     return loss if isinstance(loss, Objective) else Objective([(loss, 1.0)])
 
 
-def train_step(model, params, optimizer, loss, x, target, scaler=None):
+class Solo:
+    """The communicator of a one-process run: rank 0 of 1, reductions are identities.
+
+    A data-parallel communicator (``cupyden.distributed.NcclComm``) has the same members:
+    ``rank``, ``size``, ``allreduce_(array, op)`` (in place, on the device) and
+    ``values(list, op)`` (host numbers reduced over the ranks, as a float64 array).
+    """
+    rank, size = 0, 1
+
+    def allreduce_(self, a, op="sum"):
+        return a
+
+    def values(self, v, op="sum"):
+        return numpy.asarray(v, numpy.float64)
+
+
+def share(n, comm):
+    """[start, stop) of ``comm.rank``'s contiguous share of n items (sizes differ by <= 1)."""
+    return n * comm.rank // comm.size, n * (comm.rank + 1) // comm.size
+
+
+def train_step(model, params, optimizer, loss, x, target, scaler=None, comm=None):
     """One optimisation step on a batch.
 
     Parameters
@@ -48,12 +75,17 @@ def train_step(model, params, optimizer, loss, x, target, scaler=None):
     scaler : cupyden.optim.loss_scale.LossScaler or None
         For a float16 model: the loss gradient is multiplied by its scale before the
         backward pass, and a step whose gradients are not finite is skipped.
+    comm : communicator or None
+        Data parallel: x, target are this rank's share of the global batch; the gradients
+        are summed over the ranks before the update (see the module's docstring).
 
     Returns
     -------
     0-d array
-        The loss before the update (on the device; no synchronisation without a scaler).
+        This rank's loss before the update (on the device; no synchronisation without a
+        scaler).
     """
+    comm = comm or Solo()
     objective = as_objective(loss)
     y = model.forward(x.astype(model.dtype, copy=False))
     value, cache = objective.forward(y.astype(target.dtype, copy=False), target)
@@ -61,12 +93,14 @@ def train_step(model, params, optimizer, loss, x, target, scaler=None):
     dy = objective.backward(cache)
     if scaler is None:
         model.backward(dy.astype(model.dtype, copy=False))
-        optimizer.step()
+        comm.allreduce_(params.grad)          # sum of the ranks' mean-loss gradients
+        optimizer.step(grad_scale=float(comm.size))  # / R: the global mean's gradient
         return value
     model.backward((dy * scaler.scale).astype(model.dtype))
-    finite = scaler.finite(params.grad)
+    comm.allreduce_(params.grad)              # float32 master gradients: what Adam reads
+    finite = scaler.finite(params.grad)       # the same verdict on every rank
     if finite:
-        optimizer.step(grad_scale=scaler.scale)
+        optimizer.step(grad_scale=scaler.scale * comm.size)
     scaler.update(finite)
     return value
 
@@ -116,6 +150,24 @@ def build_objective(config, store, xp):
     return Objective(terms, fourier_weights)
 
 
+def check_identical(params, comm, step):
+    """Raise when the ranks' parameters differ: the float64 sum and sum of squares of the
+    trained buffer, reduced by max and by min over the ranks (one small all-reduce).
+
+    Raises
+    ------
+    RuntimeError
+    """
+    xp = params.xp
+    p = params.trained
+    c = [float(xp.sum(p, dtype=numpy.float64)), float(xp.sum(p.astype(numpy.float64) ** 2))]
+    hi = comm.values(c + [-v for v in c], "max")
+    if hi[0] != -hi[2] or hi[1] != -hi[3]:
+        raise RuntimeError("the ranks' parameters differ at step %d (checksums from %r to %r):"
+                           " the ranks no longer train one model" % (step, [-hi[2], -hi[3]],
+                                                                     list(hi[:2])))
+
+
 def read_history(path, upto=None):
     """Rows of history.csv (as dicts of numbers) with step <= upto."""
     if not os.path.exists(path):
@@ -136,7 +188,7 @@ def write_history(path, rows):
             w.writerow({k: r[k] for k in HISTORY_FIELDS})
 
 
-def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
+def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=None):
     """Train a denoiser on a patch store.
 
     Parameters
@@ -161,14 +213,28 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     progress : bool
         Show a tqdm progress bar.
     log : callable
+    comm : communicator or None
+        Data parallel (see the module's docstring): each rank trains on its share of
+        every batch and validates its share of the validation patches (the losses are
+        reduced over the ranks); with max_seconds the ranks agree to stop at a validation,
+        by rank 0's clock. Rank 0 alone logs and writes files.
 
     Returns
     -------
     list of dict
         The history rows.
+
+    Raises
+    ------
+    RuntimeError
+        Data parallel: the ranks' parameters differ at a validation.
     """
     from tqdm import tqdm
 
+    comm = comm or Solo()
+    root = comm.rank == 0
+    if not root:
+        log, progress = (lambda *a: None), False
     dtype = set_precision(config.get("precision", "fp32"), xp)
     model = build_model(config["model"]).to(xp, dtype).train()
     params = Parameters(model)
@@ -196,9 +262,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
     n_val = min(store.size("val"), config["val_patches"])
-    vx, vy = store.read("val", numpy.arange(n_val))
+    vx, vy = store.read("val", numpy.arange(*share(n_val, comm)))
     vx, vy = xp.asarray(vx), xp.asarray(vy)
-    loader = store.loader(B, xp, seed=config["seed"], start=start)
+    loader = (store.loader(B, xp, seed=config["seed"], start=start) if comm.size == 1 else
+              store.loader(B, xp, seed=config["seed"], start=start, rank=comm.rank,
+                           world=comm.size))        # (F2Fd's pair source has no shares)
     per_epoch = loader.per_epoch
     t0, t_last, running, n_running = time.perf_counter(), time.perf_counter(), 0.0, 0
     elapsed0 = history[-1]["seconds"] if history else 0.0
@@ -207,13 +275,21 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         for step in range(start + 1, steps + 1):
             x, y = next(loader)
             opt.lr = sched.at(step)
-            running = running + train_step(model, params, opt, objective, x, y, scaler)
+            running = running + train_step(model, params, opt, objective, x, y, scaler, comm)
             n_running += 1
             bar.update(1)
-            out_of_time = max_seconds and time.perf_counter() - t0 > max_seconds
-            if step % config["val_every"] == 0 or step == steps or out_of_time:
-                train_loss = float(running) / n_running        # one synchronisation
-                val_loss = evaluate(model, objective, vx, vy, B)
+            out_of_time = bool(max_seconds) and time.perf_counter() - t0 > max_seconds
+            due = step % config["val_every"] == 0 or step == steps
+            if comm.size > 1:              # ranks must agree: decide at validations only
+                out_of_time = due and bool(comm.values([out_of_time and root], "max")[0])
+            if due or out_of_time:
+                # losses of the global batch and of all validation patches (one
+                # synchronisation); every rank gets the same numbers
+                train_loss = float(comm.values([float(running)])[0]) / (n_running * comm.size)
+                local = evaluate(model, objective, vx, vy, B) * len(vx) if len(vx) else 0.0
+                val_loss = float(comm.values([local])[0]) / n_val
+                if comm.size > 1:
+                    check_identical(params, comm, step)
                 sched.observe(val_loss)
                 now = time.perf_counter()
                 rate = n_running * B / (now - t_last)
@@ -222,21 +298,24 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
                 bar.set_postfix(loss="%.4g" % train_loss, val="%.4g" % val_loss,
                                 patches_per_s="%.0f" % rate)
                 running, n_running, t_last = 0.0, 0, now
-                weights = model.state()
-                if params.master is not None:                  # float32 master weights
-                    weights.update(params.named(params.master))
-                if val_loss < best[0]:
+                improved = val_loss < best[0]
+                if improved:
                     best = (val_loss, step)
-                    save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
-                                    step, step // per_epoch, None, {"seed": config["seed"]},
-                                    {"best": list(best)})
-                extra = {"best": list(best), "schedule": sched.state()}
-                if scaler is not None:
-                    extra["loss_scale"] = scaler.state()
-                save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), weights, config,
-                                step, step // per_epoch, opt.state(), {"seed": config["seed"]},
-                                extra)
-                write_history(hist_path, history)
+                if root:
+                    weights = model.state()
+                    if params.master is not None:              # float32 master weights
+                        weights.update(params.named(params.master))
+                    if improved:
+                        save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
+                                        step, step // per_epoch, None, {"seed": config["seed"]},
+                                        {"best": list(best)})
+                    extra = {"best": list(best), "schedule": sched.state()}
+                    if scaler is not None:
+                        extra["loss_scale"] = scaler.state()
+                    save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), weights, config,
+                                    step, step // per_epoch, opt.state(),
+                                    {"seed": config["seed"]}, extra)
+                    write_history(hist_path, history)
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))
                 break
@@ -244,7 +323,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         bar.close()
         loader.close()
         synchronize(xp)
-    if history:
+    if history and root:
         report.loss_curve(history, os.path.join(out_dir, "loss_curve.png"))
     seconds = time.perf_counter() - t0
     done = (history[-1]["step"] - start) if history else 0

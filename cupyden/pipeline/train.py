@@ -1,0 +1,685 @@
+"""Train a denoiser on a whole dataset: sources -> pair views -> a patch store -> training.
+
+    inputs (files, folders, globs)
+      -> sources()       the one place the inputs are expanded into files
+      -> make_view()     one micrograph: read, split or pair (count split, even/odd frame
+                         sums of a movie with its gain reference, half micrographs,
+                         synthetic noise), Fourier-bin; on the device when there is one
+      -> build_store()   normalise (one statistic per micrograph, kept in the store), cut
+                         patches one row of origins at a time and append them: one
+                         micrograph in memory at a time, whatever the number of inputs
+      -> fit()           on one device, or one process per GPU with the gradients summed
+                         by NCCL (cupyden.distributed)
+      -> held-out rows   of the first micrograph: corr(f(A), B) against corr(A, B)
+
+:func:`train` is the Python API (``cupyden.train``); ``cupyden-train`` parses its command
+line into the same call. The random draws (count split, synthetic noise) are NumPy's on
+the host with the seed of each micrograph (seed + its index), so a store is the same on a
+CPU and a GPU and as earlier versions built it.
+"""
+
+import contextlib
+import inspect
+import json
+import os
+import time
+from typing import NamedTuple
+
+import numpy
+
+from .. import backend, f2fd as f2fd_mod, report
+from ..data import k2_crop
+from ..errors import InputError
+from ..functional.conv import PRECISIONS, set_precision
+from ..infer import denoise_array
+from ..io.atomic import output_folder
+from ..io.checkpoint import load_checkpoint
+from ..io.movies import even_odd_sums, open_movie, read_gain
+from ..io.mrc import read_mrc, write_mrc
+from ..io.pairs import count_split, expand, pair_halves, synthetic_pair
+from ..io.patches import fourier_bin, normalization, patch_rows
+from ..io.store import PatchStore, PatchStoreWriter
+from ..io.tiff import read_image
+from ..metrics import halves_gain
+from ..models import build_model
+from ..training import fit, read_history
+
+SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson", "f2fd")
+TWO_VIEWS = ("count-split", "movie", "halves")        # sources with two noisy halves
+ARCHS = ("dncnn", "unet")
+SCHEDULES = ("constant", "step", "cosine", "plateau")
+#: Keywords of :func:`train` that say where and how a run executes, not what it trains.
+RUN_OPTIONS = ("output_dir", "device", "gpus", "rendezvous", "rank", "world_size",
+               "nccl_timeout", "resume", "progress", "log")
+#: F2Fd's options (names as in F2Fd; cupyden/f2fd.py) and the denoising K x T.
+F2FD_DEFAULTS = {"p": 0.1, "Vmask_pct": 0.5, "volumetric_scale_factor": 8, "dropout_p": 0.3,
+                 "total_samples": 20, "n_bernoulli_samples": 1, "features": 48,
+                 "samples": 4, "passes": 4}
+
+
+class View(NamedTuple):
+    """Two views of one micrograph, binned.
+
+    name : str
+    a, b : float32 arrays (H, W) of the device's array module
+        Input and target.
+    pixel_size : float
+        Å/px after binning.
+    info : dict
+        What the pair source measured (e.g. the count split's scale), for the store.
+    """
+    name: str
+    a: object
+    b: object
+    pixel_size: float
+    info: dict
+
+
+def _choice(name, value, choices):
+    if value not in choices:
+        raise InputError("%s must be one of %s, got %r" % (name, ", ".join(choices), value))
+    return value
+
+
+def recipe(inputs=(), **options):
+    """A run's options: :func:`train`'s keywords with its defaults filled in and the
+    automatic values resolved.
+
+    Parameters
+    ----------
+    inputs : str or list of str
+    **options
+        Keywords of :func:`train` (those that describe the data and the training, not
+        where it runs: ``output_dir``, ``device``, ``gpus``, ... are not taken).
+
+    Returns
+    -------
+    dict
+        Every such option, ``inputs`` as a list, ``lr``, ``steps`` and ``bin`` resolved,
+        ``f2fd`` completed from ``F2FD_DEFAULTS``, and "embedded" (no inputs and no store:
+        the shipped K2 crop).
+
+    Raises
+    ------
+    InputError
+        An unknown choice, ``halves`` without ``odd``, ``gain`` without movies, the
+        embedded default with another pair source.
+    """
+    o = {k: p.default for k, p in inspect.signature(train).parameters.items()
+         if p.kind is p.KEYWORD_ONLY and k not in RUN_OPTIONS}
+    unknown = sorted(set(options) - set(o))
+    if unknown:
+        raise TypeError("unknown option(s) %s" % ", ".join(unknown))
+    o.update(options)
+    o["inputs"] = list([inputs] if isinstance(inputs, str) else inputs or ())
+    pairs = o["pairs"]
+    for name, choices in (("pairs", SOURCES), ("arch", ARCHS), ("loss", ("mse", "l1")),
+                          ("normalize", ("robust", "percentile")),
+                          ("lr_schedule", SCHEDULES), ("precision", PRECISIONS)):
+        _choice(name, o[name], choices)
+    o["embedded"] = not o["inputs"] and not o["store"]
+    o["lr"] = (1e-4 if pairs == "f2fd" else 1e-3) if o["lr"] is None else float(o["lr"])
+    o["bin"] = (4 if o["embedded"] else 1) if o["binning"] is None else int(o["binning"])
+    o["steps"] = (150 if o["embedded"] else 2000) if o["steps"] is None else int(o["steps"])
+    o["f2fd"] = dict(F2FD_DEFAULTS, **(o["f2fd"] or {}))
+    if pairs == "halves" and not o["odd"] and not o["embedded"]:
+        raise InputError("--pairs halves needs --odd (the odd half micrographs)")
+    if o["gain"] and pairs != "movie":
+        raise InputError("--gain applies to movies (--pairs movie), not to --pairs %s" % pairs)
+    if o["embedded"] and pairs != "count-split":
+        raise InputError("the embedded default is a count split; give INPUT files for --pairs %s"
+                         % pairs)
+    return o
+
+
+def sources(o):
+    """The micrographs (or movies, or pairs of halves) of a run, in order.
+
+    The one place the inputs are expanded into files (folders, globs; STAR files where
+    ``expand`` reads them).
+
+    Returns
+    -------
+    list of (str or None, str or None)
+        (path, odd half's path or None); (None, None) for the embedded crop.
+    """
+    if o["embedded"]:
+        return [(None, None)]
+    if o["pairs"] == "halves":
+        return pair_halves(o["inputs"], o["odd"])
+    return [(p, None) for p in expand(o["inputs"])]
+
+
+def make_view(i, source, o, xp, gain=None, log=print):
+    """Read micrograph ``i`` of the run and make its two views, binned, on ``xp``.
+
+    Parameters
+    ----------
+    i : int
+        Its index in :func:`sources` (the seed of its random draws is seed + i).
+    source : (str or None, str or None)
+    o : dict
+        :func:`recipe`.
+    xp : module
+    gain : array (H, W) of xp or None
+        The gain reference of a movie source.
+    log : callable
+
+    Returns
+    -------
+    View
+
+    Raises
+    ------
+    InputError
+        Unreadable input, noise that is not Poisson-like for a count split, too few frames.
+    """
+    path, other = source
+    pairs, seed, info, mic = o["pairs"], o["seed"] + i, {}, None
+    if o["embedded"]:
+        mic = k2_crop()
+        log("embedded default: %s, %dx%d px, %.4f A/px, %.1f e/A^2 (cupyden/data/PROVENANCE.md)"
+            % (os.path.basename(mic.path), mic.data.shape[1], mic.data.shape[0],
+               mic.pixel_size, mic.dose))
+        path = mic.path
+    name = os.path.basename(path)
+    if pairs == "movie":
+        with open_movie(path) as movie:
+            a, b, _ = even_odd_sums(movie, o["drop_frames"], o["align"], gain, xp)
+            pixel_size = movie.pixel_size
+            info["frames"] = movie.shape[0]
+    elif pairs == "halves":
+        even, odd = read_mrc(path, ndim=2), read_mrc(other, ndim=2)
+        a, b = (_on(xp, m.data).astype(numpy.float32) for m in (even, odd))
+        pixel_size, info["odd"] = even.pixel_size, os.path.basename(other)
+    else:
+        mic = mic or read_mrc(path, ndim=2)
+        pixel_size = mic.pixel_size
+        if pairs == "count-split":
+            a, b, c = count_split(_on(xp, mic.data), mic.pixel_size, o["dose"] or mic.dose,
+                                  seed, name)
+            info.update(count_scale=c.scale, count_scale_hf=c.scale_hf,
+                        count_scale_dose=c.scale_dose, noise_flatness=c.flatness,
+                        counts_per_px=float((a + b).mean()))
+            log("%s: count split at %.4g values per electron (from %s; noise power low/high "
+                "band %.2f), %.1f counts per px" % (name, c.scale, "the dose" if c.scale_dose
+                                                   else "the noise", c.flatness,
+                                                   info["counts_per_px"]))
+        else:
+            a, b = (xp.asarray(v) for v in synthetic_pair(mic.data, pairs, o["noise_level"], seed))
+    f = o["bin"]
+    return View(name, fourier_bin(a, f), fourier_bin(b, f), pixel_size * f, info)
+
+
+def _on(xp, data):
+    """A host array on xp, in native byte order (CuPy has no big-endian arrays)."""
+    return xp.asarray(numpy.asarray(data, data.dtype.newbyteorder("=")))
+
+
+def _store_attrs(o, pixel_size):
+    return {"pairs": o["pairs"], "bin": o["bin"], "normalize": o["normalize"],
+            "pixel_size": pixel_size, "val_fraction": o["val_fraction"]}
+
+
+def append_view(writer, v, index, o):
+    """Normalise one view pair (the statistic of the input view), cut its patches row by
+    row (training rows at --stride, validation rows below them at the patch size) and
+    append them; record the micrograph's statistics.
+
+    Raises
+    ------
+    InputError
+        The micrograph, or its training or validation rows, smaller than one patch
+        (checked before anything is appended).
+    """
+    P = o["patch_size"]
+    H, W = v.a.shape
+    if min(H, W) < P:
+        raise InputError("%s: %dx%d px after binning by %d is smaller than one %d px "
+                         "patch; use a smaller --patch-size or --bin" % (v.name, W, H, o["bin"], P))
+    split = int(round(H * (1 - o["val_fraction"])))
+    if min(split, H - split) < P:
+        raise InputError("%s: a region of %dx%d px is smaller than one %d px patch; use a "
+                         "smaller --patch-size" % (v.name, min(split, H - split), W, P))
+    norm = normalization(v.a, o["normalize"])
+    a, b = norm.apply(v.a), norm.apply(v.b)
+    start = {s: writer.size(s) for s in ("train", "val")}
+    for part, stride, rows in (("train", o["stride"], (0, split)), ("val", P, (split, H))):
+        for pa, pb in patch_rows(a, b, P, stride, rows):
+            writer.append(part, backend.to_host(pa), backend.to_host(pb))
+    info = dict(v.info, name=v.name, index=index, shape=[H, W], pixel_size=v.pixel_size,
+                loc=norm.loc, scale=norm.scale, method=norm.method, val_rows=[split, H])
+    for s in ("train", "val"):
+        info[s] = [start[s], writer.size(s)]
+    writer.add_micrograph(info)
+
+
+def build_store(path, o, xp, log=print):
+    """Build the patch store of a run, one micrograph at a time.
+
+    A micrograph that cannot be used (unreadable, not Poisson-like, smaller than a patch)
+    is reported and skipped; the store holds the others.
+
+    Parameters
+    ----------
+    path : str
+        The store (written to a temporary file beside it, renamed when complete).
+    o : dict
+        :func:`recipe`.
+    xp : module
+        numpy or cupy: where splitting, binning, normalisation and cutting run.
+    log : callable
+
+    Returns
+    -------
+    dict
+        "micrographs" (used), "skipped" (list of messages), "train", "val" (patch pairs).
+
+    Raises
+    ------
+    InputError
+        No micrograph could be used (the first reason is given), or the inputs match no
+        file.
+    """
+    srcs = sources(o)
+    gain = _gain(o, xp)
+    names, skipped = [], []
+    with contextlib.ExitStack() as stack:
+        writer = None                  # opened at the first view (its pixel size is needed)
+        for i, src in enumerate(srcs):
+            try:
+                v = make_view(i, src, o, xp, gain, log)
+                if writer is None:
+                    writer = stack.enter_context(PatchStoreWriter(
+                        path, o["patch_size"], "float16" if o["float16_store"] else "float32",
+                        _store_attrs(o, v.pixel_size)))
+                append_view(writer, v, i, o)
+                names.append(v.name)
+            except InputError as exc:
+                skipped.append(str(exc))
+                log("skipped: %s" % exc)
+            v = None                   # one micrograph's arrays alive at a time
+        if not names:                  # (inside the with: a started store is removed)
+            raise InputError("no usable micrograph among the %d input(s): %s"
+                             % (len(srcs), skipped[0]))
+        writer.set_attrs({"inputs": names})
+        summary = {"micrographs": len(names), "skipped": skipped,
+                   "train": writer.size("train"), "val": writer.size("val")}
+    log("patch store %s: %d training and %d validation pairs of %d px from %d micrograph(s)%s"
+        % (path, summary["train"], summary["val"], o["patch_size"], summary["micrographs"],
+           ", %d skipped" % len(skipped) if skipped else ""))
+    return summary
+
+
+def training_config(o, store):
+    """The config of :func:`cupyden.training.fit` (saved in every checkpoint) for a store.
+
+    Raises
+    ------
+    InputError
+        Fewer training patches than one batch, no validation patch, SSIM on patches
+        smaller than its window.
+    """
+    n_train, n_val = store.size("train"), store.size("val")
+    if n_train < o["batch_size"] or n_val == 0:
+        raise InputError("%s: %d training and %d validation patches; need at least one batch "
+                         "(%d) and one validation patch: use more or larger micrographs, a "
+                         "smaller --patch-size or --stride" % (store.path, n_train, n_val,
+                                                              o["batch_size"]))
+    steps = o["steps"]
+    if o["epochs"]:
+        steps = max(1, int(round(o["epochs"] * (n_train // o["batch_size"]))))
+    model_cfg = ({"arch": "dncnn", "depth": o["depth"], "width": o["width"], "seed": o["seed"]}
+                 if o["arch"] == "dncnn" else {"arch": "unet", "base": o["base"], "seed": o["seed"]})
+    weights = _loss_weights(o)
+    if (weights["ssim"] or weights["msssim"]) and store.patch < 11:
+        raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
+    return {"model": model_cfg, "loss": o["loss"], "loss_weights": weights,
+            "fourier_frc": bool(o["fourier_frc"]), "lr_schedule": o["lr_schedule"],
+            "lr_options": _lr_options(o), "lr": o["lr"], "batch_size": o["batch_size"],
+            "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
+            "seed": o["seed"], "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
+            "patch_size": store.patch, "bin": store.attr("bin", 1), "pairs": store.attr("pairs"),
+            "normalize": store.attr("normalize", "robust"),
+            "pixel_size": store.attr("pixel_size", 0.0)}
+
+
+def _loss_weights(o):
+    return {"fourier": o["fourier_weight"], "ssim": o["ssim_weight"],
+            "msssim": o["msssim_weight"], "gradient": o["grad_weight"]}
+
+
+def _lr_options(o):
+    return {"warmup": o["warmup"], "step_size": o["lr_step"], "gamma": o["lr_gamma"],
+            "factor": o["lr_gamma"], "patience": o["patience"]}
+
+
+def check_resume(path, config):
+    """Refuse to resume a checkpoint trained with other settings (steps and time aside).
+
+    Raises
+    ------
+    InputError
+    """
+    if not path:
+        return
+    saved = load_checkpoint(path)["config"]
+    diff = sorted(k for k in set(saved) | set(config)
+                  if k not in ("steps", "max_seconds") and saved.get(k) != config.get(k))
+    if diff:
+        raise InputError("%s was trained with other settings (%s); resume with the same "
+                         "options" % (path, ", ".join(diff)))
+
+
+def load_best(out_dir, xp, dtype):
+    """The best model of a run (out_dir/model.h5), in evaluation mode on ``xp``."""
+    ck = load_checkpoint(os.path.join(out_dir, "model.h5"))
+    model = build_model(ck["config"]["model"]).to(xp, dtype).eval()
+    model.load_state(ck["weights"])
+    return model
+
+
+def evaluate_heldout(model, v, out_dir, o, xp, log=print):
+    """Held-out rows of one micrograph (below its training rows): corr(f(A), B) against
+    corr(A, B) (``metrics.halves_gain``), written to evaluation.json; for the embedded
+    default, also the whole crop denoised (denoised.mrc, before_after.png).
+
+    Parameters
+    ----------
+    model : Model
+        In evaluation mode, on ``xp``.
+    v : View
+        The micrograph's two views (its validation rows were never trained on).
+    out_dir : str
+    o : dict
+        :func:`recipe`.
+    xp : module
+    log : callable
+
+    Returns
+    -------
+    dict
+        ``halves_gain``'s numbers, with "micrograph", "rows", "pixel_size".
+    """
+    a, b = backend.to_host(v.a), backend.to_host(v.b)
+    split = int(round(a.shape[0] * (1 - o["val_fraction"])))
+    den_a, _ = denoise_array(model, a[split:], xp, norm=normalization(a, o["normalize"]))
+    g = halves_gain(den_a, a[split:], b[split:])
+    g.update({"micrograph": v.name, "rows": [split, a.shape[0]], "pixel_size": v.pixel_size})
+    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
+        json.dump(g, f, indent=1)
+    log("held-out rows %d:%d of %s: corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
+        % (split, a.shape[0], v.name, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
+    if o["embedded"]:
+        raw = a + b
+        den, stats = denoise_array(model, raw, xp, norm=normalization(raw, o["normalize"]))
+        write_mrc(os.path.join(out_dir, "denoised.mrc"), den, v.pixel_size)
+        report.before_after(raw, den, os.path.join(out_dir, "before_after.png"),
+                            ("raw (count sum, binned %dx)" % o["bin"], "denoised (cupyden DnCNN)"),
+                            v.pixel_size)
+        log("denoised the crop: denoised.mrc, before_after.png (%d tiles, %.3fx pixels)"
+            % (stats["tiles"], stats["ratio"]))
+    return g
+
+
+def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None, store=None,
+          arch="dncnn", depth=12, width=32, base=32, loss="mse", fourier_weight=0.0,
+          fourier_frc=False, ssim_weight=0.0, msssim_weight=0.0, grad_weight=0.0, lr=None,
+          lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
+          batch_size=16, patch_size=64, stride=32, steps=None, epochs=None, max_minutes=0.0,
+          val_fraction=0.25, val_every=50, val_patches=256, binning=None, dose=None,
+          drop_frames=0, align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
+          normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
+          device=None, gpus=None, rendezvous=None, rank=None, world_size=None,
+          nccl_timeout=600.0, resume=None, progress=True, log=print):
+    """Train a denoiser on pairs of noisy views (Noise2Noise; Lehtinen et al. 2018) or on
+    clean images with synthetic noise, as ``cupyden-train`` does.
+
+    Builds a patch store from the inputs, one micrograph at a time (or uses ``store``),
+    trains, keeps the best model by validation loss, and for two-half sources scores the
+    held-out rows of the first micrograph. With no ``inputs`` and no ``store``: the
+    embedded default (a real K2 crop, count split, binned 4x).
+
+    Parameters
+    ----------
+    inputs : str or list of str
+        Files, folders or globs: micrographs (MRC) for count-split, gaussian, poisson;
+        movies (MRC stacks or TIFF, frames along Z) for movie; even half micrographs for
+        halves; one tomogram or micrograph (MRC or TIFF) for f2fd.
+    output_dir : str
+        Created if needed. Receives patches.h5 (the store), model.h5 (best validation
+        loss), checkpoint.h5 (latest, with Adam's state), history.csv, loss_curve.png,
+        evaluation.json (two-half sources), and for f2fd denoised.mrc, central_slice.png.
+    pairs : str
+        "count-split" (binomial split of counting-mode micrographs), "movie" (even/odd
+        frame sums), "halves" (with ``odd``), "gaussian", "poisson" (synthetic noise on
+        clean images), "f2fd" (Fourier-perturbed pairs of one image).
+    odd : str or list of str or None
+        The odd half micrographs for "halves", paired with ``inputs`` by basename.
+    store : str or None
+        Train from this existing patch store instead of building one.
+    arch : str
+        "dncnn" (``depth`` conv layers of ``width`` channels) or "unet" (``base``
+        channels at the first level). f2fd always uses F2Fd's dropout U-Net.
+    depth, width, base : int
+    loss : str
+        Base loss, "mse" or "l1".
+    fourier_weight, ssim_weight, msssim_weight, grad_weight : float
+        Weights of the Fourier (log power spectra), SSIM, MS-SSIM and gradient losses.
+    fourier_frc : bool
+        Weight the Fourier loss per ring by sqrt(2 FRC / (1 + FRC)) of the two views.
+    lr : float or None
+        Adam's learning rate; None: 1e-3, and 1e-4 for f2fd.
+    lr_schedule : str
+        "constant", "step", "cosine" or "plateau"; ``warmup`` (steps), ``lr_step``
+        (steps), ``lr_gamma`` (factor) and ``patience`` (validations) as in
+        ``cupyden.optim.schedules``.
+    batch_size : int
+        Patch pairs per step (the global batch over all GPUs).
+    patch_size, stride : int
+        Patch side and the step between training patch origins, pixels after binning.
+    steps : int or None
+        Optimisation steps; None: 150 for the embedded crop, else 2000.
+    epochs : float or None
+        Passes over the training patches; overrides ``steps``.
+    max_minutes : float
+        Stop after a last validation once training has run this long (0: no limit; with
+        several GPUs checked at each validation).
+    val_fraction : float
+        Share of each micrograph's rows (the bottom ones) held out for validation.
+    val_every, val_patches : int
+        Validate, log and checkpoint every N steps, on at most this many patches.
+    binning : int or None
+        Fourier-crop binning factor, applied after splitting; None: 4 for the embedded
+        crop, else 1.
+    dose : float or None
+        e⁻/Å² for the count split; None: from the FEI extended header, else estimated.
+    drop_frames : int
+        Movie frames dropped at the start.
+    align : bool
+        Align movie frames by whole-pixel shifts before summing.
+    gain : str or None
+        Gain reference (MRC or TIFF) multiplied into every movie frame, oriented by
+        ``gain_rot`` (0-3, x 90 degrees clockwise) and ``gain_flip`` (0 none, 1 upside
+        down, 2 left to right) as RELION's --gain_rot and --gain_flip (``io.movies``).
+    noise_level : float
+        Sigma (gaussian, image units) or mean counts per pixel (poisson).
+    normalize : str
+        "robust" (median, MAD) or "percentile".
+    float16_store : bool
+        Keep patches as float16 in the store.
+    precision : str
+        "fp32", "tf32" or "fp16" (GPU with cuDNN); the CPU runs fp32.
+    f2fd : dict or None
+        F2Fd's options, overriding ``F2FD_DEFAULTS`` (p, Vmask_pct,
+        volumetric_scale_factor, dropout_p, total_samples, n_bernoulli_samples, features,
+        samples, passes).
+    seed : int
+        Seed of the split, patches, batches and weights.
+    device : str or int or None
+        GPU number, -1 for the CPU, "auto"; None: CUPYDEN_DEVICE, else auto.
+    gpus : list of int or None
+        Train data-parallel with one process per GPU on this host (``distributed``); the
+        store is built and the model evaluated on the first.
+    rendezvous : str or None
+        Several nodes: a path on a shared file system where rank 0 writes the NCCL id
+        (after building the store); this process is rank ``rank`` of ``world_size``
+        (None: SLURM_PROCID, SLURM_NTASKS), on GPU ``device`` (None: SLURM_LOCALID).
+    rank, world_size : int or None
+    nccl_timeout : float
+        Seconds without training progress after which a rank of a data-parallel run
+        gives up (a peer died or hangs).
+    resume : str or None
+        A checkpoint.h5 of an earlier run with the same options.
+    progress : bool
+        Show a progress bar.
+    log : callable
+        Receives each report line (``print`` by default).
+
+    Returns
+    -------
+    model : cupyden.models.base.Model or None
+        The best model (lowest validation loss), in evaluation mode on the training
+        device; None on ranks other than 0 of a multi-node run.
+    history : list of dict
+        One row per validation: "step", "train_loss", "val_loss", "lr", "seconds".
+
+    Raises
+    ------
+    InputError
+        Bad options or inputs (one line that says what and how to fix), a GPU that was
+        asked for and cannot be used, a rank of a data-parallel run that died.
+
+    Notes
+    -----
+    ``gpus`` starts processes with the "spawn" method: a script that calls this must
+    guard its entry point with ``if __name__ == "__main__":``.
+    """
+    run_args = dict(locals())
+    from .. import distributed
+
+    o = recipe(**{k: v for k, v in run_args.items() if k not in RUN_OPTIONS})
+    plan = distributed.plan(gpus, rendezvous, rank, world_size, device, o["batch_size"])
+    dev = backend.select_device(plan.device)
+    dtype = set_precision(o["precision"], dev.xp)       # exit 2 now, not after a store
+    output_folder(output_dir)
+    log("device: %s; precision %s%s" % (dev.name, o["precision"], plan.describe()))
+    t0 = time.perf_counter()
+    if o["pairs"] == "f2fd":
+        if plan.world > 1:
+            raise InputError("--pairs f2fd trains on one GPU (its pairs are drawn per batch "
+                             "on the device); drop --gpus/--rendezvous")
+        return _train_f2fd(o, dev, dtype, output_dir, resume, progress, log, t0)
+    store_path = o["store"] or os.path.join(output_dir, "patches.h5")
+    builds = not o["store"] and not (resume and os.path.exists(store_path))
+    if builds and plan.rank == 0:
+        build_store(store_path, o, dev.xp, log)
+    uid = distributed.rendezvous(plan, store_path)         # ranks > 0 wait for rank 0's store
+    store = PatchStore(store_path)
+    config = training_config(o, store)
+    check_resume(resume, config)
+    log("training %s on %d patch pairs, %d steps of %d" % (
+        build_model(config["model"]).__class__.__name__, store.size("train"),
+        config["steps"], o["batch_size"]))
+    if plan.world == 1:
+        history = fit(store, output_dir, config, dev.xp, resume=resume, progress=progress,
+                      log=log)
+    elif plan.launch:
+        history = distributed.launch(plan, uid, store_path, output_dir, config, resume,
+                                     progress, nccl_timeout, log)
+    else:
+        history = distributed.run_rank(plan.rank, plan.world, uid, plan.device, store_path,
+                                       output_dir, config, resume, progress, nccl_timeout, log)
+    first = (store.micrographs() or [{"index": 0}])[0]["index"]
+    store.close()
+    if plan.rank != 0:
+        return None, history
+    distributed.finish(plan)
+    model = load_best(output_dir, dev.xp, dtype)
+    if not o["store"] and o["pairs"] in TWO_VIEWS:
+        srcs = sources(o)
+        evaluate_heldout(model, make_view(first, srcs[first], o, dev.xp, _gain(o, dev.xp),
+                                          lambda *a: None), output_dir, o, dev.xp, log)
+    log("done in %.0f s; outputs in %s" % (time.perf_counter() - t0, output_dir))
+    return model, read_history(os.path.join(output_dir, "history.csv")) if plan.world > 1 else history
+
+
+def _gain(o, xp):
+    """The run's gain reference on xp (movies), or None."""
+    if o["pairs"] != "movie" or not o["gain"]:
+        return None
+    return xp.asarray(read_gain(o["gain"], o["gain_rot"], o["gain_flip"]))
+
+
+def f2fd_params(o):
+    """F2FdParams from a run's options (``o["f2fd"]`` and the patch size)."""
+    p = o["f2fd"]
+    return f2fd_mod.F2FdParams(
+        p=p["p"], Vmask_pct=p["Vmask_pct"], dropout_p=p["dropout_p"],
+        volumetric_scale_factor=p["volumetric_scale_factor"], total_samples=p["total_samples"],
+        n_bernoulli_samples=p["n_bernoulli_samples"], subtomo_length=o["patch_size"])
+
+
+def _train_f2fd(o, dev, dtype, out, resume, progress, log, t0):
+    """pairs="f2fd": train F2Fd's U-Net on one image's Fourier samples, then denoise it."""
+    if len(o["inputs"]) != 1:
+        raise InputError("--pairs f2fd trains on one tomogram or micrograph (INPUT), got %d"
+                         % len(o["inputs"]))
+    image = read_image(expand(o["inputs"])[0])
+    name = os.path.basename(image.path)
+    data = numpy.asarray(image.data, numpy.float32)
+    if o["bin"] > 1:
+        if data.ndim == 3:
+            raise InputError("--bin applies to micrographs; bin volumes before training")
+        data = fourier_bin(data, o["bin"])
+    pixel_size = image.pixel_size * o["bin"]
+    prm = f2fd_params(o)
+    if o["patch_size"] % 32:
+        raise InputError("--patch-size must be a multiple of 32 for F2Fd's U-Net (5 poolings),"
+                         " got %d" % o["patch_size"])
+    weights = _loss_weights(o)
+    if data.ndim == 3 and any(weights.values()):
+        raise InputError("the Fourier, SSIM and gradient losses are 2-D; use --loss alone "
+                         "for a volume")
+    x, norm = f2fd_mod.prepare(data)
+    pairs = f2fd_mod.F2FdPairs(x, prm, dev.xp, o["seed"], n_val=min(o["val_patches"], 16))
+    model_cfg = {"arch": "f2fd-unet", "ndim": x.ndim, "nf": o["f2fd"]["features"],
+                 "depth": 5, "dropout_p": prm.dropout_p, "seed": o["seed"]}
+    params = prm._asdict()
+    params["sphere_fraction"] = list(params["sphere_fraction"])
+    config = {"model": model_cfg, "loss": o["loss"], "loss_weights": weights,
+              "lr_schedule": o["lr_schedule"], "lr_options": _lr_options(o), "lr": o["lr"],
+              "batch_size": o["batch_size"], "steps": o["steps"], "val_every": o["val_every"],
+              "val_patches": pairs.size("val"), "seed": o["seed"],
+              "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
+              "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
+              "normalize": "f2fd", "pixel_size": pixel_size, "input": name}
+    check_resume(resume, config)
+    kind = "tomogram" if x.ndim == 3 else "micrograph"
+    log("F2Fd on the %s %s (%s voxels, %.4g A/voxel): %d steps of %d patches of %d"
+        % (kind, name, " x ".join(map(str, x.shape)), pixel_size, o["steps"], o["batch_size"],
+           prm.subtomo_length))
+    history = fit(pairs, out, config, dev.xp, resume=resume, progress=progress, log=log)
+    ck = load_checkpoint(os.path.join(out, "model.h5"))
+    model = build_model(ck["config"]["model"]).to(dev.xp, dtype)
+    model.load_state(ck["weights"])
+    t1 = time.perf_counter()
+    den = norm.invert(f2fd_mod.denoise(model, x, prm, dev.xp, o["f2fd"]["samples"],
+                                       o["f2fd"]["passes"]))
+    t_den = time.perf_counter() - t1
+    write_mrc(os.path.join(out, "denoised.mrc"), den, pixel_size)
+    central_slice_png(data, den, os.path.join(out, "central_slice.png"), pixel_size)
+    log("denoised %s in %.1f s: denoised.mrc, central_slice.png" % (name, t_den))
+    log("done in %.0f s; outputs in %s" % (time.perf_counter() - t0, out))
+    return model, history
+
+
+def central_slice_png(raw, denoised, path, pixel_size):
+    """Before/after panels of the central z slice of a volume (or of a micrograph)."""
+    if raw.ndim == 3:
+        k = raw.shape[0] // 2
+        raw, denoised = raw[k], denoised[k]
+        titles = ("raw, slice z = %d" % k, "F2Fd, slice z = %d" % k)
+    else:
+        titles = ("raw", "F2Fd")
+    report.before_after(raw, denoised, path, titles, pixel_size or None)
