@@ -192,3 +192,38 @@ def test_import_cupyden_is_cheap_and_train_is_the_function():
             "from cupyden.training import fit; "
             "assert cupyden.train is f and f.__module__ == 'cupyden.pipeline.train'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_star_inputs_name_the_micrographs_and_movies(tmp_path, monkeypatch):
+    """A RELION STAR file as INPUT: rlnMicrographName for micrographs, rlnMicrographMovieName
+    for movies (paths relative to the project folder); the stores equal those built from the
+    same files named directly (issue 17)."""
+    starfile = pytest.importorskip("starfile", reason="STAR files need the starfile package")
+    import pandas
+
+    rng = numpy.random.default_rng(11)
+    project = tmp_path / "project"
+    (project / "MotionCorr" / "job002").mkdir(parents=True)
+    (project / "Import" / "job001").mkdir(parents=True)
+    mics, movies = [], []
+    for i in range(2):
+        mics.append("MotionCorr/job002/mic%d.mrc" % i)
+        write(project / mics[-1], rng.poisson(20.0, (96, 80)).astype(numpy.uint16))
+        movies.append("Import/job001/movie%d.mrcs" % i)
+        write(project / movies[-1], rng.poisson(2.0, (6, 64, 72)).astype(numpy.uint16))
+    star = project / "MotionCorr" / "job002" / "corrected_micrographs.star"
+    starfile.write({"optics": pandas.DataFrame({"rlnOpticsGroup": [1]}),
+                    "micrographs": pandas.DataFrame({"rlnMicrographMovieName": movies,
+                                                     "rlnMicrographName": mics,
+                                                     "rlnOpticsGroup": [1, 1]})}, star)
+    monkeypatch.chdir(project)                         # RELION runs in its project folder
+    for pairs, names, extra in (("count-split", mics, {"dose": 20.0}), ("movie", movies, {})):
+        a, b = str(tmp_path / (pairs + "_star.h5")), str(tmp_path / (pairs + "_files.h5"))
+        build_store(a, recipe([str(star)], pairs=pairs, **extra, **STORE), numpy,
+                    log=lambda *x: None)
+        build_store(b, recipe(names, pairs=pairs, **extra, **STORE), numpy, log=lambda *x: None)
+        with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+            assert fa["train/input"].shape[0] > 0
+            for key in ("train/input", "train/target", "val/input", "val/target"):
+                assert numpy.array_equal(fa[key][()], fb[key][()]), (pairs, key)
+        assert json.loads(PatchStore(a).f.attrs["inputs"]) == [os.path.basename(n) for n in names]

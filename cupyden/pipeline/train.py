@@ -135,8 +135,9 @@ def recipe(inputs=(), **options):
 def sources(o):
     """The micrographs (or movies, or pairs of halves) of a run, in order.
 
-    The one place the inputs are expanded into files (folders, globs; STAR files where
-    ``expand`` reads them).
+    The one place the inputs are expanded into files: folders, globs, and RELION STAR
+    files, whose ``rlnMicrographMovieName`` column is read for movies and
+    ``rlnMicrographName`` for micrographs (``cupyden.io.star``).
 
     Returns
     -------
@@ -147,7 +148,8 @@ def sources(o):
         return [(None, None)]
     if o["pairs"] == "halves":
         return pair_halves(o["inputs"], o["odd"])
-    return [(p, None) for p in expand(o["inputs"])]
+    column = "rlnMicrographMovieName" if o["pairs"] == "movie" else "rlnMicrographName"
+    return [(p, None) for p in expand(o["inputs"], star_columns=(column,))]
 
 
 def make_view(i, source, o, xp, gain=None, log=print):
