@@ -71,7 +71,7 @@ def test_cudnn_equals_im2col(name, precision):
     ``test_every_layer_op_at_reduced_precision``.
     """
     cp, cudnn_fe = _cudnn()
-    from cupyden.functional.conv import IM2COL_FALLBACKS
+    from cupyden.functional.conv_cudnn import IM2COL_FALLBACKS
     dtype = set_precision(precision, cp)
     try:
         ref, ref_params, model, params, x, dy = _reference_and_model(cp, name, dtype)
@@ -146,7 +146,7 @@ def test_gradcheck_conv_cases_on_both_gpu_paths(conv):
             if not any(k in case.name for k in ("conv", "dncnn", "unet", "topaz")):
                 continue
             assert gradcheck.directional_check(case) < gradcheck.TOLERANCE, case.name
-    from cupyden.functional.conv import IM2COL_FALLBACKS
+    from cupyden.functional.conv_cudnn import IM2COL_FALLBACKS
     assert not IM2COL_FALLBACKS, IM2COL_FALLBACKS
 
 
@@ -181,7 +181,8 @@ def test_fused_activation_bias_backward(dtype, shape, slope):
         pytest.skip("no GPU")
     cp = backend.gpu_module()
     from cupyden.functional.activation import activation_backward
-    from cupyden.functional.conv import activation_bias_backward, channel_sum
+    from cupyden.functional.conv import channel_sum
+    from cupyden.functional.conv_cudnn import activation_bias_backward
     rng = numpy.random.default_rng(3)
     last = (0,) + tuple(range(2, len(shape))) + (1,)           # channels-last memory
     inverse = numpy.argsort(last)
@@ -205,8 +206,8 @@ def test_cudnn_can_be_turned_off(monkeypatch):
     assert "CUPYDEN_CUDNN=0" in cudnn_fe.problem()
     with pytest.raises(RuntimeError, match="CUPYDEN_CUDNN=0"):
         with gpu_conv("cudnn"):
-            from cupyden.functional.conv import use_cudnn
-            use_cudnn(backend.gpu_module().zeros((1, 1, 4, 4), numpy.float32))
+            from cupyden.functional.conv_cudnn import usable
+            usable(backend.gpu_module().zeros((1, 1, 4, 4), numpy.float32))
 
 
 @pytest.mark.gpu
