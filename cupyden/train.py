@@ -13,12 +13,15 @@ import numpy
 
 from . import report
 from .backend import synchronize
+from .errors import InputError
 from .functional.conv import set_precision
 from .io.atomic import atomic_output
 from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.torch_pickle import read_state_dict, topaz_pretrained
 from .losses import Objective
 from .losses.fourier import frc_ring_weights
 from .models import build_model
+from .models.topaz import PRETRAINED, from_topaz_state
 from .optim import Adam, Parameters
 from .optim.loss_scale import LossScaler
 from .optim.schedules import LRSchedule
@@ -116,6 +119,38 @@ def build_objective(config, store, xp):
     return Objective(terms, fourier_weights)
 
 
+def initial_weights(spec):
+    """The model config and weights to start a training run from (fine-tuning).
+
+    Parameters
+    ----------
+    spec : str
+        A model.h5 or checkpoint.h5 written by cupyden-train, or ``topaz:NAME`` for a
+        pretrained Topaz-Denoise model (NAME in ``models.topaz.PRETRAINED``: unet,
+        unet-small, unet-v0.2.1, fcnn; read from the installed topaz-em without PyTorch,
+        Bepler et al. 2020).
+
+    Returns
+    -------
+    config : dict
+        The model's config (``build_model`` rebuilds it).
+    weights : dict of name -> host array
+
+    Raises
+    ------
+    InputError
+        Unknown Topaz model, topaz-em missing, or an unreadable checkpoint.
+    """
+    if spec.startswith("topaz:"):
+        name = spec[len("topaz:"):]
+        if name not in PRETRAINED:
+            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
+        filename, config = PRETRAINED[name]
+        return dict(config), from_topaz_state(read_state_dict(topaz_pretrained(filename)))
+    ck = load_checkpoint(spec)
+    return dict(ck["config"]["model"]), ck["weights"]
+
+
 def read_history(path, upto=None):
     """Rows of history.csv (as dicts of numbers) with step <= upto."""
     if not os.path.exists(path):
@@ -136,7 +171,7 @@ def write_history(path, rows):
             w.writerow({k: r[k] for k in HISTORY_FIELDS})
 
 
-def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
+def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, init=None):
     """Train a denoiser on a patch store.
 
     Parameters
@@ -158,6 +193,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         numpy or cupy.
     resume : str or None
         A checkpoint.h5 to continue from (same config).
+    init : dict or None
+        Initial weights {name: array} for the model of ``config["model"]`` (fine-tuning;
+        see :func:`initial_weights`); ignored when resuming.
     progress : bool
         Show a tqdm progress bar.
     log : callable
@@ -179,6 +217,10 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     objective = build_objective(config, store, xp)
     start, best, history = 0, (float("inf"), 0), []
     hist_path = os.path.join(out_dir, "history.csv")
+    if init is not None and not resume:
+        model.load_state(init)
+        if params.master is not None:                  # float16: keep float32 masters
+            params.load_named(params.master, init)
     if resume:
         ck = load_checkpoint(resume)
         model.load_state(ck["weights"])

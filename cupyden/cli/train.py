@@ -25,7 +25,14 @@ Options:
   --pairs SOURCE      Pair source, as above [default: count-split]
   --odd PATTERN       Odd half micrographs (folder or glob) for --pairs halves.
   --store H5          Train from an existing patch store instead of building one.
-  --arch ARCH         dncnn or unet (--pairs f2fd: always F2Fd's U-Net) [default: dncnn]
+  --arch ARCH         dncnn, unet, or topaz (Topaz-Denoise's UDenoiseNet: 48 features,
+                      5 poolings, receptive field 300 px; patches best a multiple of
+                      32 px); --pairs f2fd: always F2Fd's U-Net [default: dncnn]
+  --init W            Start from these weights (fine-tuning): a model.h5 of
+                      cupyden-train, or topaz:NAME, a pretrained Topaz-Denoise model
+                      (unet, unet-small, unet-v0.2.1, fcnn; needs topaz-em installed,
+                      not PyTorch); the architecture is the weights' (--arch and its
+                      sizes are then ignored).
   --depth N           DnCNN conv layers [default: 12]
   --width N           DnCNN channels [default: 32]
   --base N            U-Net channels at the first level [default: 32]
@@ -57,8 +64,12 @@ Options:
   --epochs E          Passes over the training patches; overrides --steps when given.
   --max-minutes M     Stop (after a last validation) once training has run this long,
                       in minutes; 0 = no limit [default: 0]
-  --val-fraction F    Share of each micrograph's rows (the bottom ones) held out for
-                      validation [default: 0.25]
+  --val-fraction F    Share of each micrograph's rows, below the training rows, that
+                      validate: they choose the best checkpoint [default: 0.125]
+  --holdout-fraction F  Share of each micrograph's rows at the bottom that neither
+                      training nor the checkpoint choice sees; the evaluation printed
+                      at the end scores the first micrograph's (with 0 it scores the
+                      validation rows, and says so) [default: 0.125]
   --val-every N       Validate, log and checkpoint every N steps [default: 50]
   --val-patches N     At most this many validation patches [default: 256]
   --bin B             Fourier-crop binning factor applied to both views after splitting;
@@ -69,7 +80,8 @@ Options:
   --align             Align movie frames by whole-pixel shifts before summing.
   --noise-level L     Sigma (gaussian, image units) or mean counts per px (poisson)
                       [default: 1.0]
-  --normalize M       robust (median, MAD) or percentile (95th percentile of |x - mean|)
+  --normalize M       robust (median, MAD), percentile (95th percentile of |x - mean|)
+                      or meanstd (mean, standard deviation: Topaz's, for its weights)
                       [default: robust]
   --float16-store     Keep patches as float16 in the store (half the disk).
   --precision P       fp32, tf32 or fp16: the convolutions' arithmetic on a GPU with
@@ -97,7 +109,8 @@ multiple of 32):
 
 Outputs in DIR: patches.h5 (the patch store), model.h5 (best validation loss),
 checkpoint.h5 (latest, with Adam state), history.csv, loss_curve.png, and for pair sources
-with two halves an evaluation on the held-out rows (printed, and in evaluation.json).
+with two halves an evaluation of the first micrograph's held-out rows (printed, and in
+evaluation.json, which names the rows and how they were used).
 """
 
 import json
@@ -122,7 +135,7 @@ from ..io.tiff import read_image
 from ..metrics import halves_gain
 from ..models import build_model
 from .. import report
-from ..train import fit
+from ..train import fit, initial_weights
 from .common import as_choice, as_float, as_int, output_folder, run
 
 SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson", "f2fd")
@@ -139,12 +152,13 @@ class View(NamedTuple):
 
 def _parse(args):
     o = {"pairs": as_choice(args, "--pairs", SOURCES),
-         "arch": as_choice(args, "--arch", ("dncnn", "unet")),
+         "arch": as_choice(args, "--arch", ("dncnn", "unet", "topaz")),
          "loss": as_choice(args, "--loss", ("mse", "l1")),
-         "normalize": as_choice(args, "--normalize", ("robust", "percentile")),
+         "normalize": as_choice(args, "--normalize", ("robust", "percentile", "meanstd")),
          "lr": ((1e-4 if args["--pairs"] == "f2fd" else 1e-3) if args["--lr"] == "auto"
                 else as_float(args, "--lr", 0)),
          "val_fraction": as_float(args, "--val-fraction", 0.01, 0.9),
+         "holdout_fraction": as_float(args, "--holdout-fraction", 0, 0.9),
          "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
          "loss_weights": {k: as_float(args, "--%s-weight" % a, 0)
                           for k, a in (("fourier", "fourier"), ("ssim", "ssim"),
@@ -164,6 +178,9 @@ def _parse(args):
     o["steps"] = ((150 if o["embedded"] else 2000) if args["--steps"] == "auto"
                   else as_int(args, "--steps", 1))
     o["dose"] = None if args["--dose"] == "auto" else as_float(args, "--dose", 0)
+    if o["val_fraction"] + o["holdout_fraction"] > 0.9:
+        raise InputError("--val-fraction plus --holdout-fraction leave under a tenth of the "
+                         "rows for training; make them smaller")
     if o["pairs"] == "halves" and not args["--odd"] and not o["embedded"]:
         raise InputError("--pairs halves needs --odd (the odd half micrographs)")
     if o["embedded"] and o["pairs"] != "count-split":
@@ -213,7 +230,8 @@ def build_store(views, path, o, log=print):
     P = o["patch_size"]
     attrs = {"pairs": o["pairs"], "bin": o["bin"], "normalize": o["normalize"],
              "pixel_size": views[0].pixel_size, "inputs": [v.name for v in views],
-             "val_fraction": o["val_fraction"], "stats": {}}
+             "val_fraction": o["val_fraction"], "holdout_fraction": o["holdout_fraction"],
+             "stats": {}}
     with PatchStoreWriter(path, P, "float16" if o.get("float16_store") else "float32", attrs) as w:
         for v in views:
             H = v.a.shape[0]
@@ -223,9 +241,9 @@ def build_store(views, path, o, log=print):
                                  % (v.name, v.a.shape[1], H, o["bin"], P))
             norm = normalization(v.a, o["normalize"])
             a, b = norm.apply(v.a), norm.apply(v.b)
-            split = int(round(H * (1 - o["val_fraction"])))
+            split, end = row_split(H, o)
             w.append("train", *cut_patches(a, b, P, o["stride"], rows=(0, split)))
-            w.append("val", *cut_patches(a, b, P, P, rows=(split, H)))
+            w.append("val", *cut_patches(a, b, P, P, rows=(split, end)))
         n_train, n_val = w.f["train/input"].shape[0], w.f["val/input"].shape[0]
     log("patch store %s: %d training and %d validation pairs of %d px" % (path, n_train, n_val, P))
 
@@ -259,8 +277,14 @@ def _body(args):
     steps = o["steps"]
     if o["epochs"]:
         steps = max(1, int(round(o["epochs"] * (n_train // o["batch_size"]))))
-    model_cfg = ({"arch": "dncnn", "depth": o["depth"], "width": o["width"], "seed": o["seed"]}
-                 if o["arch"] == "dncnn" else {"arch": "unet", "base": o["base"], "seed": o["seed"]})
+    model_cfg = {"dncnn": {"arch": "dncnn", "depth": o["depth"], "width": o["width"],
+                           "seed": o["seed"]},
+                 "unet": {"arch": "unet", "base": o["base"], "seed": o["seed"]},
+                 "topaz": {"arch": "topaz-unet", "seed": o["seed"]}}[o["arch"]]
+    init = None
+    if args["--init"]:
+        model_cfg, init = initial_weights(args["--init"])
+        print("initial weights: %s (%s)" % (args["--init"], model_cfg["arch"]))
     if (o["loss_weights"]["ssim"] or o["loss_weights"]["msssim"]) and store.patch < 11:
         raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
     config = {"model": model_cfg, "loss": o["loss"], "loss_weights": o["loss_weights"],
@@ -270,11 +294,12 @@ def _body(args):
               "seed": o["seed"], "max_seconds": o["max_seconds"], "precision": o["precision"],
               "patch_size": store.patch, "bin": store.attr("bin", 1),
               "pairs": store.attr("pairs"), "normalize": store.attr("normalize", "robust"),
-              "pixel_size": store.attr("pixel_size", 0.0)}
+              "pixel_size": store.attr("pixel_size", 0.0), "init": args["--init"]}
     _check_resume(args["--resume"], config)
     print("training %s on %d patch pairs, %d steps of %d" % (
         build_model(model_cfg).__class__.__name__, n_train, steps, o["batch_size"]))
-    fit(store, out, config, device.xp, resume=args["--resume"], progress=not args["--no-progress"])
+    fit(store, out, config, device.xp, resume=args["--resume"], progress=not args["--no-progress"],
+        init=init)
     store.close()
     if views and o["pairs"] in ("count-split", "movie", "halves"):
         _evaluate(views, out, device, o)
@@ -368,22 +393,36 @@ def central_slice_png(raw, denoised, path, pixel_size):
     report.before_after(raw, denoised, path, titles, pixel_size or None)
 
 
+def row_split(H, o):
+    """(first validation row, first held-out row) of a micrograph of H rows: training
+    rows [0, split), validation [split, end), held out [end, H)."""
+    end = int(round(H * (1 - o["holdout_fraction"])))
+    return int(round(H * (1 - o["val_fraction"] - o["holdout_fraction"]))), end
+
+
 def _evaluate(views, out, device, o):
-    """Held-out rows of the first micrograph: corr(f(A), B) against corr(A, B); for the
-    embedded default, also denoise the whole crop and write the before/after panel."""
+    """The first micrograph's held-out rows (or, with no held-out rows, its validation
+    rows, said so): corr(f(A), B) against corr(A, B); for the embedded default, also
+    denoise the whole crop and write the before/after panel."""
     ck = load_checkpoint(os.path.join(out, "model.h5"))
     model = build_model(ck["config"]["model"]).to(device.xp, o["dtype"]).eval()
     model.load_state(ck["weights"])
     v = views[0]
-    split = int(round(v.a.shape[0] * (1 - o["val_fraction"])))
-    a_val, b_val = v.a[split:], v.b[split:]
-    den_a, _ = denoise_array(model, a_val, device.xp, norm=normalization(v.a, o["normalize"]))
-    g = halves_gain(den_a, a_val, b_val)
-    g.update({"micrograph": v.name, "rows": [split, v.a.shape[0]], "pixel_size": v.pixel_size})
+    H = v.a.shape[0]
+    split, end = row_split(H, o)
+    first = end if end < H else split
+    used = ("held out: neither training nor the checkpoint choice saw them" if end < H else
+            "validation: they chose the checkpoint, so this is not a held-out score")
+    den_a, _ = denoise_array(model, v.a[first:], device.xp,
+                             norm=normalization(v.a, o["normalize"]))
+    g = halves_gain(den_a, v.a[first:], v.b[first:])
+    g.update({"micrograph": v.name, "rows": [first, H], "rows_are": used,
+              "training_rows": [0, split], "validation_rows": [split, end],
+              "pixel_size": v.pixel_size})
     with open(os.path.join(out, "evaluation.json"), "w") as f:
         json.dump(g, f, indent=1)
-    print("held-out rows %d:%d of %s: corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
-          % (split, v.a.shape[0], v.name, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
+    print("rows %d:%d of %s (%s): corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
+          % (first, H, v.name, used, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
     if o["embedded"]:
         den, stats = denoise_array(model, v.raw, device.xp, norm=normalization(v.raw, o["normalize"]))
         write_mrc(os.path.join(out, "denoised.mrc"), den, v.pixel_size)
