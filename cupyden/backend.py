@@ -372,7 +372,7 @@ def channels_last_span(a):
     if a.ndim < 3 or a.size == 0 or any(st % isz for st in a.strides):
         return None
     st = [s // isz for s in a.strides]
-    C, S = a.shape[1], a.shape[2:]
+    C = a.shape[1]
     axes = list(range(a.ndim - 1, 1, -1)) + [0]       # last spatial axis first, then N
     # the pixel stride: the stride of the innermost axis of more than one element
     Cs = next((st[i] for i in axes if a.shape[i] > 1), C)

@@ -29,7 +29,8 @@ def _cudnn():
 
 
 MODELS = {"dncnn": {"arch": "dncnn", "depth": 12, "width": 32, "seed": 1},
-          "unet": {"arch": "unet", "base": 32, "seed": 1}}
+          "unet": {"arch": "unet", "base": 32, "seed": 1},
+          "topaz": {"arch": "topaz-unet", "seed": 1}}
 
 
 def _forward_backward(model, params, x, dy):
@@ -59,8 +60,8 @@ def _reference_and_model(cp, name, dtype):
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16"])
 def test_cudnn_equals_im2col(name, precision):
-    """Forward pass and every gradient of the DnCNN-12/32 and the U-Net, cuDNN against
-    im2col (strict float32): rel < 1e-5 in fp32; in TF32 and float16, the forward pass
+    """Forward pass and every gradient of the DnCNN-12/32, the U-Net and Topaz's
+    UDenoiseNet (the model of --arch topaz), cuDNN against im2col (strict float32): rel < 1e-5 in fp32; in TF32 and float16, the forward pass
     < 3e-3 and the gradients < 0.1.
 
     Why not 3e-3 for the gradients at reduced precision: a rounding of 3e-4 moves a few
