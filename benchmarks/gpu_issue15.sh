@@ -30,6 +30,6 @@ stage tests 90 python3 -m pytest -q -m gpu -p no:cacheprovider \
 stage k2 300 python3 benchmarks/k2_protocol.py "$K2" --recipe "${K2_RECIPE:-topaz-finetune}" \
     -o /tmp/k2-protocol --panel "$LOGS/k2_protocol_before_after.png"
 cp /tmp/k2-protocol/k2_protocol.json "$LOGS/" 2>/dev/null
-stage bench 80 python3 benchmarks/bench_gpu.py --repeats 6 \
-    --only "train unet 8x512,train topaz,infer unet,infer topaz" --markdown "$LOGS/bench.md"
+stage bench 100 python3 benchmarks/bench_gpu.py --repeats 6 --modes tf32,fp16 \
+    --only "train topaz,infer topaz,train unet 8x512,infer unet" --markdown "$LOGS/bench.md"
 stage topaz 40 python3 benchmarks/topaz_equivalence.py --only 4k --repeats 2
