@@ -354,14 +354,25 @@ def output_shape(x_shape, w_shape, stride, padding):
 
 def _pad_channels(a, channels):
     """``a`` (N, C, *S) with zero channels appended up to ``channels`` (``a`` itself when
-    it has them)."""
-    if a.shape[1] == channels:
+    it has them), channels-last; both parts written in memory order (coalesced)."""
+    C = a.shape[1]
+    if C == channels:
         return a
     out = empty_channels_last(backend.get_array_module(a), (a.shape[0], channels) + a.shape[2:],
                               a.dtype)
-    out[:, :a.shape[1]] = a
-    out[:, a.shape[1]:] = 0
+    (o, v), _ = backend.in_memory_order(out[:, :C], a)
+    o[...] = v
+    (z,), _ = backend.in_memory_order(out[:, C:])
+    z[...] = 0
     return out
+
+
+def _padded_channels(dtype, C):
+    """C rounded up to a multiple of 8 for float16 data with more than 8 channels that are
+    not (Topaz's 97-channel decoder input), else C: cuDNN's float16 tensor-core engines
+    want channel counts in multiples of 8. (A 1-channel input is left alone: its
+    convolution is small, and padding it would multiply its work by 8.)"""
+    return -(-C // 8) * 8 if dtype == numpy.float16 and C > 8 and C % 8 else C
 
 
 def conv_forward(x, w, b, stride, padding, slope):
@@ -386,6 +397,10 @@ def conv_forward(x, w, b, stride, padding, slope):
         When cuDNN has no working plan for this graph (for a fused graph, the caller may
         run the convolution alone and add bias and activation itself).
     """
+    Cp = _padded_channels(x.dtype, x.shape[1])
+    if Cp != x.shape[1]:            # zero channels in input and filters: the same result
+        return conv_forward(_pad_channels(x, Cp), _pad_channels(w, Cp), b, stride, padding,
+                            slope)
     xp = backend.get_array_module(x)
     nd = x.ndim - 2
     x, sx = _operand(x)
@@ -437,6 +452,12 @@ def conv_dgrad(dz, w, x_shape, stride, padding):
     ------
     Unsupported
     """
+    C = x_shape[1]
+    Cp = _padded_channels(dz.dtype, C)
+    if Cp != C:                     # as in conv_forward; dx: a view of the first C channels
+        dx = conv_dgrad(dz, _pad_channels(w, Cp), (x_shape[0], Cp) + tuple(x_shape[2:]),
+                        stride, padding)
+        return dx[:, :C]
     xp = backend.get_array_module(dz)
     nd = dz.ndim - 2
     dz, sdz = _operand(dz)
