@@ -295,3 +295,19 @@ def test_float16_parameters_keep_float32_master_weights():
     assert numpy.array_equal(params.data, params.master.astype(numpy.float16))
     model32 = build_model({"arch": "dncnn", "depth": 3, "width": 4, "seed": 0})
     assert Parameters(model32.to(numpy, numpy.float32)).master is None
+
+
+def test_settings_are_one_checked_object():
+    """settings: names and choices are checked, `using` restores, the old names work."""
+    from cupyden import settings
+    from cupyden.functional import conv
+    assert conv.PRECISIONS == settings.PRECISIONS and conv.set_precision is settings.set_precision
+    with gpu_conv("im2col"):
+        assert settings.SETTINGS.conv == "im2col"
+        with settings.using(tune_plans=1, precision="tf32"):
+            assert settings.SETTINGS.tf32 and settings.SETTINGS.tune_plans == 1
+        assert settings.SETTINGS.tune_plans == 8 and not settings.SETTINGS.tf32
+    assert settings.SETTINGS.conv == "auto"
+    for bad in ({"conv": "fast"}, {"precision": "bf16"}, {"colour": 1}, {"tf32": True}):
+        with pytest.raises(ValueError):
+            settings.configure(**bad)

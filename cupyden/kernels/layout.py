@@ -27,27 +27,20 @@ import numpy
 from .. import backend
 from ..backend import channels_last_copy, channels_last_span, empty_channels_last
 
-_PIXEL_OUT = """
-    const long long c = i % C;
+_DECODE = """
+    const long long c = i %% C;
     long long t = i / C;
-    const long long ow = t % OW;
-    t /= OW;
-    const long long oh = t % OH;
-    t /= OH;
-    const long long od = t % OD;
-    const long long n = t / OD;
+    const long long %(w)s = t %% %(W)s;
+    t /= %(W)s;
+    const long long %(h)s = t %% %(H)s;
+    t /= %(H)s;
+    const long long %(d)s = t %% %(D)s;
+    const long long n = t / %(D)s;
 """
-
-_PIXEL_IN = """
-    const long long c = i % C;
-    long long t = i / C;
-    const long long w = t % W;
-    t /= W;
-    const long long h = t % H;
-    t /= H;
-    const long long d = t % D;
-    const long long n = t / D;
-"""
+#: Thread i's channel c and pixel (n, od, oh, ow) in a dense (N, OD, OH, OW, C) output, or
+#: (n, d, h, w) in a (N, D, H, W, C) one
+_PIXEL_OUT = _DECODE % {"w": "ow", "h": "oh", "d": "od", "W": "OW", "H": "OH", "D": "OD"}
+_PIXEL_IN = _DECODE % {"w": "w", "h": "h", "d": "d", "W": "W", "H": "H", "D": "D"}
 
 #: (inputs, outputs, body) of each kernel, as ``cupy.ElementwiseKernel`` takes them; every
 #: array is raw (indexed by the body), the loop index is ``i``.
