@@ -26,7 +26,7 @@ Options:
   --odd PATTERN       Odd half micrographs (folder or glob) for --pairs halves.
   --store H5          Train from an existing patch store instead of building one.
   --arch ARCH         dncnn, unet, or topaz (Topaz-Denoise's UDenoiseNet: 48 features,
-                      5 poolings, receptive field 300 px; patches best a multiple of
+                      5 poolings, receptive field 298 px; patches best a multiple of
                       32 px); --pairs f2fd: always F2Fd's U-Net [default: dncnn]
   --init W            Start from these weights (fine-tuning): a model.h5 of
                       cupyden-train, or topaz:NAME, a pretrained Topaz-Denoise model
