@@ -1,27 +1,34 @@
 """cupyden against PyTorch eager on one GPU, in one run: train steps and 4k inference.
 
 Usage:
-  bench_gpu.py [--repeats N] [--only TEXT] [--markdown FILE]
+  bench_gpu.py [--repeats N] [--only TEXT] [--modes LIST] [--im2col] [--markdown FILE]
 
 Options:
   --repeats N      Timed train steps (inference passes: N / 4, at least 3) [default: 20]
-  --only TEXT      Run only the workloads whose name contains TEXT.
+  --only TEXT      Run only the workloads whose name contains TEXT (comma: any of them).
+  --modes LIST     Precisions to time, of fp32,tf32,fp16 (fp16: PyTorch fp16 and bf16)
+                   [default: fp32,tf32,fp16]
+  --im2col         Also time cupyden's im2col path (float32; slow on the large nets).
   --markdown FILE  Also write the table as Markdown to FILE.
 
-Workloads (PERFORMANCE.md and issue 4):
-  train dncnn-12/32   one Adam step on a batch of 16 x 1 x 256 x 256, MSE
-  train unet          the same with the U-Net (base 32)
-  train dncnn-17/64   the same with a 17-layer, 64-channel DnCNN
-  infer ...           one 4096 x 4096 micrograph, one forward pass, no gradients
+Workloads (PERFORMANCE.md, issues 4 and 15):
+  train dncnn-12/32 16x256    one Adam step on a batch of 16 x 1 x 256 x 256, MSE
+  train unet 16x256           the same with the U-Net (base 32)
+  train unet 8x512            the U-Net on the K2 recipe's batch (8 patches of 512 px)
+  train topaz 8x512           Topaz-Denoise's UDenoiseNet (nf 48, Topaz 0.3.20's own
+                              PyTorch module as the peer) on the recipe's batch
+  train dncnn-17/64 16x256    a 17-layer, 64-channel DnCNN
+  infer NET                   one 4096 x 4096 micrograph, one forward pass, no gradients
 
-cupyden runs im2col (float32), cuDNN fp32 (strict), tf32 and fp16 (float16 weights and
-activations, float32 master weights, dynamic loss scaling). PyTorch (a peer in this
-benchmark only, never a dependency) runs fp32 (TF32 off), tf32, and fp16 / bf16 autocast
-with channels_last memory; its fp16 training uses GradScaler. Each time is the mean of
-``--repeats`` steps after 5 warm-up steps (cupyden's cuDNN plans are tuned during the
-warm-up), measured with a synchronisation before and after. Ratios are PyTorch time /
+cupyden runs cuDNN fp32 (strict), tf32 and fp16 (float16 weights and activations, float32
+master weights, dynamic loss scaling), and im2col (float32) with --im2col. PyTorch (a peer
+in this benchmark only, never a dependency) runs fp32 (TF32 off), tf32, and fp16 / bf16
+autocast with channels_last memory; its fp16 training uses GradScaler. Each time is the
+mean of ``--repeats`` steps after 5 warm-up steps (cupyden's cuDNN plans are tuned during
+the warm-up), measured with a synchronisation before and after. Ratios are PyTorch time /
 cupyden time in the same precision (> 1: cupyden is faster); cupyden fp16 is compared with
-PyTorch's faster 16-bit autocast.
+PyTorch's faster 16-bit autocast. Targets (issue 15): every training ratio >= 1.3 at tf32
+and 16-bit; every 4096^2 inference at most half PyTorch's time (ratio >= 2).
 """
 
 import time
@@ -38,10 +45,14 @@ from cupyden.training import train_step
 
 NETS = {"dncnn-12/32": {"arch": "dncnn", "depth": 12, "width": 32, "seed": 0},
         "unet": {"arch": "unet", "base": 32, "seed": 0},
+        "topaz": {"arch": "topaz-unet", "seed": 0},
         "dncnn-17/64": {"arch": "dncnn", "depth": 17, "width": 64, "seed": 0}}
-BATCH = (16, 1, 256, 256)
-MICROGRAPH = (1, 1, 4096, 4096)
-CUPYDEN = ["im2col", "fp32", "tf32", "fp16"]
+#: (kind, net, batch shape): the rows, in order
+WORK = [("train", "topaz", (8, 1, 512, 512)), ("infer", "topaz", (1, 1, 4096, 4096)),
+        ("train", "unet", (8, 1, 512, 512)), ("infer", "unet", (1, 1, 4096, 4096)),
+        ("train", "unet", (16, 1, 256, 256)), ("train", "dncnn-12/32", (16, 1, 256, 256)),
+        ("infer", "dncnn-12/32", (1, 1, 4096, 4096)), ("train", "dncnn-17/64", (16, 1, 256, 256)),
+        ("infer", "dncnn-17/64", (1, 1, 4096, 4096))]
 TORCH = ["fp32", "tf32", "fp16", "bf16"]
 
 
@@ -58,7 +69,7 @@ def timed(fn, repeats, sync):
 
 # ----------------------------------------------------------------------------- cupyden
 
-def cupyden_time(cp, net, mode, kind, repeats):
+def cupyden_time(cp, net, mode, kind, shape, repeats):
     precision = "fp32" if mode == "im2col" else mode
     dtype = set_precision(precision, cp)
     rng = numpy.random.default_rng(0)
@@ -69,13 +80,13 @@ def cupyden_time(cp, net, mode, kind, repeats):
             params = Parameters(model)
             opt = Adam(params, lr=1e-4)
             scaler = LossScaler() if dtype == numpy.float16 else None
-            x = cp.asarray(rng.standard_normal(BATCH, dtype=numpy.float32))
-            t = cp.asarray(rng.standard_normal(BATCH, dtype=numpy.float32))
+            x = cp.asarray(rng.standard_normal(shape, dtype=numpy.float32))
+            t = cp.asarray(rng.standard_normal(shape, dtype=numpy.float32))
             ms = timed(lambda: train_step(model, params, opt, "mse", x, t, scaler), repeats,
                        lambda: backend.synchronize(cp))
         else:
             model.eval()
-            x = cp.asarray(rng.standard_normal(MICROGRAPH, dtype=numpy.float32)).astype(dtype)
+            x = cp.asarray(rng.standard_normal(shape, dtype=numpy.float32)).astype(dtype)
             ms = timed(lambda: model.forward(x), max(3, repeats // 4),
                        lambda: backend.synchronize(cp))
     set_precision("fp32", cp)
@@ -87,6 +98,9 @@ def cupyden_time(cp, net, mode, kind, repeats):
 def torch_net(torch, net):
     nn = torch.nn
     cfg = NETS[net]
+    if cfg["arch"] == "topaz-unet":                   # Topaz-Denoise 0.3.20's own module
+        from topaz.denoising.models import UDenoiseNet
+        return UDenoiseNet(nf=48, base_width=11, top_width=5)
     if cfg["arch"] == "dncnn":
         d, w = cfg["depth"], cfg["width"]
         layers = [nn.Conv2d(1, w, 3, padding=1), nn.ReLU(inplace=True)]
@@ -131,7 +145,7 @@ def torch_net(torch, net):
     return UNet()
 
 
-def torch_time(torch, net, mode, kind, repeats):
+def torch_time(torch, net, mode, kind, shape, repeats):
     torch.backends.cudnn.allow_tf32 = mode != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = mode != "fp32"
     torch.backends.cudnn.benchmark = False            # eager defaults
@@ -142,8 +156,8 @@ def torch_time(torch, net, mode, kind, repeats):
     model = model.to(memory_format=fmt)
     sync = torch.cuda.synchronize
     if kind == "train":
-        x = torch.randn(BATCH, device=dev).to(memory_format=fmt)
-        t = torch.randn(BATCH, device=dev)
+        x = torch.randn(shape, device=dev).to(memory_format=fmt)
+        t = torch.randn(shape, device=dev)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
         scaler = torch.amp.GradScaler("cuda", enabled=mode == "fp16")
 
@@ -157,7 +171,7 @@ def torch_time(torch, net, mode, kind, repeats):
             scaler.update()
         return timed(step, repeats, sync)
     model.eval()
-    x = torch.randn(MICROGRAPH, device=dev).to(memory_format=fmt)
+    x = torch.randn(shape, device=dev).to(memory_format=fmt)
 
     def infer():
         with torch.no_grad(), torch.autocast("cuda", dtype=half or torch.float32,
@@ -182,28 +196,32 @@ def main():
             % (dev.name, torch.__version__, torch.backends.cudnn.version(), info["cudnn"],
                info["frontend"], info["library"]))
     print(head, flush=True)
-    work = [("train", n) for n in NETS] + [("infer", n) for n in NETS]
+    picked = args["--modes"].split(",")
+    modes = (["im2col"] if args["--im2col"] else []) + [m for m in ("fp32", "tf32", "fp16")
+                                                         if m in picked]
+    torch_modes = [m for m in TORCH if m in picked or (m == "bf16" and "fp16" in picked)]
+    only = args["--only"].split(",") if args["--only"] else None
     rows = []
-    for kind, net in work:
-        name = "%s %s" % (kind, net)
-        if args["--only"] and args["--only"] not in name:
+    for kind, net, shape in WORK:
+        name = "%s %s %s" % (kind, net, "x".join(map(str, (shape[0], shape[-1]))))
+        if only and not any(o in name for o in only):
             continue
-        ours = {m: cupyden_time(cp, net, m, kind, repeats) for m in CUPYDEN}
-        theirs = {m: torch_time(torch, net, m, kind, repeats) for m in TORCH}
+        ours = {m: cupyden_time(cp, net, m, kind, shape, repeats) for m in modes}
+        theirs = {m: torch_time(torch, net, m, kind, shape, repeats) for m in torch_modes}
         torch.cuda.empty_cache()
         cp.get_default_memory_pool().free_all_blocks()
-        best16 = min(theirs["fp16"], theirs["bf16"])
-        ratios = (theirs["fp32"] / ours["fp32"], theirs["tf32"] / ours["tf32"],
-                  best16 / ours["fp16"])
-        row = ("| %s | %s | %s | %.2fx | %.2fx | %.2fx |"
-               % (name, " / ".join("%.1f" % ours[m] for m in CUPYDEN),
-                  " / ".join("%.1f" % theirs[m] for m in TORCH), *ratios))
+        theirs["16-bit"] = min(theirs.get("fp16", numpy.nan), theirs.get("bf16", numpy.nan))
+        ratios = ["%.2fx" % (theirs[t] / ours[m]) if m in ours else "-"
+                  for m, t in (("fp32", "fp32"), ("tf32", "tf32"), ("fp16", "16-bit"))]
+        row = ("| %s | %s | %s | %s |"
+               % (name, " / ".join("%.1f" % ours[m] for m in modes),
+                  " / ".join("%.1f" % theirs[m] for m in torch_modes), " | ".join(ratios)))
         rows.append(row)
         print(row, flush=True)
     table = "\n".join(
         [head, "",
-         "| work | cupyden ms: im2col / fp32 / tf32 / fp16 | PyTorch ms: fp32 / tf32 / fp16 / "
-         "bf16 | fp32 ratio | tf32 ratio | 16-bit ratio |",
+         "| work | cupyden ms: %s | PyTorch ms: %s | fp32 ratio | tf32 ratio | 16-bit ratio |"
+         % (" / ".join(modes), " / ".join(torch_modes)),
          "|---|---|---|---|---|---|"] + rows)
     print("\n" + table)
     if args["--markdown"]:

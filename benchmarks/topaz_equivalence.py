@@ -1,7 +1,11 @@
 """Topaz-Denoise's pretrained weights: cupyden's output and time against Topaz's own.
 
 Runs Topaz-Denoise 0.3.20 (PyTorch, on the GPU) and cupyden (``topaz:NAME``) on the same
-micrographs in one process and prints relative differences and times. Needs torch and
+micrographs in one process and prints relative differences and times: cupyden in strict
+fp32, tf32 and fp16 (cuDNN), Topaz with PyTorch's TF32 off and on. Targets (issue 15): at
+fp32 with TF32 off, cupyden's tiled output equals Topaz's whole-image output to rel < 1e-4
+on the 4096^2 micrograph, and cupyden denoises it at least 3x faster than Topaz's own
+tiling in the same precision (``speed-up`` lines). Needs torch and
 topaz importable (on the GPU machine: ``../shared/device/prepare.sh --topaz`` puts Topaz
 in .device/site, which gpu-env.sh adds to PYTHONPATH).
 
@@ -34,6 +38,7 @@ from cupyden.io.patches import normalization
 from cupyden.io.torch_pickle import read_state_dict, topaz_pretrained
 from cupyden.models import build_model
 from cupyden.models.topaz import PRETRAINED, from_topaz_state
+from cupyden.settings import set_precision
 
 
 def topaz_model(name):
@@ -82,6 +87,13 @@ def main():
         m = build_model(dict(cfg, pad=pad)).to(xp, numpy.float32).eval()
         m.load_state(weights)
         models[pad] = m
+    precisions = ("fp32", "tf32", "fp16") if xp is not numpy else ("fp32",)
+    tiled = {}
+    for p in precisions:
+        m = build_model(dict(cfg, pad=True)).to(xp, set_precision(p, xp)).eval()
+        m.load_state(weights)
+        tiled[p] = m
+    set_precision("fp32", xp)
     print("device %s, torch %s (TF32 conv %s), model %s, receptive field %d px"
           % (device.name, torch.__version__, torch.backends.cudnn.allow_tf32, name,
              models[True].receptive_field))
@@ -98,24 +110,33 @@ def main():
     sync_c = lambda: backend.synchronize(xp)      # noqa: E731
     for label, img in mics.items():
         norm = normalization(img, "meanstd")
-        ours, t_ours = timed(lambda: denoise_array(models[True], img, xp, 2048, 4, norm)[0],
-                             repeats, sync_c)
+        ours, t_ours = {}, {}
+        for p in precisions:
+            set_precision(p, xp)
+            ours[p], t_ours[p] = timed(
+                lambda: denoise_array(tiled[p], img, xp, 2048, 4, norm)[0], repeats, sync_c)
+        set_precision("fp32", xp)
         stats = denoise_array(models[True], img, xp, 2048, 4, norm)[1]
         whole_c = norm.invert(backend.to_host(models[False].forward(
             backend.to_device(norm.apply(img), xp)[None, None]))[0, 0])
-        print("%s: cupyden tiled (2048 + %d px halo, %.3fx pixels) %.3f s"
-              % (label, stats["halo"], stats["ratio"], t_ours))
+        print("%s: cupyden tiled (2048 + %d px halo, %.3fx pixels): %s"
+              % (label, stats["halo"], stats["ratio"],
+                 ", ".join("%s %.3f s" % (p, t_ours[p]) for p in precisions)))
         for tf32 in (False, True):
             torch.backends.cudnn.allow_tf32 = tf32
             whole, t_whole = timed(lambda: den.denoise(img, patch_size=-1), repeats, sync_t)
             tiled_t, t_tiled_t = timed(lambda: den.denoise(img, patch_size=1024, padding=500),
                                        repeats, sync_t)
-            print("  Topaz with TF32 %s: whole image %.3f s, its tiling (1024 + 500 px) %.3f s "
-                  "(Topaz tiled / cupyden tiled = %.2fx)"
-                  % ("on" if tf32 else "off", t_whole, t_tiled_t, t_tiled_t / t_ours))
+            same = "tf32" if tf32 else "fp32"
+            print("  Topaz with TF32 %s: whole image %.3f s, its tiling (1024 + 500 px) %.3f s;"
+                  " speed-up, Topaz tiled / cupyden tiled %s: %.2fx (cupyden fp16: %.2fx)"
+                  % ("on" if tf32 else "off", t_whole, t_tiled_t, same,
+                     t_tiled_t / t_ours.get(same, t_ours["fp32"]),
+                     t_tiled_t / t_ours.get("fp16", t_ours["fp32"])))
             print("    vs Topaz whole image: cupyden unpadded whole %.2e, cupyden padded tiled "
-                  "%.2e, Topaz's own tiling (per-tile normalisation) %.2e"
-                  % (rel(whole_c, whole), rel(ours, whole), rel(tiled_t, whole)))
+                  "%s %.2e, Topaz's own tiling (per-tile normalisation) %.2e"
+                  % (rel(whole_c, whole), same, rel(ours.get(same, ours["fp32"]), whole),
+                     rel(tiled_t, whole)))
 
 if __name__ == "__main__":
     main()

@@ -13,11 +13,13 @@ says which. Asking for a GPU that cannot be used raises :class:`~cupyden.errors.
 with the reason: cupyden never falls back to the CPU when a GPU was asked for.
 """
 
+import functools
 import os
 
 import numpy
 
 from .errors import InputError
+from .settings import SETTINGS
 
 try:  # CuPy is an optional extra (cupy-cuda12x or cupy-cuda13x, CuPy 13 or 14)
     import cupy
@@ -122,6 +124,12 @@ def select_device(spec=None):
         When the value is not an integer or ``auto``, or a GPU was asked for and cannot be
         used (CuPy missing, no driver, ordinal out of range, or a test kernel fails).
     """
+    device = _select(spec)
+    SETTINGS.device = device
+    return device
+
+
+def _select(spec):
     if spec is None:
         spec = os.environ.get("CUPYDEN_DEVICE", "auto")
     spec = str(spec).strip().lower()
@@ -313,13 +321,22 @@ def dense_order(a):
     return tuple(sorted(range(a.ndim), key=lambda i: (-a.strides[i], i)))
 
 
-def empty_like_memory(a):
-    """An uninitialised array with ``a``'s shape and dtype whose memory follows the same
-    axis order as ``a``'s (``empty_like`` in CuPy 14 returns C order for a channels-last
-    view; mixed layouts then made every elementwise kernel uncoalesced)."""
+def empty_like_memory(a, shape=None, dtype=None):
+    """An uninitialised array whose memory follows the same axis order as ``a``'s, with
+    ``a``'s shape and dtype unless given (``empty_like`` in CuPy 14 returns C order for a
+    channels-last view; mixed layouts then made every elementwise kernel uncoalesced).
+
+    Parameters
+    ----------
+    a : array
+    shape : tuple or None
+        Same number of axes as ``a``.
+    dtype : dtype or None
+    """
     xp = get_array_module(a)
     order = dense_order(a)
-    phys = xp.empty([a.shape[i] for i in order], a.dtype)
+    shape = a.shape if shape is None else tuple(shape)
+    phys = xp.empty([shape[i] for i in order], a.dtype if dtype is None else dtype)
     return phys.transpose(numpy.argsort(order))
 
 
@@ -341,6 +358,100 @@ def nccl_module():
         raise InputError("NCCL cannot be loaded through CuPy (%s); install it, e.g. "
                          "pip install nvidia-nccl-cu12 (or -cu13)" % exc)
     return nccl
+
+
+@functools.lru_cache(maxsize=1024)
+def contiguous_strides(shape):
+    """Element strides of C-contiguous memory for ``shape``."""
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= n
+    return tuple(reversed(out))
+
+
+@functools.lru_cache(maxsize=1024)
+def channels_last_strides(shape):
+    """Element strides, for logical dims (N, C, *S), of memory laid out as (N, *S, C)."""
+    phys = (shape[0],) + tuple(shape[2:]) + (shape[1],)
+    s = contiguous_strides(phys)
+    return (s[0], s[-1]) + s[1:-1]
+
+
+def empty_channels_last(xp, shape, dtype):
+    """An uninitialised (N, C, *S) array whose memory is laid out as (N, *S, C)."""
+    phys = xp.empty((shape[0],) + tuple(shape[2:]) + (shape[1],), dtype)
+    return xp.moveaxis(phys, -1, 1)
+
+
+def in_memory_order(*arrays):
+    """Views of ``arrays`` (one shape) with their axes in the memory order of the first,
+    and the permutation that undoes it: ``(views, inverse)``.
+
+    CuPy's elementwise kernels walk the logical (C) order, so on a channels-last array
+    consecutive threads would touch addresses C elements apart; on these views they touch
+    neighbours. ``view.transpose(inverse)`` is the original axis order.
+    """
+    order = dense_order(arrays[0])
+    return [a.transpose(order) for a in arrays], tuple(numpy.argsort(order))
+
+
+def copy_like(a, like):
+    """``a`` copied into new memory laid out like ``like`` (same shape), walking memory
+    order (coalesced on the GPU)."""
+    out = empty_like_memory(like)
+    (o, v), _ = in_memory_order(out, a)
+    o[...] = v
+    return out
+
+
+def channels_last_copy(a):
+    """``a`` (N, C, *S) copied into new dense channels-last memory."""
+    out = empty_channels_last(get_array_module(a), a.shape, a.dtype)
+    (o, v), _ = in_memory_order(out, a)
+    o[...] = v
+    return out
+
+
+def channels_last_gpu(*arrays):
+    """True when every array is a CuPy array of 2 or 3 spatial axes whose memory is
+    channels-last with any pixel stride (``channels_last_span``): the layout cuDNN's
+    outputs have, which ``kernels.layout``'s kernels take and keep."""
+    return all(is_gpu_array(a) and a.ndim in (4, 5) and channels_last_span(a) is not None
+               for a in arrays)
+
+
+def channels_last_span(a):
+    """``a`` (N, C, *S) as (flat, pixel stride) when its memory is channels-last with any
+    pixel stride Cs >= C: element (n, c, s) at flat[(n * prod(S) + s) * Cs + c] (s the C
+    order index over S). A dense channels-last array has Cs = C; a channel slice
+    ``y[:, c0:c1]`` of one has Cs = y.shape[1]. None for any other layout.
+
+    ``flat`` is a 1-D view of ``a``'s memory from its first element to its last (kernels
+    index it directly).
+    """
+    xp = get_array_module(a)
+    isz = a.itemsize
+    if a.ndim < 3 or a.size == 0 or any(st % isz for st in a.strides):
+        return None
+    st = [s // isz for s in a.strides]
+    C = a.shape[1]
+    axes = list(range(a.ndim - 1, 1, -1)) + [0]       # last spatial axis first, then N
+    # the pixel stride: the stride of the innermost axis of more than one element
+    Cs = next((st[i] for i in axes if a.shape[i] > 1), C)
+    if Cs < C or (C > 1 and st[1] != 1):
+        return None
+    acc = Cs
+    for i in axes:                                   # each axis: Cs * (pixels inside it)
+        if a.shape[i] > 1 and st[i] != acc:
+            return None
+        acc *= a.shape[i]
+    span = (a.size // C - 1) * Cs + C                 # last element's offset + 1
+    if xp is numpy:
+        flat = numpy.lib.stride_tricks.as_strided(a, shape=(span,), strides=(isz,))
+    else:
+        flat = cupy.ndarray((span,), a.dtype, a.data)
+    return flat, Cs
 
 
 def gpu_module():

@@ -30,7 +30,7 @@ import numpy
 from .backend import get_array_module
 from .layers import (BatchNorm2d, BatchNorm3d, Concat, Conv2d, Conv3d, Dropout, Flatten,
                      LeakyReLU, Linear, MaxPool2d, MaxPool3d, ReflectionPad2d, ReLU, Upsample2d,
-                     Upsample3d)
+                     Upsample3d, UpsampleConcat)
 from .losses import LOSSES, Objective
 from .losses.contrastive import contrastive_backward, contrastive_forward
 from .models import DnCNN, F2FdUNet, Siamese, TopazUNet, UNet
@@ -326,6 +326,7 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     case = layer_case("upsample2d to 7x9", odd, [r((2, 2, 3, 4))], xp, dtype=dtype)
     cases.append(case._replace(forward=lambda xs: odd.forward(xs[0], (7, 9))))
     add("concat", Concat(), [r((2, 2, 3, 4)), r((2, 3, 3, 4))])
+    add("upsample+concat to 7x9", UpsampleConcat(), [r((2, 2, 3, 4)), r((2, 3, 7, 9))])
     add("flatten", Flatten(), [r((2, 2, 3, 4))])
     add("reflection_pad2d 2", ReflectionPad2d(2), [r((2, 2, 5, 4))])
     add("batchnorm2d train", BatchNorm2d(3), [r((4, 3, 3, 2))])
@@ -341,6 +342,8 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     up3 = Upsample3d()                      # to a skip connection's odd size
     case = layer_case("upsample3d to 5x7x3", up3, [r((1, 2, 2, 3, 2))], xp, dtype=dtype)
     cases.append(case._replace(forward=lambda xs: up3.forward(xs[0], (5, 7, 3))))
+    add("upsample+concat 3-D to 5x4x6", UpsampleConcat(), [r((1, 2, 2, 2, 3)),
+                                                           r((1, 2, 5, 4, 6))])
     add("batchnorm3d train", BatchNorm3d(2), [r((2, 2, 3, 2, 3))])
     add("dropout 0.3 on a volume", Dropout(0.3, seed=2), [r((1, 2, 3, 4, 3))], reseed=True)
     for name in sorted(LOSSES):

@@ -19,12 +19,15 @@ import numpy
 
 from . import report
 from .backend import synchronize
+from .errors import InputError
 from .functional.conv import set_precision
 from .io.atomic import atomic_output
 from .io.checkpoint import load_checkpoint, save_checkpoint
+from .io.torch_pickle import read_state_dict, topaz_pretrained
 from .losses import Objective
 from .losses.fourier import frc_ring_weights
 from .models import build_model
+from .models.topaz import PRETRAINED, from_topaz_state
 from .optim import Adam, Parameters
 from .optim.loss_scale import LossScaler
 from .optim.schedules import LRSchedule
@@ -168,6 +171,38 @@ def check_identical(params, comm, step):
                                                                      list(hi[:2])))
 
 
+def initial_weights(spec):
+    """The model config and weights to start a training run from (fine-tuning).
+
+    Parameters
+    ----------
+    spec : str
+        A model.h5 or checkpoint.h5 written by cupyden-train, or ``topaz:NAME`` for a
+        pretrained Topaz-Denoise model (NAME in ``models.topaz.PRETRAINED``: unet,
+        unet-small, unet-v0.2.1, fcnn; read from the installed topaz-em without PyTorch,
+        Bepler et al. 2020).
+
+    Returns
+    -------
+    config : dict
+        The model's config (``build_model`` rebuilds it).
+    weights : dict of name -> host array
+
+    Raises
+    ------
+    InputError
+        Unknown Topaz model, topaz-em missing, or an unreadable checkpoint.
+    """
+    if spec.startswith("topaz:"):
+        name = spec[len("topaz:"):]
+        if name not in PRETRAINED:
+            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
+        filename, config = PRETRAINED[name]
+        return dict(config), from_topaz_state(read_state_dict(topaz_pretrained(filename)))
+    ck = load_checkpoint(spec)
+    return dict(ck["config"]["model"]), ck["weights"]
+
+
 def read_history(path, upto=None):
     """Rows of history.csv (as dicts of numbers) with step <= upto."""
     if not os.path.exists(path):
@@ -203,9 +238,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         "model" (a model config), "loss", "lr", "batch_size", "steps", "val_every",
         "val_patches", "seed"; optionally "loss_weights" ({"fourier", "ssim", "gradient"}),
         "fourier_frc", "lr_schedule" and "lr_options" (see ``optim.schedules``), "precision"
-        ("fp32", "tf32" or "fp16"; see ``functional.conv.set_precision``), "max_seconds" (stop after validating once the
-        training time exceeds it), and anything else worth keeping (pair source,
-        binning); all of it is saved in the checkpoints.
+        ("fp32", "tf32" or "fp16"; see ``functional.conv.set_precision``), "max_seconds"
+        (stop after validating once the training time exceeds it), "init" (initial
+        weights for fine-tuning, :func:`initial_weights`'s ``spec``; ignored when
+        resuming), and anything else worth keeping (pair source, binning); all of it is
+        saved in the checkpoints.
     xp : module
         numpy or cupy.
     resume : str or None
@@ -245,6 +282,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
     objective = build_objective(config, store, xp)
     start, best, history = 0, (float("inf"), 0), []
     hist_path = os.path.join(out_dir, "history.csv")
+    if config.get("init") and not resume:             # fine-tuning: start from these
+        _, init = initial_weights(config["init"])
+        model.load_state(init)
+        if params.master is not None:                  # float16: keep float32 masters
+            params.load_named(params.master, init)
     if resume:
         ck = load_checkpoint(resume)
         model.load_state(ck["weights"])

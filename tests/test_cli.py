@@ -14,7 +14,8 @@ from cupyden.io.patches import normalization
 from cupyden.models import DnCNN, UNet
 
 SMALL = ["--depth", "3", "--width", "4", "--patch-size", "16", "--stride", "8",
-         "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress"]
+         "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress",
+         "--val-fraction", "0.25", "--holdout-fraction", "0"]     # 96 px images: 24 rows
 
 
 def write(path, data, voxel=1.0):
@@ -186,6 +187,40 @@ def test_embedded_default_runs(tmp_path):
     for name in ("patches.h5", "model.h5", "checkpoint.h5", "history.csv", "loss_curve.png",
                  "evaluation.json", "denoised.mrc", "before_after.png"):
         assert os.path.exists(os.path.join(out, name)), name
+    import json
+    ev = json.load(open(os.path.join(out, "evaluation.json")))
+    # 2048 px binned 4x = 512 rows: training [0, 384), validation [384, 448), held out [448, 512)
+    assert ev["training_rows"] == [0, 384] and ev["validation_rows"] == [384, 448]
+    assert ev["rows"] == [448, 512] and ev["rows_are"].startswith("held out")
+
+
+def test_fine_tuning_from_weights(tmp_path, clean, capsys):
+    """--init starts from a model.h5's weights (its architecture, here a small Topaz
+    UDenoiseNet); --arch topaz trains Topaz's topology; a zero held-out share scores the
+    validation rows and says so."""
+    from cupyden.io.checkpoint import load_checkpoint, save_checkpoint
+    from cupyden.models import build_model
+    cfg = {"arch": "topaz-unet", "nf": 4, "base_width": 3, "top_width": 3, "depth": 2, "seed": 3}
+    start = build_model(cfg).state()
+    init = str(tmp_path / "init.h5")
+    save_checkpoint(init, start, {"model": cfg})
+    out = str(tmp_path / "ft")
+    opts = ["--pairs", "gaussian", "--noise-level", "0.5", clean, "--patch-size", "16",
+            "--stride", "8", "--batch-size", "2", "-d", "-1", "--no-progress",
+            "--val-fraction", "0.25"]
+    assert train.main(opts + ["--steps", "1", "--val-every", "1", "--lr", "1e-9",
+                              "--init", init, "-o", out]) == 0
+    ck = load_checkpoint(os.path.join(out, "model.h5"))
+    assert ck["config"]["model"] == cfg and ck["config"]["init"] == init
+    assert all(numpy.abs(ck["weights"][k] - v).max() < 1e-6 for k, v in start.items())
+    assert train.main(opts + ["--steps", "1", "--arch", "topaz", "-o", str(tmp_path / "tz")]) == 0
+    arch = load_checkpoint(str(tmp_path / "tz" / "model.h5"))["config"]["model"]
+    assert arch == {"arch": "topaz-unet", "seed": 0}
+    assert build_model(arch).receptive_field == 298
+    assert train.main(["--steps", "2", "--val-every", "2", "-d", "-1", "--no-progress",
+                       "--depth", "3", "--width", "4", "--holdout-fraction", "0",
+                       "-o", str(tmp_path / "v")]) == 0
+    assert "validation: they chose the checkpoint" in capsys.readouterr().out
 
 
 def test_loss_terms_and_schedule_options(tmp_path, clean):

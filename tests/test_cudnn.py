@@ -29,7 +29,8 @@ def _cudnn():
 
 
 MODELS = {"dncnn": {"arch": "dncnn", "depth": 12, "width": 32, "seed": 1},
-          "unet": {"arch": "unet", "base": 32, "seed": 1}}
+          "unet": {"arch": "unet", "base": 32, "seed": 1},
+          "topaz": {"arch": "topaz-unet", "seed": 1}}
 
 
 def _forward_backward(model, params, x, dy):
@@ -59,8 +60,8 @@ def _reference_and_model(cp, name, dtype):
 @pytest.mark.parametrize("name", sorted(MODELS))
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16"])
 def test_cudnn_equals_im2col(name, precision):
-    """Forward pass and every gradient of the DnCNN-12/32 and the U-Net, cuDNN against
-    im2col (strict float32): rel < 1e-5 in fp32; in TF32 and float16, the forward pass
+    """Forward pass and every gradient of the DnCNN-12/32, the U-Net and Topaz's
+    UDenoiseNet (the model of --arch topaz), cuDNN against im2col (strict float32): rel < 1e-5 in fp32; in TF32 and float16, the forward pass
     < 3e-3 and the gradients < 0.1.
 
     Why not 3e-3 for the gradients at reduced precision: a rounding of 3e-4 moves a few
@@ -71,7 +72,7 @@ def test_cudnn_equals_im2col(name, precision):
     ``test_every_layer_op_at_reduced_precision``.
     """
     cp, cudnn_fe = _cudnn()
-    from cupyden.functional.conv import IM2COL_FALLBACKS
+    from cupyden.functional.conv_cudnn import IM2COL_FALLBACKS
     dtype = set_precision(precision, cp)
     try:
         ref, ref_params, model, params, x, dy = _reference_and_model(cp, name, dtype)
@@ -146,7 +147,7 @@ def test_gradcheck_conv_cases_on_both_gpu_paths(conv):
             if not any(k in case.name for k in ("conv", "dncnn", "unet", "topaz")):
                 continue
             assert gradcheck.directional_check(case) < gradcheck.TOLERANCE, case.name
-    from cupyden.functional.conv import IM2COL_FALLBACKS
+    from cupyden.functional.conv_cudnn import IM2COL_FALLBACKS
     assert not IM2COL_FALLBACKS, IM2COL_FALLBACKS
 
 
@@ -181,7 +182,8 @@ def test_fused_activation_bias_backward(dtype, shape, slope):
         pytest.skip("no GPU")
     cp = backend.gpu_module()
     from cupyden.functional.activation import activation_backward
-    from cupyden.functional.conv import activation_bias_backward, channel_sum
+    from cupyden.functional.conv import channel_sum
+    from cupyden.functional.conv_cudnn import activation_bias_backward
     rng = numpy.random.default_rng(3)
     last = (0,) + tuple(range(2, len(shape))) + (1,)           # channels-last memory
     inverse = numpy.argsort(last)
@@ -205,8 +207,8 @@ def test_cudnn_can_be_turned_off(monkeypatch):
     assert "CUPYDEN_CUDNN=0" in cudnn_fe.problem()
     with pytest.raises(RuntimeError, match="CUPYDEN_CUDNN=0"):
         with gpu_conv("cudnn"):
-            from cupyden.functional.conv import use_cudnn
-            use_cudnn(backend.gpu_module().zeros((1, 1, 4, 4), numpy.float32))
+            from cupyden.functional.conv_cudnn import usable
+            usable(backend.gpu_module().zeros((1, 1, 4, 4), numpy.float32))
 
 
 @pytest.mark.gpu
@@ -293,3 +295,19 @@ def test_float16_parameters_keep_float32_master_weights():
     assert numpy.array_equal(params.data, params.master.astype(numpy.float16))
     model32 = build_model({"arch": "dncnn", "depth": 3, "width": 4, "seed": 0})
     assert Parameters(model32.to(numpy, numpy.float32)).master is None
+
+
+def test_settings_are_one_checked_object():
+    """settings: names and choices are checked, `using` restores, the old names work."""
+    from cupyden import settings
+    from cupyden.functional import conv
+    assert conv.PRECISIONS == settings.PRECISIONS and conv.set_precision is settings.set_precision
+    with gpu_conv("im2col"):
+        assert settings.SETTINGS.conv == "im2col"
+        with settings.using(tune_plans=1, precision="tf32"):
+            assert settings.SETTINGS.tf32 and settings.SETTINGS.tune_plans == 1
+        assert settings.SETTINGS.tune_plans == 8 and not settings.SETTINGS.tf32
+    assert settings.SETTINGS.conv == "auto"
+    for bad in ({"conv": "fast"}, {"precision": "bf16"}, {"colour": 1}, {"tf32": True}):
+        with pytest.raises(ValueError):
+            settings.configure(**bad)

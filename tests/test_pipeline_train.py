@@ -18,8 +18,9 @@ from cupyden.io.patches import fourier_bin, normalization, patch_origins
 from cupyden.io.store import PatchStore
 from cupyden.pipeline.train import build_store, recipe
 
-STORE = dict(patch_size=16, stride=8)
+STORE = dict(patch_size=16, stride=8, val_fraction=0.25, holdout_fraction=0)   # the old split
 SMALL = dict(depth=3, width=4, patch_size=16, stride=8, batch_size=4, val_every=3,
+             val_fraction=0.25, holdout_fraction=0,
              device="-1", progress=False)
 
 
@@ -166,7 +167,8 @@ def test_cupyden_train_equals_the_command(tmp_path):
     assert train_cli.main(["--pairs", "gaussian", "--noise-level", "0.5", "--steps", "6",
                            "--lr-schedule", "cosine", "--warmup", "2", "--seed", "3",
                            "--depth", "3", "--width", "4", "--patch-size", "16", "--stride", "8",
-                           "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress",
+                           "--batch-size", "4", "--val-every", "3", "--val-fraction", "0.25",
+                           "--holdout-fraction", "0", "-d", "-1", "--no-progress",
                            "-o", out_cli, clean]) == 0
     model, history = cupyden.train(clean, out_api, pairs="gaussian", noise_level=0.5, steps=6,
                                    lr_schedule="cosine", warmup=2, seed=3, log=lambda *a: None,

@@ -108,3 +108,41 @@ def test_denoise_cli_says_topaz_is_needed(tmp_path, capsys, monkeypatch):
     assert len(err.splitlines()) == 1 and "topaz-em" in err
     assert denoise.main(["topaz:nonesuch", mic, "-o", out, "-d", "-1"]) == 2
     assert "unknown Topaz model" in capsys.readouterr().err
+
+
+def test_gradient_of_the_arch_topaz_training_model():
+    """The model ``cupyden-train --arch topaz`` trains (Topaz's UDenoiseNet, 48 features,
+    5 poolings), whole, in float64: directional test of the gradient of an MSE against a
+    target, over the input and every parameter at once."""
+    from cupyden import gradcheck
+    from cupyden.losses import Objective
+    rng = numpy.random.default_rng(0)
+    model = build_model({"arch": "topaz-unet", "seed": 0})
+    case = gradcheck.layer_case("arch topaz", model, [rng.standard_normal((1, 1, 32, 32))],
+                                numpy)
+    target = rng.standard_normal((1, 1, 32, 32))
+    mse = Objective([("mse", 1.0)])
+    state = {}
+
+    def forward(xs):
+        loss, state["cache"] = mse.forward(case.forward(xs), target)
+        return loss.reshape(1)
+
+    def backward(dy):
+        return case.backward(mse.backward(state["cache"]) * dy.reshape(()))
+
+    err = gradcheck.directional_check(case._replace(forward=forward, backward=backward))
+    assert err < gradcheck.TOLERANCE, err
+
+
+def test_initial_weights_of_a_topaz_model_need_topaz(monkeypatch):
+    """--init topaz:NAME: an unknown name and a missing topaz-em are one-line errors."""
+    import importlib.util
+    from cupyden.training import initial_weights
+    with pytest.raises(InputError, match="unknown Topaz model"):
+        initial_weights("topaz:nope")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "topaz" else real(name, *a))
+    with pytest.raises(InputError, match="topaz-em"):
+        initial_weights("topaz:unet")

@@ -21,7 +21,8 @@ options. The tiers are described in cupyden/gradcheck.py.
 
 from .. import backend, gradcheck
 from ..errors import InputError
-from ..functional.conv import gpu_conv, use_cudnn
+from ..functional.conv import gpu_conv
+from ..functional.conv_cudnn import usable
 from .common import as_choice, as_int, run
 
 
@@ -37,7 +38,7 @@ def _body(args):
     elif "cudnn" in paths:
         try:
             with gpu_conv("cudnn"):
-                use_cudnn(device.xp.zeros((1, 1, 2, 2), "float32"))
+                usable(device.xp.zeros((1, 1, 2, 2), "float32"))
         except RuntimeError as exc:
             raise InputError(str(exc))
     print("device: %s, float64, tolerance %.0e" % (device.name, gradcheck.TOLERANCE))

@@ -26,7 +26,14 @@ Options:
   --pairs SOURCE      Pair source, as above [default: count-split]
   --odd PATTERN       Odd half micrographs (folder or glob) for --pairs halves.
   --store H5          Train from an existing patch store instead of building one.
-  --arch ARCH         dncnn or unet (--pairs f2fd: always F2Fd's U-Net) [default: dncnn]
+  --arch ARCH         dncnn, unet, or topaz (Topaz-Denoise's UDenoiseNet: 48 features,
+                      5 poolings, receptive field 298 px; patches best a multiple of
+                      32 px); --pairs f2fd: always F2Fd's U-Net [default: dncnn]
+  --init W            Start from these weights (fine-tuning): a model.h5 of
+                      cupyden-train, or topaz:NAME, a pretrained Topaz-Denoise model
+                      (unet, unet-small, unet-v0.2.1, fcnn; needs topaz-em installed,
+                      not PyTorch); the architecture is the weights' (--arch and its
+                      sizes are then ignored).
   --depth N           DnCNN conv layers [default: 12]
   --width N           DnCNN channels [default: 32]
   --base N            U-Net channels at the first level [default: 32]
@@ -58,8 +65,12 @@ Options:
   --epochs E          Passes over the training patches; overrides --steps when given.
   --max-minutes M     Stop (after a last validation) once training has run this long,
                       in minutes; 0 = no limit [default: 0]
-  --val-fraction F    Share of each micrograph's rows (the bottom ones) held out for
-                      validation [default: 0.25]
+  --val-fraction F    Share of each micrograph's rows, below the training rows, that
+                      validate: they choose the best checkpoint [default: 0.125]
+  --holdout-fraction F  Share of each micrograph's rows at the bottom that neither
+                      training nor the checkpoint choice sees; the evaluation printed
+                      at the end scores the first micrograph's (with 0 it scores the
+                      validation rows, and says so) [default: 0.125]
   --val-every N       Validate, log and checkpoint every N steps [default: 50]
   --val-patches N     At most this many validation patches [default: 256]
   --bin B             Fourier-crop binning factor applied to both views after splitting;
@@ -77,7 +88,8 @@ Options:
                       gain_flip and MotionCor2's FlipGain [default: 0]
   --noise-level L     Sigma (gaussian, image units) or mean counts per px (poisson)
                       [default: 1.0]
-  --normalize M       robust (median, MAD) or percentile (95th percentile of |x - mean|)
+  --normalize M       robust (median, MAD), percentile (95th percentile of |x - mean|)
+                      or meanstd (mean, standard deviation: Topaz's, for its weights)
                       [default: robust]
   --float16-store     Keep patches as float16 in the store (half the disk).
   --precision P       fp32, tf32 or fp16: the convolutions' arithmetic on a GPU with
@@ -117,23 +129,26 @@ nodes, e.g. under SLURM with srun):
 
 Outputs in DIR: patches.h5 (the patch store), model.h5 (best validation loss),
 checkpoint.h5 (latest, with Adam state), history.csv, loss_curve.png, and for pair sources
-with two halves an evaluation on the held-out rows (printed, and in evaluation.json).
+with two halves an evaluation of the first micrograph's held-out rows (printed, and in
+evaluation.json, which names the rows and how they were used).
 """
 
 from ..errors import InputError
 from ..functional.conv import PRECISIONS
-from ..pipeline.train import SOURCES, train
+from ..pipeline.train import ARCHS, NORMALIZATIONS, SOURCES, train
 from .common import as_choice, as_float, as_int, run
 
 
 def _parse(args):
     """(inputs, output folder, keyword arguments of ``cupyden.pipeline.train.train``)."""
     kw = {"pairs": as_choice(args, "--pairs", SOURCES),
-          "arch": as_choice(args, "--arch", ("dncnn", "unet")),
+          "arch": as_choice(args, "--arch", ARCHS),
           "loss": as_choice(args, "--loss", ("mse", "l1")),
-          "normalize": as_choice(args, "--normalize", ("robust", "percentile")),
+          "normalize": as_choice(args, "--normalize", NORMALIZATIONS),
           "lr": None if args["--lr"] == "auto" else as_float(args, "--lr", 0),
           "val_fraction": as_float(args, "--val-fraction", 0.01, 0.9),
+          "holdout_fraction": as_float(args, "--holdout-fraction", 0, 0.9),
+          "init": args["--init"],
           "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
           "fourier_frc": bool(args["--fourier-frc"]),
           "warmup": as_int(args, "--warmup", 0), "lr_step": as_int(args, "--lr-step", 1),

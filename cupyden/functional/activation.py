@@ -2,20 +2,15 @@
 
 ReLU: y = max(x, 0); dy/dx = 1 where x > 0, else 0 (the kink at 0 takes 0).
 LeakyReLU (Maas et al. 2013): y = x where x > 0, else slope * x; dy/dx = 1 or slope.
+
+Each expression is evaluated on views in the input's memory order
+(``backend.in_memory_order``), so a channels-last input gives a channels-last output on
+the GPU too (CuPy allocates C order and walks the logical order otherwise).
 """
 
 from typing import NamedTuple
 
-import numpy
-
-from ..backend import dense_order, empty_like_memory, get_array_module, is_gpu_array
-
-
-def copy_like(a, like):
-    """``a`` copied into memory laid out like ``like`` (same shape)."""
-    out = empty_like_memory(like)
-    out[...] = a
-    return out
+from ..backend import get_array_module, in_memory_order
 
 
 class ActivationCache(NamedTuple):
@@ -61,19 +56,21 @@ def leaky_relu_forward(x, slope=0.01):
 
     Returns
     -------
-    y : array, shape and dtype of x
+    y : array, shape, dtype and memory layout of x
     cache : ActivationCache
     """
     xp = get_array_module(x)
-    positive = x > 0
-    y = x * xp.where(positive, x.dtype.type(1), x.dtype.type(slope))
-    return y, ActivationCache(positive, slope)
+    (v,), undo = in_memory_order(x)
+    positive = v > 0
+    y = v * xp.where(positive, x.dtype.type(1), x.dtype.type(slope))
+    return y.transpose(undo), ActivationCache(positive.transpose(undo), slope)
 
 
 def leaky_relu_backward(dy, cache):
     """LeakyReLU backward: dx = dy * (1 if x > 0 else slope)."""
     xp = get_array_module(dy)
-    return dy * xp.where(cache.positive, dy.dtype.type(1), dy.dtype.type(cache.slope))
+    (p, g), undo = in_memory_order(cache.positive, dy)
+    return (g * xp.where(p, dy.dtype.type(1), dy.dtype.type(cache.slope))).transpose(undo)
 
 
 def activate_(y, slope):
@@ -88,14 +85,15 @@ def activate_(y, slope):
     if slope is None:
         return
     xp = get_array_module(y)
+    (v,), _ = in_memory_order(y)
     if slope == 0.0:
-        xp.maximum(y, 0, out=y)
+        xp.maximum(v, 0, out=v)
     else:
-        y *= xp.where(y > 0, y.dtype.type(1), y.dtype.type(slope))
+        v *= xp.where(v > 0, y.dtype.type(1), y.dtype.type(slope))
 
 
 def activation_backward(dy, y, slope):
-    """Gradient through a fused activation, from its output ``y``.
+    """Gradient through a fused activation, from its output ``y``: dy * act'(y).
 
     For slope >= 0, y > 0 exactly where the pre-activation was > 0, so the output is
     enough to take the derivative (no need to keep the pre-activation).
@@ -107,21 +105,13 @@ def activation_backward(dy, y, slope):
         The activation's output.
     slope : float or None
         None means no activation (dy is returned as is).
+
+    Returns
+    -------
+    dz : array, shape of y, y's memory layout
     """
     if slope is None:
         return dy
     xp = get_array_module(dy)
-    if is_gpu_array(dy):
-        from ..kernels.activation import activation_backward_kernel
-        dz = empty_like_memory(y)             # y's memory layout (channels-last for cuDNN)
-        order = dense_order(y)
-        if dy.strides != y.strides:
-            dy = copy_like(dy, dz)
-        # on 1-D views of the three when their memory is dense (CuPy indexes n-d and
-        # permuted strides with a division per axis and element)
-        views = [a.transpose(order) for a in (dy, y, dz)]
-        if all(v.flags.c_contiguous for v in views):
-            views = [v.reshape(-1) for v in views]
-        activation_backward_kernel(views[0], views[1], numpy.float64(slope), views[2])
-        return dz
-    return dy * xp.where(y > 0, dy.dtype.type(1), dy.dtype.type(slope))
+    (v, g), undo = in_memory_order(y, dy)
+    return (g * xp.where(v > 0, dy.dtype.type(1), dy.dtype.type(slope))).transpose(undo)

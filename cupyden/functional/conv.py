@@ -27,140 +27,31 @@ less memory than the columns).
 A fused activation (ReLU or LeakyReLU) may follow the bias, as cuDNN's fused
 conv + bias + activation graph does; its backward uses the output y.
 
-On a GPU the same functions run cuDNN's graphs (``kernels.cudnn_fe``) when cuDNN passes
-its probe, and the im2col path above otherwise; :func:`gpu_conv` chooses ("auto", "cudnn",
-"im2col"). The caches differ (:class:`CudnnConvCache` keeps the unpadded input), the
-results agree to rounding (tests/test_cudnn.py).
+On a GPU, :func:`conv2d_forward` first asks ``conv_cudnn.usable(x)`` (the one predicate
+that picks the implementation, from ``cupyden.settings``: "auto", "cudnn" or "im2col"):
+when true the cuDNN sibling (``functional/conv_cudnn.py``) runs, else the im2col path
+below. The caches differ (``CudnnConvCache`` keeps the unpadded input), and
+:func:`conv2d_backward` follows the cache; the results agree to rounding
+(tests/test_cudnn.py).
 """
 
-import contextlib
-import sys
 from typing import NamedTuple
 
 import numpy
 
-from ..backend import dense_order, get_array_module, is_gpu_array
-from .activation import activate_, activation_backward, copy_like
+from ..backend import dense_order, get_array_module
+from ..settings import PRECISIONS, cudnn_problem, set_precision, using
+from . import conv_cudnn
+from .activation import activate_, activation_backward
 
-#: The GPU convolution: "auto" (cuDNN when usable, else im2col), "cudnn" or "im2col".
-_GPU_CONV = ["auto"]
-#: Convolutions cuDNN had no plan for, which ran through im2col instead (said once each).
-IM2COL_FALLBACKS = []
-
-
-def _fell_back(exc):
-    if str(exc) not in IM2COL_FALLBACKS:
-        IM2COL_FALLBACKS.append(str(exc))
-        print("cupyden: %s; using im2col for it" % exc, file=sys.stderr)
+__all__ = ["PRECISIONS", "set_precision", "cudnn_problem", "gpu_conv", "channel_sum",
+           "conv2d_forward", "conv2d_backward", "conv2d_forward_naive", "conv2d_backward_naive"]
 
 
-def set_gpu_conv(name):
-    """Choose the GPU convolution: "auto", "cudnn" (an error when unusable) or "im2col"."""
-    if name not in ("auto", "cudnn", "im2col"):
-        raise ValueError("GPU convolution must be auto, cudnn or im2col, got %r" % name)
-    _GPU_CONV[0] = name
-
-
-@contextlib.contextmanager
 def gpu_conv(name):
-    """Context manager: :func:`set_gpu_conv` inside, the previous choice restored after."""
-    old = _GPU_CONV[0]
-    set_gpu_conv(name)
-    try:
-        yield
-    finally:
-        _GPU_CONV[0] = old
-
-
-def use_cudnn(x):
-    """True when a convolution of ``x`` runs through cuDNN.
-
-    Raises
-    ------
-    RuntimeError
-        When "cudnn" was chosen and cuDNN cannot be used (with the reason).
-    """
-    if not is_gpu_array(x) or _GPU_CONV[0] == "im2col":
-        return False
-    from ..kernels import cudnn_fe
-    why = cudnn_fe.problem()
-    if why is not None and _GPU_CONV[0] == "cudnn":
-        raise RuntimeError("cuDNN was asked for but cannot be used: " + why)
-    return why is None
-
-
-#: Numerical precisions of the convolutions (``--precision``).
-PRECISIONS = ("fp32", "tf32", "fp16")
-
-
-def set_precision(precision, xp):
-    """Set up the convolutions for a precision and return the model's dtype.
-
-    fp32: float32 everywhere, strict (no TF32). tf32: float32 data, cuDNN may round the
-    convolutions' inputs to TF32 (10-bit mantissa, float32 accumulation). fp16: float16
-    weights and activations in the model (float32 master weights, gradients and loss are
-    the optimizer's and the loss's business). tf32 and fp16 need cuDNN on a GPU.
-
-    Parameters
-    ----------
-    precision : str
-        One of :data:`PRECISIONS`.
-    xp : module
-        numpy or cupy.
-
-    Returns
-    -------
-    numpy.dtype
-        float16 for fp16, else float32.
-
-    Raises
-    ------
-    InputError
-        For an unknown precision, or tf32/fp16 without a usable cuDNN (with the reason).
-    """
-    from ..errors import InputError
-    if precision not in PRECISIONS:
-        raise InputError("precision must be one of %s, got %r" % (", ".join(PRECISIONS),
-                                                                 precision))
-    if xp is numpy:
-        if precision != "fp32":
-            raise InputError("--precision %s needs a GPU with cuDNN; the CPU runs fp32"
-                             % precision)
-        return numpy.dtype(numpy.float32)
-    from ..kernels import cudnn_fe
-    if precision != "fp32":
-        why = cudnn_problem()
-        if why is not None:
-            raise InputError("--precision %s needs cuDNN, which cannot be used: %s"
-                             % (precision, why))
-    cudnn_fe.set_tf32(precision == "tf32")
-    return numpy.dtype(numpy.float16 if precision == "fp16" else numpy.float32)
-
-
-def cudnn_problem():
-    """None when GPU convolutions run through cuDNN, else why not (one line).
-
-    Returns
-    -------
-    str or None
-    """
-    if _GPU_CONV[0] == "im2col":
-        return "im2col was chosen"
-    from ..kernels import cudnn_fe
-    return cudnn_fe.problem()
-
-
-class CudnnConvCache(NamedTuple):
-    """What the cuDNN backward needs (2-D and 3-D): the input x (unpadded), w, the output y
-    when an activation is fused (else None), its slope, stride, padding, and whether a bias
-    was given."""
-    x: object
-    w: object
-    y: object
-    slope: object
-    stride: int
-    padding: int
-    bias: bool
+    """Context manager: the GPU convolution path ("auto", "cudnn" or "im2col") inside the
+    block (``settings.using(conv=name)``), the previous one after."""
+    return using(conv=name)
 
 
 def channel_sum(dz):
@@ -183,96 +74,6 @@ def channel_sum(dz):
     part = dz.sum(axis=dz.ndim - 1, dtype=acc)              # (N, F, *S[:-1])
     return part.sum(axis=(0,) + tuple(range(2, part.ndim)))
 
-
-#: Threads of the fused activation-backward + bias-sum kernel (rounded down to a multiple of
-#: the channel count): about four times the resident threads of an H100/H200, so that enough
-#: loads are in flight to keep memory busy; 2^20 float32 partial sums (4 MB) to add.
-SUM_THREADS = 1 << 20
-
-
-_ONES = {}
-
-
-def _ones(xp, n, dtype):
-    """A cached device vector of n ones (the GEMV that adds partial sums)."""
-    key = (n, numpy.dtype(dtype).str, xp.cuda.Device().id)
-    if key not in _ONES:
-        _ONES[key] = xp.ones(n, dtype)
-    return _ONES[key]
-
-
-def activation_bias_backward(dy, y, slope, bias):
-    """Gradient through a fused activation and a bias: (dz, db).
-
-    dz = dy * act'(y) (``functional.activation.activation_backward``), db = the sum of dz
-    over N and space (``channel_sum``), or None when ``bias`` is False. On the GPU, for a
-    channels-last ``y`` (the cuDNN path's outputs), both in one pass over memory
-    (``kernels.activation``); measured on an H200 in benchmarks/RESULTS.md.
-
-    Parameters
-    ----------
-    dy, y : arrays (N, F, *S), same shape and dtype
-    slope : float or None
-        The activation's negative slope (0 for ReLU); None: no activation (dz = dy).
-    bias : bool
-
-    Returns
-    -------
-    dz : array (N, F, *S), ``y``'s memory layout when it was computed here
-    db : array (F,), float32 for float16 data, else dz's dtype; or None
-    """
-    F = dy.shape[1]
-    order = dense_order(y) if bias and slope is not None and is_gpu_array(dy) else None
-    if order and y.ndim > 2 and F > 1 and order[-1] == 1:
-        from ..kernels.activation import activation_backward_sum_kernel
-        xp = get_array_module(dy)
-        if dy.strides != y.strides:
-            dy = copy_like(dy, y)
-        flat = [a.transpose(order) for a in (dy, y)]
-        if all(a.flags.c_contiguous for a in flat):
-            dy1, y1 = (a.reshape(-1) for a in flat)
-            dz1 = xp.empty_like(y1)
-            n = y1.size
-            G = max(F, min(SUM_THREADS, -(-n // F) * F) // F * F)
-            acc = numpy.float32 if dy.dtype == numpy.float16 else dy.dtype
-            part = xp.empty(G, acc)
-            activation_backward_sum_kernel(dy1, y1, numpy.float64(slope), numpy.int64(n),
-                                           numpy.int64(G), dz1, part)
-            dz = dz1.reshape(flat[1].shape).transpose(numpy.argsort(order))
-            return dz, _ones(xp, G // F, acc) @ part.reshape(G // F, F)
-    dz = activation_backward(dy, y, slope)
-    return dz, (channel_sum(dz) if bias else None)
-
-
-def cudnn_forward(x, w, b, stride, padding, slope, keep_cache):
-    """Convolution forward through cuDNN: (y, CudnnConvCache or None), or None when cuDNN
-    has no plan for this shape (the caller then takes the im2col path)."""
-    from ..kernels import cudnn_fe
-    try:
-        y = cudnn_fe.conv_forward(x, w, b, stride, padding, slope)
-    except cudnn_fe.Unsupported as exc:
-        _fell_back(exc)
-        return None
-    cache = CudnnConvCache(x, w, y if slope is not None else None, slope, stride, padding,
-                           b is not None) if keep_cache else None
-    return y, cache
-
-
-def cudnn_backward(dy, cache):
-    """Convolution backward through cuDNN: (dx, dw, db); db is None without a bias.
-
-    dz = dy * act'(y) (one pass), db = sum of dz over N and space (float32 for float16
-    data), dw by cuDNN's wgrad, dx by its dgrad. None when cuDNN has no plan.
-    """
-    from ..kernels import cudnn_fe
-    dz, db = activation_bias_backward(dy, cache.y, cache.slope, cache.bias)
-    try:
-        dw = cudnn_fe.conv_wgrad(cache.x, dz, cache.w.shape, cache.stride, cache.padding)
-        dx = cudnn_fe.conv_dgrad(dz, cache.w, cache.x.shape, cache.stride, cache.padding)
-    except cudnn_fe.Unsupported as exc:
-        _fell_back(exc)
-        return None
-    return dx, dw, db
 
 #: Elements per column block: ~8 MB of float32 on the CPU (measured fastest on 2 cores at
 #: 4-8 rows of a 1024-px-wide image), 2^28 on the GPU (1 GiB of float32).
@@ -442,8 +243,8 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
     F, Cw, KH, KW = w.shape
     if Cw != C:
         raise ValueError("conv2d: input has %d channels, filters expect %d" % (C, Cw))
-    if use_cudnn(x):
-        out = cudnn_forward(x, w, b, stride, padding, slope, keep_cache)
+    if conv_cudnn.usable(x):
+        out = conv_cudnn.conv_forward(x, w, b, stride, padding, slope, keep_cache)
         if out is not None:
             return out
     OH, OW = output_size(H, KH, stride, padding), output_size(W, KW, stride, padding)
@@ -484,8 +285,8 @@ def conv2d_backward(dy, cache):
     dw : array (F, C, KH, KW)
     db : array (F,)
     """
-    if isinstance(cache, CudnnConvCache):
-        out = cudnn_backward(dy, cache._replace(bias=True))
+    if isinstance(cache, conv_cudnn.CudnnConvCache):
+        out = conv_cudnn.conv_backward(dy, cache._replace(bias=True))
         if out is not None:
             return out
         cache = Conv2dCache(pad_zeros(cache.x, cache.padding), cache.w, cache.stride,
@@ -495,7 +296,8 @@ def conv2d_backward(dy, cache):
     N, C, H, W = cache.x_shape
     F, _, KH, KW = w.shape
     OH, OW = dy.shape[2:]
-    dy, db = activation_bias_backward(dy, cache.y, cache.slope, True)
+    dy = activation_backward(dy, cache.y, cache.slope)     # dz = dy * act'(y)
+    db = channel_sum(dy)
     wm = w.reshape(F, C * KH * KW)
     dwm = xp.zeros_like(wm)                             # (F, K)
     dxpad = xp.zeros_like(xpad)

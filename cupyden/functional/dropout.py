@@ -1,8 +1,11 @@
 """Inverted dropout (Srivastava et al. 2014): y = x * mask / (1 - p), mask ~ Bernoulli(1 - p).
 
 The mask is drawn by the caller (the Dropout layer, from its own seeded generator) so
-that the op is a pure function and can be gradient-checked with a fixed mask.
+that the op is a pure function and can be gradient-checked with a fixed mask. Products are
+taken in x's memory order, so the output keeps x's layout (channels-last on cuDNN's path).
 """
+
+from ..backend import in_memory_order
 
 
 def dropout_forward(x, mask, p):
@@ -18,14 +21,16 @@ def dropout_forward(x, mask, p):
 
     Returns
     -------
-    y : array, shape of x
+    y : array, shape and memory layout of x
     cache : array
         The scaled mask, mask / (1 - p), dtype of x.
     """
-    scale = (mask / (1.0 - p)).astype(x.dtype)
-    return x * scale, scale
+    (v, m), undo = in_memory_order(x, mask)
+    scale = (m / (1.0 - p)).astype(x.dtype)
+    return (v * scale).transpose(undo), scale.transpose(undo)
 
 
 def dropout_backward(dy, cache):
     """dx = dy * mask / (1 - p)."""
-    return dy * cache
+    (s, g), undo = in_memory_order(cache, dy)
+    return (g * s).transpose(undo)

@@ -4,18 +4,23 @@ y[n, c, i, j] = max_{a, b < K} x[n, c, i*K + a, j*K + b],  OH = H // K, OW = W /
 (trailing rows and columns that do not fill a window are dropped, as PyTorch does).
 Backward: the gradient goes to the position of the maximum; on ties, to the first in
 row-major window order (so gradient checks sample inputs without ties).
+
+On the GPU, channels-last arrays (cuDNN's layout) go through ``kernels.layout``: one
+thread per output element, output channels-last too; the array code below is the path
+for everything else, and the loop reference at the end is what both are tested against.
 """
 
 from typing import NamedTuple
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import channels_last_gpu, get_array_module
 
 
 class MaxPoolCache(NamedTuple):
-    """argmax : int array (N, C, OH, OW), index a * K + b of the max in each window;
-    x_shape : (N, C, H, W); kernel : K."""
+    """argmax : int array (N, C, OH, OW), index a * K + b of the max in each window
+    (uint8 in channels-last memory when the GPU kernel made it); x_shape : (N, C, H, W);
+    kernel : K."""
     argmax: object
     x_shape: tuple
     kernel: int
@@ -35,6 +40,10 @@ def maxpool2d_forward(x, kernel=2):
     y : array (N, C, H // kernel, W // kernel)
     cache : MaxPoolCache
     """
+    if channels_last_gpu(x):
+        from ..kernels import layout
+        y, argmax = layout.maxpool_forward(x, kernel)
+        return y, MaxPoolCache(argmax, x.shape, kernel)
     N, C, H, W = x.shape
     K = kernel
     OH, OW = H // K, W // K
@@ -58,6 +67,9 @@ def maxpool2d_backward(dy, cache):
     -------
     dx : array (N, C, H, W)
     """
+    if cache.argmax.dtype == numpy.uint8:
+        from ..kernels import layout
+        return layout.maxpool_backward(dy, cache.argmax, cache.x_shape, cache.kernel)
     xp = get_array_module(dy)
     N, C, H, W = cache.x_shape
     K = cache.kernel

@@ -1,26 +1,63 @@
-"""Shape ops: channel concatenation (U-Net skips), flatten, reflection padding."""
+"""Shape ops: channel concatenation (U-Net skips), the sum of a skip's two gradients,
+flatten, reflection padding.
+
+Outputs keep the memory layout of the input (channels-last on cuDNN's path), and copies
+walk memory order (``backend.in_memory_order``): CuPy would otherwise allocate C order
+and index a channels-last array against its grain.
+"""
 
 from typing import NamedTuple
 
-from ..backend import get_array_module
+import numpy
+
+from ..backend import empty_like_memory, get_array_module, in_memory_order
+
+
+def _assign(dst, src):
+    """dst[...] = src, walking dst's memory order."""
+    (d, s), _ = in_memory_order(dst, src)
+    d[...] = s
 
 
 def concat_forward(a, b):
-    """Concatenate along channels: y = [a, b], shapes (N, Ca, H, W), (N, Cb, H, W).
+    """Concatenate along channels: y = [a, b], shapes (N, Ca, *S), (N, Cb, *S).
 
     Returns
     -------
-    y : array (N, Ca + Cb, H, W)
+    y : array (N, Ca + Cb, *S), a's memory layout
     cache : int
         Ca, where backward splits.
     """
-    xp = get_array_module(a)
-    return xp.concatenate([a, b], axis=1), a.shape[1]
+    Ca = a.shape[1]
+    y = empty_like_memory(a, (a.shape[0], Ca + b.shape[1]) + a.shape[2:])
+    _assign(y[:, :Ca], a)
+    _assign(y[:, Ca:], b)
+    return y, Ca
 
 
 def concat_backward(dy, cache):
-    """Split dy (N, Ca + Cb, H, W) into (da, db) at channel Ca = cache."""
+    """Split dy (N, Ca + Cb, *S) into (da, db) at channel Ca = cache (views of dy)."""
     return dy[:, :cache], dy[:, cache:]
+
+
+def add_gradients(a, b):
+    """a + b in a's memory layout: the gradient of a tensor used twice (a U-Net's encoder
+    output feeds the next level and a skip connection).
+
+    Parameters
+    ----------
+    a, b : arrays, same shape and dtype (b may be a view, e.g. of a concatenation's
+        gradient)
+
+    Returns
+    -------
+    array, a's shape and memory layout
+    """
+    xp = get_array_module(a)
+    out = empty_like_memory(a)
+    (o, u, v), _ = in_memory_order(out, a, b)
+    xp.add(u, v, out=o)
+    return out
 
 
 def flatten_forward(x):
@@ -59,7 +96,10 @@ def reflection_pad2d_forward(x, padding):
     xp = get_array_module(x)
     pads = (padding,) * 4 if isinstance(padding, int) else tuple(padding)
     top, bottom, left, right = pads
-    y = xp.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), mode="reflect")
+    widths = ((0, 0), (0, 0), (top, bottom), (left, right))
+    (v,), undo = in_memory_order(x)                  # pad in memory order: x's layout kept
+    order = numpy.argsort(undo)
+    y = xp.pad(v, [widths[i] for i in order], mode="reflect").transpose(undo)
     return y, ReflectionPadCache(pads, x.shape)
 
 
@@ -77,12 +117,14 @@ def reflection_pad2d_backward(dy, cache):
     """
     top, bottom, left, right = cache.pads
     H, W = cache.x_shape[2:]
-    d = dy[:, :, top:top + H].copy()                # rows: (N, C, H, W + left + right)
+    d = empty_like_memory(dy, dy.shape[:2] + (H, dy.shape[3]))
+    _assign(d, dy[:, :, top:top + H])               # rows: (N, C, H, W + left + right)
     for i in range(top):
         d[:, :, top - i] += dy[:, :, i]             # padded row i copies row top - i
     for i in range(bottom):
         d[:, :, H - 2 - i] += dy[:, :, top + H + i]  # padded row top + H + i copies H - 2 - i
-    dx = d[:, :, :, left:left + W].copy()           # columns: (N, C, H, W)
+    dx = empty_like_memory(dy, cache.x_shape)
+    _assign(dx, d[:, :, :, left:left + W])          # columns: (N, C, H, W)
     for j in range(left):
         dx[:, :, :, left - j] += d[:, :, :, j]
     for j in range(right):

@@ -18,16 +18,19 @@ Backward, with dy (N, F, D, H, W):
 A fused activation (ReLU or LeakyReLU) may follow the bias (``functional.activation``).
 Max pooling and nearest upsampling follow ``pool.py`` and ``upsample.py`` in 3-D:
 window = stride = K, trailing voxels dropped; output index i reads input
-floor(i * n_in / n_out) along each axis.
+floor(i * n_in / n_out) along each axis. On the GPU, channels-last volumes (cuDNN's
+layout) go through the same kernels as in 2-D (``kernels.layout``).
 """
 
 from itertools import product
 from typing import NamedTuple
 
-from ..backend import get_array_module
-from .activation import activate_
-from .conv import (CudnnConvCache, activation_bias_backward, cudnn_backward,
-                   cudnn_forward, use_cudnn)
+import numpy
+
+from ..backend import channels_last_gpu, get_array_module
+from . import conv_cudnn
+from .activation import activate_, activation_backward
+from .conv import channel_sum
 
 
 class Conv3dCache(NamedTuple):
@@ -67,8 +70,8 @@ def conv3d_forward(x, w, b=None, slope=None):
     xp = get_array_module(x)
     N, C, D, H, W = x.shape
     F, _, K = w.shape[:3]
-    if use_cudnn(x):
-        out = cudnn_forward(x, w, b, 1, K // 2, slope, True)
+    if conv_cudnn.usable(x):
+        out = conv_cudnn.conv_forward(x, w, b, 1, K // 2, slope, True)
         if out is not None:
             return out
     xpad = _pad(x, K // 2)
@@ -93,14 +96,15 @@ def conv3d_backward(dy, cache):
     dw : array (F, C, K, K, K)
     db : array (F,) or None
     """
-    if isinstance(cache, CudnnConvCache):
-        out = cudnn_backward(dy, cache)
+    if isinstance(cache, conv_cudnn.CudnnConvCache):
+        out = conv_cudnn.conv_backward(dy, cache)
         if out is not None:
             return out
         cache = Conv3dCache(_pad(cache.x, cache.padding), cache.w, cache.y, cache.slope,
                             cache.bias)
     xp = get_array_module(dy)
-    dy, db = activation_bias_backward(dy, cache.y, cache.slope, cache.bias)
+    dy = activation_backward(dy, cache.y, cache.slope)     # dz = dy * act'(y)
+    db = channel_sum(dy) if cache.bias else None
     w = cache.w
     N, F, D, H, W = dy.shape
     C, K = w.shape[1], w.shape[2]
@@ -133,7 +137,8 @@ def conv3d_naive(x, w, b=None):
 
 
 class MaxPool3dCache(NamedTuple):
-    """argmax : index of the max in each K^3 window (N, C, OD, OH, OW); x_shape; kernel."""
+    """argmax : index of the max in each K^3 window (N, C, OD, OH, OW) (uint8 in
+    channels-last memory when the GPU kernel made it); x_shape; kernel."""
     argmax: object
     x_shape: tuple
     kernel: int
@@ -152,6 +157,10 @@ def maxpool3d_forward(x, kernel=2):
     y : array (N, C, D // K, H // K, W // K)
     cache : MaxPool3dCache
     """
+    if channels_last_gpu(x):
+        from ..kernels import layout
+        y, argmax = layout.maxpool_forward(x, kernel)
+        return y, MaxPool3dCache(argmax, x.shape, kernel)
     N, C, D, H, W = x.shape
     K = kernel
     OD, OH, OW = D // K, H // K, W // K
@@ -162,6 +171,9 @@ def maxpool3d_forward(x, kernel=2):
 
 def maxpool3d_backward(dy, cache):
     """dx: dy at each window's argmax (first in row-major order on ties), zero elsewhere."""
+    if cache.argmax.dtype == numpy.uint8:
+        from ..kernels import layout
+        return layout.maxpool_backward(dy, cache.argmax, cache.x_shape, cache.kernel)
     xp = get_array_module(dy)
     N, C, D, H, W = cache.x_shape
     K = cache.kernel
@@ -175,7 +187,8 @@ def maxpool3d_backward(dy, cache):
 
 
 class Upsample3dCache(NamedTuple):
-    """idx : source index arrays (depth, rows, columns); x_shape."""
+    """idx : source index arrays (depth, rows, columns), None after the GPU kernel;
+    x_shape."""
     idx: tuple
     x_shape: tuple
 
@@ -188,6 +201,9 @@ def upsample3d_forward(x, size):
     y : array (N, C, OD, OH, OW)
     cache : Upsample3dCache
     """
+    if channels_last_gpu(x):
+        from ..kernels import layout
+        return layout.upsample_concat(x, None, size), Upsample3dCache(None, x.shape)
     xp = get_array_module(x)
     idx = tuple((xp.arange(o) * n) // o for o, n in zip(size, x.shape[2:]))
     y = x[:, :, idx[0]][:, :, :, idx[1]][:, :, :, :, idx[2]]
@@ -196,9 +212,13 @@ def upsample3d_forward(x, size):
 
 def upsample3d_backward(dy, cache):
     """Each input voxel receives the sum of dy over the output voxels copied from it."""
+    if channels_last_gpu(dy):
+        from ..kernels import layout
+        return layout.upsample_backward(dy, cache.x_shape)
     xp = get_array_module(dy)
     N, C, D, H, W = cache.x_shape
-    d0, d1, d2 = cache.idx
+    d0, d1, d2 = cache.idx or tuple((xp.arange(o) * n) // o
+                                    for o, n in zip(dy.shape[2:], cache.x_shape[2:]))
 
     def fold(a, idx, axis, n):
         """Sum along ``axis`` of the output positions that copied each of n inputs:

@@ -1,12 +1,12 @@
-"""Gradient through a fused (Leaky)ReLU in one pass: dz = dy where y > 0, else slope * dy.
+"""Gradient through a fused (Leaky)ReLU and its bias in one pass (``functional.conv_cudnn``).
 
-NumPy's expression in ``functional.activation`` makes three passes (compare, select,
-multiply) and two temporaries; on the GPU this is one read of dy and y and one write.
-Where y <= 0 and slope == 0 the result is 0 whatever dy holds (as PyTorch's threshold
-backward gives).
+dz = dy where y > 0, else slope * dy: NumPy's expression in ``functional.activation``
+makes three passes (compare, select, multiply) and two temporaries; here it is one read of
+dy and y and one write. Where y <= 0 and slope == 0 the result is 0 whatever dy holds (as
+PyTorch's threshold backward gives).
 
-``activation_backward_sum_kernel`` also sums dz per channel (the bias gradient) in the same
-pass, for channels-last memory, where element e of the dense buffer belongs to channel
+The kernel also sums dz per channel (the bias gradient) in the same pass, for
+channels-last memory, where element e of the dense buffer belongs to channel
 e mod F. Thread i of G walks elements i, i + G, i + 2G, ...: with G a multiple of F every
 element a thread visits is of channel i mod F, consecutive threads read consecutive
 elements (coalesced), and each thread keeps one partial sum; the loop is unrolled by four
@@ -16,10 +16,9 @@ partials of each channel (a GEMV), in a fixed order: the result does not depend 
 
 from ..backend import elementwise_kernel
 
-_DZ = "y > (T)0 ? dy : (slope == 0.0 ? (T)0 : (T)(slope * (double)dy))"
-
-activation_backward_kernel = elementwise_kernel(
-    "T dy, T y, float64 slope", "T dz", "dz = " + _DZ, "cupyden_activation_backward")
+# slope * dy as T's own multiplication rounds it (the product of two T values is exact in
+# double), so dz equals functional.activation's NumPy/CuPy expression bit for bit
+_DZ = "y > (T)0 ? dy : (slope == 0.0 ? (T)0 : (T)((double)dy * (double)(T)slope))"
 
 activation_backward_sum_kernel = elementwise_kernel(
     "raw T dy_, raw T y_, float64 slope, int64 n, int64 G", "raw T dz_, P part",

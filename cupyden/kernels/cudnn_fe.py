@@ -11,8 +11,8 @@ learning"), for x (N, C, *S), w (F, C, *K), y (N, F, *S'), S = 2 or 3 spatial ax
     dgrad   dx = conv_dgrad(dz, w)        the convolution's adjoint in x
     wgrad   dw = conv_wgrad(x, dz)        its adjoint in w (float32 output for float16 data)
 
-where dz = dy * act'(y) comes from ``functional.activation`` beforehand; the bias gradient is
-the sum of dz over N and space (``functional.conv``). The activation's backward is not fused
+where dz = dy * act'(y) and the bias gradient (the sum of dz over N and space) come from
+``functional.conv_cudnn`` beforehand. The activation's backward is not fused
 into dgrad: cuDNN fuses dReLU after dgrad (the *previous* layer's activation, applied to this
 layer's dx), which would tie each layer to its neighbour.
 
@@ -21,8 +21,9 @@ TF32 allowed). Engines that reduce in less than float32 (numerical note
 REDUCED_PRECISION_REDUCTION) are used for float16 data only (as PyTorch allows by default;
 float16 wgrad without them ran 5 ms per layer); loss scaling catches their overflows. When
 cuDNN has no engine for a fused graph (float64 before Blackwell: the runtime-fusion engines
-do not take doubles), the convolution runs alone and the bias and activation follow as
-CuPy operations. The first time a key is seen, up to ``TUNE_PLANS`` candidate plans from the
+do not take doubles), :class:`Unsupported` is raised and ``functional.conv_cudnn`` runs the
+convolution alone, then bias and activation. The first time a key is seen, up to
+``SETTINGS.tune_plans`` candidate plans (``cupyden.settings``) from the
 heuristics (mode A, then the fallback list) are built and timed on the real buffers (one
 warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events), and the fastest is kept: the
 heuristics' first plan can be several times slower than the best (PERFORMANCE.md: 6x for a
@@ -34,15 +35,16 @@ alone, untimed, and every process sharing the file runs the same kernels. One wo
 buffer, grown as needed, serves every plan.
 
 Math. float16 data: tensor cores, float32 accumulation. float32 data: strict float32 unless
-``set_tf32(True)``; strict mode deselects the engines whose numerical notes say TENSOR_CORE or
+the precision setting is "tf32" (``cupyden.settings``); strict mode deselects the engines whose numerical notes say TENSOR_CORE or
 DOWN_CONVERT_INPUTS, which for float32 data are the TF32 engines (inputs rounded to 10
 mantissa bits; PyTorch's ``allow_tf32`` filter does the same). float64 data (gradient checks)
 uses double-precision engines.
 
 Layout. Tensors are declared with their logical dims (N, C, *S) and the physical strides of
-the CuPy array, so one code path serves C-contiguous (NCHW) and channels-last (NHWC) memory.
-Outputs are allocated channels-last when ``CHANNELS_LAST`` is true (tensor-core kernels
-read NHWC), else C-contiguous; inputs and filters in the other layout are copied into it.
+the CuPy array. Every tensor is channels-last (NHWC / NDHWC memory behind the logical view:
+tensor-core kernels read that layout); outputs are allocated so, and an input or filter in
+another layout is copied (:func:`operand`) - the models' other ops keep channels-last, so
+between convolutions nothing is.
 
 Library. ``libcudnn.so.9`` is loaded from the ``lib`` folder of an installed nvidia-cudnn-cu12
 or nvidia-cudnn-cu13 wheel when there is one, else from the system's library path; a probe
@@ -51,7 +53,6 @@ or nvidia-cudnn-cu13 wheel when there is one, else from the system's library pat
 """
 
 import ctypes
-import functools
 import glob
 import importlib.util
 import os
@@ -59,20 +60,18 @@ import os
 import numpy
 
 from .. import backend
+from ..backend import channels_last_strides, empty_channels_last
+from ..settings import SETTINGS, using
 from . import plan_cache
 
-#: Candidate plans built and timed per graph (the heuristics' best first).
-TUNE_PLANS = int(os.environ.get("CUPYDEN_CUDNN_TUNE", "8"))
 #: Timed runs per candidate plan.
 TUNE_REPEATS = 2
 #: Output dtype of float16 wgrad: float16 (cuDNN 9.19 on an H200 offered one 5 ms plan per
-#: DnCNN layer for a float32 output, against ... for float16); added to float32 gradients.
-WGRAD_FLOAT16_DTYPE = numpy.dtype(os.environ.get("CUPYDEN_WGRAD16", "float16"))
-#: Allocate outputs channels-last (NHWC / NDHWC memory behind NCHW / NCDHW views).
-CHANNELS_LAST = os.environ.get("CUPYDEN_CUDNN_LAYOUT", "nhwc") != "nchw"
+#: DnCNN layer for a float32 output); added to the float32 gradients.
+WGRAD_FLOAT16_DTYPE = numpy.dtype(numpy.float16)
 
 _STATE = {"probed": False, "problem": None, "cudnn": None, "handle": None, "library": None,
-          "stream": None, "tf32": False, "workspace": None}
+          "stream": None, "workspace": None}
 _PLANS = {}
 #: Keys of graphs cuDNN could not run, with the reason (a fused forward then runs unfused;
 #: anything else falls back to im2col in ``functional.conv``).
@@ -156,14 +155,12 @@ def _probe():
     x = rng.standard_normal((2, 3, 6, 7)).astype(numpy.float32)
     w = rng.standard_normal((4, 3, 3, 3)).astype(numpy.float32)
     b = rng.standard_normal(4).astype(numpy.float32)
-    tf32 = _STATE["tf32"]
     try:
-        _STATE["tf32"] = False
-        y = backend.to_host(conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), 1, 1, 0.0))
+        with using(precision="fp32"):
+            y = backend.to_host(conv_forward(xp.asarray(x), xp.asarray(w), xp.asarray(b), 1, 1,
+                                             0.0))
     except Exception as exc:
         return "the cuDNN probe convolution failed (%s: %s)" % (type(exc).__name__, exc)
-    finally:
-        _STATE["tf32"] = tf32
     ref = numpy.maximum(_direct_conv(x, w, b, 1), 0)
     err = float(numpy.linalg.norm(y - ref) / numpy.linalg.norm(ref))
     if not err < 1e-4:
@@ -185,7 +182,7 @@ def _direct_conv(x, w, b, p):
 
 
 def info():
-    """Library source, cuDNN and frontend versions, TF32 and layout settings (for reports).
+    """Library source, cuDNN and frontend versions, TF32 setting, graphs (for reports).
 
     Returns
     -------
@@ -195,69 +192,35 @@ def info():
     c = _STATE["cudnn"]
     return {"usable": why is None, "problem": why, "library": _STATE["library"],
             "cudnn": _STATE.get("version"), "frontend": getattr(c, "__version__", None),
-            "tf32": _STATE["tf32"], "channels_last": CHANNELS_LAST, "graphs": len(_PLANS),
-            "unsupported": len(UNSUPPORTED)}
-
-
-def set_tf32(allowed):
-    """Allow (True) or forbid (False, the default) TF32 tensor cores for float32 data."""
-    _STATE["tf32"] = bool(allowed)
-
-
-def tf32_allowed():
-    """Whether float32 convolutions may use TF32 (see :func:`set_tf32`)."""
-    return _STATE["tf32"]
+            "tf32": SETTINGS.tf32, "graphs": len(_PLANS), "unsupported": len(UNSUPPORTED)}
 
 
 # ------------------------------------------------------------------------------ layout
-
-@functools.lru_cache(maxsize=1024)
-def contiguous_strides(shape):
-    """Element strides of C-contiguous memory for ``shape``."""
-    out, acc = [], 1
-    for n in reversed(shape):
-        out.append(acc)
-        acc *= n
-    return tuple(reversed(out))
-
-
-@functools.lru_cache(maxsize=1024)
-def channels_last_strides(shape):
-    """Element strides, for logical dims (N, C, *S), of memory laid out as (N, *S, C)."""
-    phys = (shape[0],) + tuple(shape[2:]) + (shape[1],)
-    s = contiguous_strides(phys)
-    return (s[0], s[-1]) + s[1:-1]
-
 
 def _matches(a, strides):
     return all(n == 1 or st == e * a.itemsize for n, st, e in zip(a.shape, a.strides, strides))
 
 
-def is_channels_last(a):
-    """True when ``a``'s memory is (N, *S, C) behind its (N, C, *S) view."""
-    return _matches(a, channels_last_strides(a.shape))
+def operand(a, count=True):
+    """``a`` itself when its memory is dense channels-last with a 16-byte aligned start,
+    else a channels-last copy. Copies of activations are counted in ``COPIES`` (the
+    models' ops keep channels-last, so a training step makes none); filters, views of the
+    flat parameter buffer, are copied every call (a few MB at most) and not counted."""
+    if a.data.ptr % 16 == 0 and _matches(a, channels_last_strides(a.shape)):
+        return a
+    COPIES[0] += count
+    return backend.channels_last_copy(a)
 
 
-def empty(xp, shape, dtype, channels_last=None):
-    """An uninitialised (N, C, *S) array, channels-last in memory when asked (default:
-    ``CHANNELS_LAST``)."""
-    if not (CHANNELS_LAST if channels_last is None else channels_last):
-        return xp.empty(shape, dtype)
-    phys = xp.empty((shape[0],) + tuple(shape[2:]) + (shape[1],), dtype)
-    return xp.moveaxis(phys, -1, 1)
+#: Activation layout copies made by :func:`operand` (tests assert that a U-Net step makes
+#: none).
+COPIES = [0]
 
 
-def _operand(a):
-    """(array, declared strides): ``a`` itself when its memory already has the preferred
-    layout (``CHANNELS_LAST``) and a 16-byte aligned start, else a copy in that layout.
-    Every tensor of a graph then has one layout (the U-Net's concatenations, poolings and
-    upsamplings return C-contiguous arrays: one copy each in channels-last mode)."""
-    strides = (channels_last_strides if CHANNELS_LAST else contiguous_strides)(a.shape)
-    if a.data.ptr % 16 == 0 and _matches(a, strides):
-        return a, strides
-    out = empty(backend.get_array_module(a), a.shape, a.dtype)
-    out[...] = a
-    return out, strides
+def _operand(a, count=True):
+    """(channels-last array, its declared element strides)."""
+    a = operand(a, count)
+    return a, channels_last_strides(a.shape)
 
 
 # -------------------------------------------------------------------------------- plans
@@ -320,7 +283,7 @@ def _plan(key, make, buffers, dtype):
             g.validate()
             g.build_operation_graph()
             g.create_execution_plans([c.heur_mode.A, c.heur_mode.B, c.heur_mode.FALLBACK])
-            if numpy.dtype(dtype) == numpy.float32 and not _STATE["tf32"]:
+            if numpy.dtype(dtype) == numpy.float32 and not SETTINGS.tf32:
                 g.deselect_numeric_notes([c.numerical_note.TENSOR_CORE,
                                           c.numerical_note.DOWN_CONVERT_INPUTS,
                                           c.numerical_note.REDUCED_PRECISION_REDUCTION])
@@ -339,7 +302,7 @@ def _plan(key, make, buffers, dtype):
         n = g.get_execution_plan_count()
         best, built = _recall(g, key), 0         # the choice of an earlier process, built
         for i in range(0 if best else n):
-            if built >= TUNE_PLANS:
+            if built >= SETTINGS.tune_plans:
                 break
             try:
                 g.build_plan_at_index(i)
@@ -411,7 +374,7 @@ def tuned_plans():
 
 def _key(op, arrays, dtype, *extra):
     shapes = tuple((a.shape, a.strides) for a in arrays)
-    tf32 = _STATE["tf32"] and numpy.dtype(dtype) == numpy.float32
+    tf32 = SETTINGS.tf32 and numpy.dtype(dtype) == numpy.float32
     return (op, shapes, numpy.dtype(dtype).str, tf32) + extra
 
 
@@ -425,13 +388,25 @@ def output_shape(x_shape, w_shape, stride, padding):
 
 def _pad_channels(a, channels):
     """``a`` (N, C, *S) with zero channels appended up to ``channels`` (``a`` itself when
-    it has them)."""
-    if a.shape[1] == channels:
+    it has them), channels-last; both parts written in memory order (coalesced)."""
+    C = a.shape[1]
+    if C == channels:
         return a
-    out = empty(backend.get_array_module(a), (a.shape[0], channels) + a.shape[2:], a.dtype)
-    out[:, :a.shape[1]] = a
-    out[:, a.shape[1]:] = 0
+    out = empty_channels_last(backend.get_array_module(a), (a.shape[0], channels) + a.shape[2:],
+                              a.dtype)
+    (o, v), _ = backend.in_memory_order(out[:, :C], a)
+    o[...] = v
+    (z,), _ = backend.in_memory_order(out[:, C:])
+    z[...] = 0
     return out
+
+
+def _padded_channels(dtype, C):
+    """C rounded up to a multiple of 8 for float16 data with more than 8 channels that are
+    not (Topaz's 97-channel decoder input), else C: cuDNN's float16 tensor-core engines
+    want channel counts in multiples of 8. (A 1-channel input is left alone: its
+    convolution is small, and padding it would multiply its work by 8.)"""
+    return -(-C // 8) * 8 if dtype == numpy.float16 and C > 8 and C % 8 else C
 
 
 def conv_forward(x, w, b, stride, padding, slope):
@@ -448,26 +423,29 @@ def conv_forward(x, w, b, stride, padding, slope):
 
     Returns
     -------
-    y : cupy array (N, F, *S'), dtype of x (channels-last memory when ``CHANNELS_LAST``)
+    y : cupy array (N, F, *S'), dtype of x, channels-last memory
 
     Raises
     ------
     Unsupported
-        When cuDNN has no working plan for this graph.
+        When cuDNN has no working plan for this graph (for a fused graph, the caller may
+        run the convolution alone and add bias and activation itself).
     """
+    Cp = _padded_channels(x.dtype, x.shape[1])
+    if Cp != x.shape[1]:            # zero channels in input and filters: the same result
+        return conv_forward(_pad_channels(x, Cp), _pad_channels(w, Cp), b, stride, padding,
+                            slope)
     xp = backend.get_array_module(x)
     nd = x.ndim - 2
     x, sx = _operand(x)
-    w, sw = _operand(w)
-    y = empty(xp, output_shape(x.shape, w.shape, stride, padding), x.dtype)
-    sy = channels_last_strides(y.shape) if CHANNELS_LAST else contiguous_strides(y.shape)
+    w, sw = _operand(w, count=False)
+    y = empty_channels_last(xp, output_shape(x.shape, w.shape, stride, padding), x.dtype)
+    sy = channels_last_strides(y.shape)
     buffers = {"x": x, "w": w, "y": y}
     F = w.shape[0]
     if b is not None:
         buffers["b"] = xp.ascontiguousarray(b).reshape((1, F) + (1,) * nd)
     key = _key("fprop", (x, w, y), x.dtype, stride, padding, b is not None, slope)
-    if (b is not None or slope is not None) and key in UNSUPPORTED:
-        return _unfused_forward(x, w, b, stride, padding, slope)
 
     def make(g):
         t = {"x": _tensor(g, "x", x, sx), "w": _tensor(g, "w", w, sw)}
@@ -485,25 +463,7 @@ def conv_forward(x, w, b, stride, padding, slope):
         t["y"] = z
         return t
 
-    try:
-        plan = _plan(key, make, buffers, x.dtype)
-    except Unsupported:
-        if b is None and slope is None:
-            raise
-        return _unfused_forward(x, w, b, stride, padding, slope)
-    _run(plan, buffers)
-    return y
-
-
-def _unfused_forward(x, w, b, stride, padding, slope):
-    """The convolution through cuDNN, then bias and activation as CuPy operations."""
-    y = conv_forward(x, w, None, stride, padding, None)
-    if b is not None:
-        y += b.reshape((1, -1) + (1,) * (x.ndim - 2))
-    if slope == 0.0:
-        backend.get_array_module(y).maximum(y, 0, out=y)
-    elif slope is not None:
-        y *= backend.get_array_module(y).where(y > 0, y.dtype.type(1), y.dtype.type(slope))
+    _run(_plan(key, make, buffers, x.dtype), buffers)
     return y
 
 
@@ -526,12 +486,18 @@ def conv_dgrad(dz, w, x_shape, stride, padding):
     ------
     Unsupported
     """
+    C = x_shape[1]
+    Cp = _padded_channels(dz.dtype, C)
+    if Cp != C:                     # as in conv_forward; dx: a view of the first C channels
+        dx = conv_dgrad(dz, _pad_channels(w, Cp), (x_shape[0], Cp) + tuple(x_shape[2:]),
+                        stride, padding)
+        return dx[:, :C]
     xp = backend.get_array_module(dz)
     nd = dz.ndim - 2
     dz, sdz = _operand(dz)
-    w, sw = _operand(w)
-    dx = empty(xp, tuple(x_shape), dz.dtype)
-    sdx = channels_last_strides(dx.shape) if CHANNELS_LAST else contiguous_strides(dx.shape)
+    w, sw = _operand(w, count=False)
+    dx = empty_channels_last(xp, tuple(x_shape), dz.dtype)
+    sdx = channels_last_strides(dx.shape)
     buffers = {"dy": dz, "w": w, "dx": dx}
 
     def make(g):
@@ -580,8 +546,8 @@ def conv_wgrad(x, dz, w_shape, stride, padding):
     x, sx = _operand(x)
     dz, sdz = _operand(dz)
     out_dtype = WGRAD_FLOAT16_DTYPE if x.dtype == numpy.float16 else x.dtype
-    dw = empty(xp, tuple(w_shape), out_dtype)
-    sdw = channels_last_strides(dw.shape) if CHANNELS_LAST else contiguous_strides(dw.shape)
+    dw = empty_channels_last(xp, tuple(w_shape), out_dtype)
+    sdw = channels_last_strides(dw.shape)
     buffers = {"x": x, "dy": dz, "dw": dw}
 
     def make(g):

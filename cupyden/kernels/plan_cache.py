@@ -1,6 +1,6 @@
 """Persistent cuDNN plan choices: convolutions are tuned once per machine, not per process.
 
-``kernels.cudnn_fe`` times up to ``TUNE_PLANS`` candidate plans the first time it meets a
+``kernels.cudnn_fe`` times up to ``SETTINGS.tune_plans`` candidate plans the first time it meets a
 graph (seconds per process for a U-Net). This module keeps the winner's name (cuDNN's
 engine-configuration tag, e.g. ``eng0_k2=3``), its time and the number of candidates timed,
 per graph key, in a JSON file; a later process finds the plan of that name among the

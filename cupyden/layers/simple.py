@@ -5,7 +5,7 @@ import math
 
 import numpy
 
-from ..backend import default_rng, get_array_module
+from ..backend import default_rng, get_array_module, in_memory_order
 from ..functional import activation as act
 from ..functional.batchnorm import batchnorm_backward, batchnorm_forward
 from ..functional.dropout import dropout_backward, dropout_forward
@@ -14,7 +14,8 @@ from ..functional.pool import maxpool2d_backward, maxpool2d_forward
 from ..functional.shape import (concat_backward, concat_forward, flatten_backward,
                                 flatten_forward, reflection_pad2d_backward,
                                 reflection_pad2d_forward)
-from ..functional.upsample import upsample2d_backward, upsample2d_forward
+from ..functional.upsample import (upsample2d_backward, upsample2d_forward,
+                                   upsample_concat_backward, upsample_concat_forward)
 from .base import Layer
 
 
@@ -72,6 +73,23 @@ class Upsample2d(Layer):
 
     def backward(self, dy):
         return upsample2d_backward(dy, self.cache)
+
+
+class UpsampleConcat(Layer):
+    """A U-Net decoder's input: nearest upsampling of x to the skip's size, concatenated
+    with the skip along channels (2-D or 3-D; ``functional.upsample``).
+
+    ``forward(x, skip)``; ``backward(dy)`` returns (dx, dskip).
+    """
+
+    rf = (1, 0.5)
+
+    def forward(self, x, skip):
+        y, self.cache = upsample_concat_forward(x, skip)
+        return y
+
+    def backward(self, dy):
+        return upsample_concat_backward(dy, self.cache)
 
 
 class Concat(Layer):
@@ -137,7 +155,8 @@ class Dropout(Layer):
         xp = get_array_module(x)
         if self._rng is None:
             self._rng = default_rng(xp, self.seed)
-        mask = self._rng.random(x.shape, dtype=numpy.float32) >= self.p
+        (v,), undo = in_memory_order(x)          # drawn in x's memory order, like x
+        mask = (self._rng.random(v.shape, dtype=numpy.float32) >= self.p).transpose(undo)
         y, cache = dropout_forward(x, mask, self.p)
         self.cache = cache if self.keep_cache else None   # Monte-Carlo dropout at inference
         return y

@@ -34,8 +34,9 @@ Parameter names follow Topaz's state dict with ``weight``/``bias`` renamed ``w``
 import numpy
 
 from ..backend import get_array_module
-from ..functional.shape import reflection_pad2d_backward, reflection_pad2d_forward
-from ..layers import Concat, Conv2d, MaxPool2d, Sequential, Upsample2d
+from ..functional.shape import (add_gradients, reflection_pad2d_backward,
+                                reflection_pad2d_forward)
+from ..layers import Conv2d, MaxPool2d, Sequential, UpsampleConcat
 from .base import Model
 
 #: Topaz's pretrained 2-D models: alias -> (file in topaz/pretrained/denoise, config).
@@ -87,8 +88,7 @@ class TopazUNet(Model):
         self.enc = [Sequential([("0", _conv(1, nf, base_width, rng))])]
         self.enc += [Sequential([("0", _conv(nf, nf, 3, rng))]) for _ in range(d)]
         self.pools = [MaxPool2d(2) for _ in range(d)]
-        self.ups = [Upsample2d() for _ in range(d)]
-        self.cats = [Concat() for _ in range(d)]
+        self.ups = [UpsampleConcat() for _ in range(d)]      # upsample + concat, one op
         self.dec = {}
         for i in range(d, 1, -1):
             cin = 2 * nf if i == d else 3 * nf
@@ -102,11 +102,7 @@ class TopazUNet(Model):
             self.named += [("enc%d" % (i + 1), self.enc[i]), ("pool%d" % (i + 1), self.pools[i])]
         self.named.append(("enc%d" % (d + 1), self.enc[d]))
         for i in range(d, 0, -1):
-            self.named += [("up%d" % i, self.ups[i - 1]), ("cat%d" % i, self.cats[i - 1]),
-                           ("dec%d" % i, self.dec[i])]
-
-    def path(self):
-        return [layer for name, layer in self.named_layers() if not name.startswith("cat")]
+            self.named += [("up%d" % i, self.ups[i - 1]), ("dec%d" % i, self.dec[i])]
 
     def forward(self, x):
         """x (N, 1, H, W) -> (N, 1, H, W)."""
@@ -122,8 +118,7 @@ class TopazUNet(Model):
         h = self.enc[self.depth].forward(h)
         for i in range(self.depth, 0, -1):
             skip = skips[i - 1]
-            h = self.cats[i - 1].forward(self.ups[i - 1].forward(h, skip.shape[2:]), skip)
-            h = self.dec[i].forward(h)
+            h = self.dec[i].forward(self.ups[i - 1].forward(h, skip))   # [upsample(h), skip]
         return h[:, :, :H, :W] if self.pad else h
 
     def backward(self, dy):
@@ -138,12 +133,11 @@ class TopazUNet(Model):
         dskips = [None] * self.depth
         dh = dy
         for i in range(1, self.depth + 1):
-            dcat = self.dec[i].backward(dh)
-            dup, dskips[i - 1] = self.cats[i - 1].backward(dcat)
-            dh = self.ups[i - 1].backward(dup)
+            dh, dskips[i - 1] = self.ups[i - 1].backward(self.dec[i].backward(dh))
         dh = self.enc[self.depth].backward(dh)           # h_d feeds only the bottleneck
         for i in range(self.depth - 1, -1, -1):          # h_{i+1} = pool(enc_i(h_i)), and
-            dh = self.enc[i].backward(self.pools[i].backward(dh)) + dskips[i]  # h_i is a skip
+            dh = add_gradients(self.enc[i].backward(self.pools[i].backward(dh)),
+                               dskips[i])                # h_i is a skip
         dx = dh
         return reflection_pad2d_backward(dx, self._pad_cache) if self.pad else dx
 

@@ -9,6 +9,9 @@
     dec1  Upsample, concat enc1 (64+32), Conv(96->32)+ReLU, Conv(32->32)+ReLU
     out   Conv(32->C, 1x1)
 
+Each upsampling and its concatenation are one op (``layers.UpsampleConcat``): on the GPU
+one kernel writes the decoder's channels-last input, which cuDNN reads without a copy.
+
 Sizes that are not multiples of 8: the input is reflection-padded at the bottom and right
 to the next multiple of 8 (so every pooling halves exactly and every upsampling doubles
 exactly), and the output is cropped back to H x W. A tile of a larger image that starts
@@ -20,8 +23,9 @@ the pad to be smaller than the size).
 import numpy
 
 from ..backend import get_array_module
-from ..functional.shape import reflection_pad2d_backward, reflection_pad2d_forward
-from ..layers import Concat, Conv2d, MaxPool2d, Sequential, Upsample2d
+from ..functional.shape import (add_gradients, reflection_pad2d_backward,
+                                reflection_pad2d_forward)
+from ..layers import Conv2d, MaxPool2d, Sequential, UpsampleConcat
 from .base import Model
 
 
@@ -56,19 +60,15 @@ class UNet(Model):
         self.enc2, self.pool2 = block(c1, c2), MaxPool2d(2)
         self.enc3, self.pool3 = block(c2, c3), MaxPool2d(2)
         self.bott = block(c3, c4)
-        self.up3, self.cat3, self.dec3 = Upsample2d(), Concat(), block(c4 + c3, c3)
-        self.up2, self.cat2, self.dec2 = Upsample2d(), Concat(), block(c3 + c2, c2)
-        self.up1, self.cat1, self.dec1 = Upsample2d(), Concat(), block(c2 + c1, c1)
+        self.up3, self.dec3 = UpsampleConcat(), block(c4 + c3, c3)
+        self.up2, self.dec2 = UpsampleConcat(), block(c3 + c2, c2)
+        self.up1, self.dec1 = UpsampleConcat(), block(c2 + c1, c1)
         self.out = Conv2d(c1, channels, 1, rng=rng)
         self.named = [("enc1", self.enc1), ("pool1", self.pool1), ("enc2", self.enc2),
                       ("pool2", self.pool2), ("enc3", self.enc3), ("pool3", self.pool3),
-                      ("bott", self.bott), ("up3", self.up3), ("cat3", self.cat3),
-                      ("dec3", self.dec3), ("up2", self.up2), ("cat2", self.cat2),
-                      ("dec2", self.dec2), ("up1", self.up1), ("cat1", self.cat1),
+                      ("bott", self.bott), ("up3", self.up3), ("dec3", self.dec3),
+                      ("up2", self.up2), ("dec2", self.dec2), ("up1", self.up1),
                       ("dec1", self.dec1), ("out", self.out)]
-
-    def path(self):
-        return [layer for name, layer in self.named_layers() if not name.startswith("cat")]
 
     def forward(self, x):
         """x (N, C, H, W) -> (N, C, H, W)."""
@@ -80,9 +80,9 @@ class UNet(Model):
         e2 = self.enc2.forward(self.pool1.forward(e1))      # (N, c2, H/2, W/2)
         e3 = self.enc3.forward(self.pool2.forward(e2))      # (N, c3, H/4, W/4)
         b = self.bott.forward(self.pool3.forward(e3))       # (N, c4, H/8, W/8)
-        d3 = self.dec3.forward(self.cat3.forward(self.up3.forward(b, e3.shape[2:]), e3))
-        d2 = self.dec2.forward(self.cat2.forward(self.up2.forward(d3, e2.shape[2:]), e2))
-        d1 = self.dec1.forward(self.cat1.forward(self.up1.forward(d2, e1.shape[2:]), e1))
+        d3 = self.dec3.forward(self.up3.forward(b, e3))    # [upsample(b), e3]
+        d2 = self.dec2.forward(self.up2.forward(d3, e2))
+        d1 = self.dec1.forward(self.up1.forward(d2, e1))
         y = self.out.forward(d1)
         return y[:, :, :H, :W]
 
@@ -94,13 +94,12 @@ class UNet(Model):
         dypad = xp.zeros((N, C, H + bottom, W + right), dy.dtype)
         dypad[:, :, :H, :W] = dy                            # gradient of the crop
         dd1 = self.out.backward(dypad)
-        dup1, de1 = self.cat1.backward(self.dec1.backward(dd1))   # (up1 output, enc1 skip)
-        dup2, de2 = self.cat2.backward(self.dec2.backward(self.up1.backward(dup1)))
-        dup3, de3 = self.cat3.backward(self.dec3.backward(self.up2.backward(dup2)))
-        db = self.up3.backward(dup3)
-        de3 = de3 + self.pool3.backward(self.bott.backward(db))
-        de2 = de2 + self.pool2.backward(self.enc3.backward(de3))
-        de1 = de1 + self.pool1.backward(self.enc2.backward(de2))
+        dd2, de1 = self.up1.backward(self.dec1.backward(dd1))     # (d2, enc1 skip)
+        dd3, de2 = self.up2.backward(self.dec2.backward(dd2))
+        db, de3 = self.up3.backward(self.dec3.backward(dd3))
+        de3 = add_gradients(self.pool3.backward(self.bott.backward(db)), de3)
+        de2 = add_gradients(self.pool2.backward(self.enc3.backward(de3)), de2)
+        de1 = add_gradients(self.pool1.backward(self.enc2.backward(de2)), de1)
         dx = self.enc1.backward(de1)
         return reflection_pad2d_backward(dx, self._pad_cache)
 

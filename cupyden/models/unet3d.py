@@ -25,8 +25,9 @@ Sides must be multiples of 2^d (32): the patches and tiles of ``cupyden.f2fd`` a
 
 import numpy
 
-from ..layers import (Concat, Conv2d, Conv3d, Dropout, MaxPool2d, MaxPool3d, Sequential,
-                      Upsample2d, Upsample3d)
+from ..functional.shape import add_gradients
+from ..layers import (Conv2d, Conv3d, Dropout, MaxPool2d, MaxPool3d, Sequential,
+                      UpsampleConcat)
 from .base import Model
 
 SLOPE = 0.1
@@ -64,7 +65,6 @@ class F2FdUNet(Model):
         rng = numpy.random.default_rng(seed)
         Conv = Conv3d if ndim == 3 else Conv2d
         Pool = MaxPool3d if ndim == 3 else MaxPool2d
-        Up = Upsample3d if ndim == 3 else Upsample2d
         drops = iter(range(1000))
 
         def conv(cin, cout, act=True):
@@ -77,8 +77,7 @@ class F2FdUNet(Model):
         self.enc = [Sequential([("conv", conv(1, nf, act=False))])]
         self.enc += [Sequential([("conv", conv(nf, nf)), ("pool", Pool(2))]) for _ in range(depth)]
         self.bottom = Sequential([("conv", conv(nf, nf))])
-        self.ups = [Up() for _ in range(depth)]
-        self.cats = [Concat() for _ in range(depth)]
+        self.ups = [UpsampleConcat() for _ in range(depth)]     # upsample + concat, one op
         self.dec = {}
         for i in range(depth, 1, -1):
             cin = 2 * nf if i == depth else 3 * nf
@@ -90,16 +89,12 @@ class F2FdUNet(Model):
                                   ("drop3", drop()), ("conv3", conv(32, 1, act=False))])
         self.named = [("enc%d" % i, e) for i, e in enumerate(self.enc)] + [("bottom", self.bottom)]
         for i in range(depth, 0, -1):
-            self.named += [("up%d" % i, self.ups[i - 1]), ("cat%d" % i, self.cats[i - 1]),
-                           ("dec%d" % i, self.dec[i])]
+            self.named += [("up%d" % i, self.ups[i - 1]), ("dec%d" % i, self.dec[i])]
         for _, layer in self.named_layers():          # PyTorch's default initialisation
             if isinstance(layer, Conv):
                 bound = 1 / numpy.sqrt(layer.params["w"][0].size)     # 1 / sqrt(fan_in)
                 for k, v in layer.params.items():
                     v[...] = rng.uniform(-bound, bound, v.shape)
-
-    def path(self):
-        return [layer for name, layer in self.named_layers() if not name.startswith("cat")]
 
     def mc_dropout(self):
         """Inference with dropout on (F2Fd's T stochastic passes): evaluation mode, no
@@ -129,8 +124,7 @@ class F2FdUNet(Model):
         h = self.bottom.forward(h)
         for i in range(self.depth, 0, -1):              # dec{i} concatenates feats[i - 1]
             skip = feats[i - 1]
-            h = self.cats[i - 1].forward(self.ups[i - 1].forward(h, skip.shape[2:]), skip)
-            h = self.dec[i].forward(h)
+            h = self.dec[i].forward(self.ups[i - 1].forward(h, skip))   # [upsample(h), skip]
         return h
 
     def backward(self, dy):
@@ -139,14 +133,13 @@ class F2FdUNet(Model):
         dfeats = [None] * self.depth
         dh = dy
         for i in range(1, self.depth + 1):
-            dup, dfeats[i - 1] = self.cats[i - 1].backward(self.dec[i].backward(dh))
-            dh = self.ups[i - 1].backward(dup)
+            dh, dfeats[i - 1] = self.ups[i - 1].backward(self.dec[i].backward(dh))
         dh = self.bottom.backward(dh)                   # enc{d}'s output feeds only the bottom
         for i in range(self.depth, 0, -1):
             dh = self.enc[i].backward(dh)               # gradient of enc{i-1}'s output,
             if i > 1:                                   # which is also dec{i}'s skip
-                dh = dh + dfeats[i - 1]
-        return self.enc[0].backward(dh) + dfeats[0]     # the input is dec1's skip
+                dh = add_gradients(dh, dfeats[i - 1])
+        return add_gradients(self.enc[0].backward(dh), dfeats[0])   # the input: dec1's skip
 
     def config(self):
         return {"arch": self.arch, "ndim": self.ndim, "nf": self.nf, "depth": self.depth,

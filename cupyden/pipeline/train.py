@@ -42,11 +42,12 @@ from ..io.store import PatchStore, PatchStoreWriter
 from ..io.tiff import read_image
 from ..metrics import halves_gain
 from ..models import build_model
-from ..training import fit, read_history
+from ..training import fit, initial_weights, read_history
 
 SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson", "f2fd")
 TWO_VIEWS = ("count-split", "movie", "halves")        # sources with two noisy halves
-ARCHS = ("dncnn", "unet")
+ARCHS = ("dncnn", "unet", "topaz")
+NORMALIZATIONS = ("robust", "percentile", "meanstd")
 SCHEDULES = ("constant", "step", "cosine", "plateau")
 #: Keywords of :func:`train` that say where and how a run executes, not what it trains.
 RUN_OPTIONS = ("output_dir", "device", "gpus", "rendezvous", "rank", "world_size",
@@ -114,7 +115,7 @@ def recipe(inputs=(), **options):
     o["inputs"] = list([inputs] if isinstance(inputs, str) else inputs or ())
     pairs = o["pairs"]
     for name, choices in (("pairs", SOURCES), ("arch", ARCHS), ("loss", ("mse", "l1")),
-                          ("normalize", ("robust", "percentile")),
+                          ("normalize", NORMALIZATIONS),
                           ("lr_schedule", SCHEDULES), ("precision", PRECISIONS)):
         _choice(name, o[name], choices)
     o["embedded"] = not o["inputs"] and not o["store"]
@@ -122,6 +123,9 @@ def recipe(inputs=(), **options):
     o["bin"] = (4 if o["embedded"] else 1) if o["binning"] is None else int(o["binning"])
     o["steps"] = (150 if o["embedded"] else 2000) if o["steps"] is None else int(o["steps"])
     o["f2fd"] = dict(F2FD_DEFAULTS, **(o["f2fd"] or {}))
+    if o["val_fraction"] + o["holdout_fraction"] > 0.9:
+        raise InputError("--val-fraction plus --holdout-fraction leave under a tenth of the "
+                         "rows for training; make them smaller")
     if pairs == "halves" and not o["odd"] and not o["embedded"]:
         raise InputError("--pairs halves needs --odd (the odd half micrographs)")
     if o["gain"] and pairs != "movie":
@@ -220,13 +224,23 @@ def _on(xp, data):
 
 def _store_attrs(o, pixel_size):
     return {"pairs": o["pairs"], "bin": o["bin"], "normalize": o["normalize"],
-            "pixel_size": pixel_size, "val_fraction": o["val_fraction"]}
+            "pixel_size": pixel_size, "val_fraction": o["val_fraction"],
+            "holdout_fraction": o["holdout_fraction"]}
+
+
+def row_split(H, o):
+    """(first validation row, first held-out row) of a micrograph of H rows: training
+    rows [0, split), validation rows [split, end) that choose the checkpoint, held-out rows
+    [end, H) that neither training nor the checkpoint choice sees."""
+    end = int(round(H * (1 - o["holdout_fraction"])))
+    return int(round(H * (1 - o["val_fraction"] - o["holdout_fraction"]))), end
 
 
 def append_view(writer, v, index, o):
     """Normalise one view pair (the statistic of the input view), cut its patches row by
-    row (training rows at --stride, validation rows below them at the patch size) and
-    append them; record the micrograph's statistics.
+    row (training rows at --stride, validation rows below them at the patch size; the
+    held-out rows at the bottom are not stored) and append them; record the micrograph's
+    statistics.
 
     Raises
     ------
@@ -239,18 +253,19 @@ def append_view(writer, v, index, o):
     if min(H, W) < P:
         raise InputError("%s: %dx%d px after binning by %d is smaller than one %d px "
                          "patch; use a smaller --patch-size or --bin" % (v.name, W, H, o["bin"], P))
-    split = int(round(H * (1 - o["val_fraction"])))
-    if min(split, H - split) < P:
+    split, end = row_split(H, o)
+    if min(split, end - split) < P:
         raise InputError("%s: a region of %dx%d px is smaller than one %d px patch; use a "
-                         "smaller --patch-size" % (v.name, min(split, H - split), W, P))
+                         "smaller --patch-size" % (v.name, W, min(split, end - split), P))
     norm = normalization(v.a, o["normalize"])
     a, b = norm.apply(v.a), norm.apply(v.b)
     start = {s: writer.size(s) for s in ("train", "val")}
-    for part, stride, rows in (("train", o["stride"], (0, split)), ("val", P, (split, H))):
+    for part, stride, rows in (("train", o["stride"], (0, split)), ("val", P, (split, end))):
         for pa, pb in patch_rows(a, b, P, stride, rows):
             writer.append(part, backend.to_host(pa), backend.to_host(pb))
     info = dict(v.info, name=v.name, index=index, shape=[H, W], pixel_size=v.pixel_size,
-                loc=norm.loc, scale=norm.scale, method=norm.method, val_rows=[split, H])
+                loc=norm.loc, scale=norm.scale, method=norm.method, val_rows=[split, end],
+                heldout_rows=[end, H])
     for s in ("train", "val"):
         info[s] = [start[s], writer.size(s)]
     writer.add_micrograph(info)
@@ -331,8 +346,12 @@ def training_config(o, store):
     steps = o["steps"]
     if o["epochs"]:
         steps = max(1, int(round(o["epochs"] * (n_train // o["batch_size"]))))
-    model_cfg = ({"arch": "dncnn", "depth": o["depth"], "width": o["width"], "seed": o["seed"]}
-                 if o["arch"] == "dncnn" else {"arch": "unet", "base": o["base"], "seed": o["seed"]})
+    model_cfg = {"dncnn": {"arch": "dncnn", "depth": o["depth"], "width": o["width"],
+                           "seed": o["seed"]},
+                 "unet": {"arch": "unet", "base": o["base"], "seed": o["seed"]},
+                 "topaz": {"arch": "topaz-unet", "seed": o["seed"]}}[o["arch"]]
+    if o["init"]:                                   # the architecture is the weights'
+        model_cfg = initial_weights(o["init"])[0]
     weights = _loss_weights(o)
     if (weights["ssim"] or weights["msssim"]) and store.patch < 11:
         raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
@@ -343,7 +362,7 @@ def training_config(o, store):
             "seed": o["seed"], "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
             "patch_size": store.patch, "bin": store.attr("bin", 1), "pairs": store.attr("pairs"),
             "normalize": store.attr("normalize", "robust"),
-            "pixel_size": store.attr("pixel_size", 0.0)}
+            "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"]}
 
 
 def _loss_weights(o):
@@ -382,16 +401,22 @@ def load_best(out_dir, xp, dtype):
 
 
 def evaluate_heldout(model, v, out_dir, o, xp, log=print):
-    """Held-out rows of one micrograph (below its training rows): corr(f(A), B) against
-    corr(A, B) (``metrics.halves_gain``), written to evaluation.json; for the embedded
-    default, also the whole crop denoised (denoised.mrc, before_after.png).
+    """The held-out rows of one micrograph: corr(f(A), B) against corr(A, B)
+    (``metrics.halves_gain``), written to evaluation.json, which names the rows and how
+    they were used; for the embedded default, also the whole crop denoised (denoised.mrc,
+    before_after.png).
+
+    The rows scored are those below the validation rows (:func:`row_split`), which neither
+    training nor the checkpoint choice saw. With ``holdout_fraction`` 0 there are none: the
+    validation rows are scored instead, and the line and the file say that they chose the
+    checkpoint (not a held-out score).
 
     Parameters
     ----------
     model : Model
         In evaluation mode, on ``xp``.
     v : View
-        The micrograph's two views (its validation rows were never trained on).
+        The micrograph's two views.
     out_dir : str
     o : dict
         :func:`recipe`.
@@ -401,17 +426,24 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     Returns
     -------
     dict
-        ``halves_gain``'s numbers, with "micrograph", "rows", "pixel_size".
+        ``halves_gain``'s numbers, with "micrograph", "rows" (scored), "rows_are" (how
+        they were used), "training_rows", "validation_rows", "pixel_size".
     """
     a, b = backend.to_host(v.a), backend.to_host(v.b)
-    split = int(round(a.shape[0] * (1 - o["val_fraction"])))
-    den_a, _ = denoise_array(model, a[split:], xp, norm=normalization(a, o["normalize"]))
-    g = halves_gain(den_a, a[split:], b[split:])
-    g.update({"micrograph": v.name, "rows": [split, a.shape[0]], "pixel_size": v.pixel_size})
+    H = a.shape[0]
+    split, end = row_split(H, o)
+    first = end if end < H else split
+    used = ("held out: neither training nor the checkpoint choice saw them" if end < H else
+            "validation: they chose the checkpoint, so this is not a held-out score")
+    den_a, _ = denoise_array(model, a[first:], xp, norm=normalization(a, o["normalize"]))
+    g = halves_gain(den_a, a[first:], b[first:])
+    g.update({"micrograph": v.name, "rows": [first, H], "rows_are": used,
+              "training_rows": [0, split], "validation_rows": [split, end],
+              "pixel_size": v.pixel_size})
     with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
         json.dump(g, f, indent=1)
-    log("held-out rows %d:%d of %s: corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
-        % (split, a.shape[0], v.name, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
+    log("rows %d:%d of %s (%s): corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
+        % (first, H, v.name, used, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
     if o["embedded"]:
         raw = a + b
         den, stats = denoise_array(model, raw, xp, norm=normalization(raw, o["normalize"]))
@@ -429,8 +461,8 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
           fourier_frc=False, ssim_weight=0.0, msssim_weight=0.0, grad_weight=0.0, lr=None,
           lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
           batch_size=16, patch_size=64, stride=32, steps=None, epochs=None, max_minutes=0.0,
-          val_fraction=0.25, val_every=50, val_patches=256, binning=None, dose=None,
-          drop_frames=0, align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
+          val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50,
+          val_patches=256, binning=None, dose=None, drop_frames=0, align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
           normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
           device=None, gpus=None, rendezvous=None, rank=None, world_size=None,
           nccl_timeout=600.0, resume=None, progress=True, log=print):
@@ -461,8 +493,10 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     store : str or None
         Train from this existing patch store instead of building one.
     arch : str
-        "dncnn" (``depth`` conv layers of ``width`` channels) or "unet" (``base``
-        channels at the first level). f2fd always uses F2Fd's dropout U-Net.
+        "dncnn" (``depth`` conv layers of ``width`` channels), "unet" (``base``
+        channels at the first level) or "topaz" (Topaz-Denoise's UDenoiseNet, Bepler et
+        al. 2020: 48 features, 5 poolings, receptive field 298 px). f2fd always uses
+        F2Fd's dropout U-Net.
     depth, width, base : int
     loss : str
         Base loss, "mse" or "l1".
@@ -488,7 +522,16 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         Stop after a last validation once training has run this long (0: no limit; with
         several GPUs checked at each validation).
     val_fraction : float
-        Share of each micrograph's rows (the bottom ones) held out for validation.
+        Share of each micrograph's rows, below the training rows, that validate: they
+        choose the best checkpoint.
+    holdout_fraction : float
+        Share of each micrograph's rows at the bottom that neither training nor the
+        checkpoint choice sees; the evaluation at the end scores the first micrograph's
+        (with 0, its validation rows, and says so).
+    init : str or None
+        Initial weights (fine-tuning): a model.h5 of cupyden-train, or ``topaz:NAME`` for a
+        pretrained Topaz-Denoise model read without PyTorch (``training.initial_weights``);
+        the architecture is then the weights' (``arch`` and its sizes are ignored).
     val_every, val_patches : int
         Validate, log and checkpoint every N steps, on at most this many patches.
     binning : int or None
@@ -507,7 +550,7 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     noise_level : float
         Sigma (gaussian, image units) or mean counts per pixel (poisson).
     normalize : str
-        "robust" (median, MAD) or "percentile".
+        "robust" (median, MAD), "percentile", or "meanstd" (Topaz's, for its weights).
     float16_store : bool
         Keep patches as float16 in the store.
     precision : str

@@ -1,0 +1,153 @@
+"""The channels-last GPU kernels (kernels/layout.py) against the NumPy ops, on the CPU.
+
+The kernels' text is compiled as C by the system compiler, each CUDA thread becoming one
+iteration of a loop over ``i``: the index arithmetic (the part that can be wrong) is then
+checked without a GPU, against ``functional.pool`` / ``functional.upsample`` on
+channels-last arrays, 2-D and 3-D, odd sizes, and channel slices of a larger buffer. The
+GPU tests (tests/test_channels_last.py) run the same kernels through CuPy.
+"""
+
+import ctypes
+import shutil
+import subprocess
+
+import numpy
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
+
+_CTYPES = {"int64": ("long long", ctypes.c_longlong), "float64": ("double", ctypes.c_double)}
+_ELEM = {"T": None, "uint8": "unsigned char"}
+
+
+def _compile(tmp_path, name, ctype):
+    from cupyden.kernels.layout import SOURCES
+    ins, outs, body = SOURCES[name]
+    params, kinds = [], []
+    for p in (ins + ", " + outs).split(","):
+        words = p.split()
+        if words[0] == "raw":
+            elem = ctype if words[1] == "T" else _ELEM[words[1]]
+            params.append("%s* %s" % (elem, words[2]))
+            kinds.append("array")
+        else:
+            params.append("%s %s" % (_CTYPES[words[0]][0], words[1]))
+            kinds.append(words[0])
+    src = ("typedef %s T;\nvoid run(%s, long long size) {\n"
+           "  for (long long i = 0; i < size; ++i) {\n%s\n  }\n}\n"
+           % (ctype, ", ".join(params), body))
+    c = tmp_path / ("%s_%s.c" % (name, ctype))
+    so = tmp_path / ("%s_%s.so" % (name, ctype))
+    c.write_text(src)
+    subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(so),
+                    str(c)], check=True)
+    fn = ctypes.CDLL(str(so)).run
+
+    def call(*args, size):
+        conv = []
+        for a, kind in zip(args, kinds):
+            conv.append(a.ctypes.data_as(ctypes.c_void_p) if kind == "array"
+                        else _CTYPES[kind][1](a))
+        fn(*conv, ctypes.c_longlong(size))
+    return call
+
+
+def channels_last(a):
+    """A copy of a (N, C, *S) in channels-last memory."""
+    phys = numpy.ascontiguousarray(numpy.moveaxis(a, 1, -1))
+    return numpy.moveaxis(phys, -1, 1)
+
+
+def _flat(a):
+    from cupyden.backend import channels_last_span
+    return channels_last_span(a)
+
+
+def _dhw(shape):
+    return (1,) + tuple(shape[2:]) if len(shape) == 4 else tuple(shape[2:])
+
+
+@pytest.fixture(scope="module")
+def kernels(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("layout_kernels")
+    from cupyden.kernels.layout import SOURCES
+    return {(n, t): _compile(tmp, n, t) for n in SOURCES for t in ("float", "double")}
+
+
+SHAPES = [(2, 3, 6, 7), (1, 5, 9, 8), (2, 4, 5, 6, 7), (1, 2, 4, 4, 5)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_maxpool_kernels_equal_numpy(kernels, shape, dtype):
+    from cupyden.functional.pool import maxpool2d_backward, maxpool2d_forward
+    from cupyden.functional.volume import maxpool3d_backward, maxpool3d_forward
+    ctype = "float" if dtype == numpy.float32 else "double"
+    rng = numpy.random.default_rng(0)
+    x = rng.standard_normal(shape).astype(dtype)
+    x[..., 0] = x[..., 1]                                    # ties: the first one wins
+    fwd, bwd = ((maxpool2d_forward, maxpool2d_backward) if len(shape) == 4
+                else (maxpool3d_forward, maxpool3d_backward))
+    K = 2
+    y_ref, cache = fwd(x, K)
+    big = channels_last(rng.standard_normal((shape[0], shape[1] + 3) + shape[2:]).astype(dtype))
+    xcl = big[:, 2:2 + shape[1]]                              # a channel slice: pixel stride C + 3
+    xcl[...] = x
+    xf, xs = _flat(xcl)
+    N, C = shape[:2]
+    D, H, W = _dhw(shape)
+    KD = K if len(shape) == 5 else 1
+    OD, OH, OW = D // KD, H // K, W // K
+    y = channels_last(numpy.full(y_ref.shape, numpy.nan, dtype))
+    am = channels_last(numpy.full(y_ref.shape, 255, numpy.uint8))
+    kernels["maxpool_forward", ctype](xf, xs, C, D, H, W, KD, K, OD, OH, OW, _flat(y)[0],
+                                      _flat(am)[0], size=y.size)
+    assert numpy.array_equal(y, y_ref)
+    dy = rng.standard_normal(y_ref.shape).astype(dtype)
+    dx_ref = bwd(dy, cache)
+    dycl = channels_last(dy)
+    dx = channels_last(numpy.full(shape, numpy.nan, dtype))
+    kernels["maxpool_backward", ctype](_flat(dycl)[0], C, _flat(am)[0], C, D, H, W, KD, K,
+                                       OD, OH, OW, _flat(dx)[0], size=dx.size)
+    assert numpy.array_equal(dx, dx_ref)
+
+
+@pytest.mark.parametrize("shape,size", [((2, 3, 3, 4), (6, 8)), ((1, 2, 3, 4), (7, 9)),
+                                        ((2, 3, 2, 3, 2), (4, 6, 4)),
+                                        ((1, 2, 2, 3, 2), (5, 7, 3)),
+                                        ((1, 2, 4, 5), (3, 5))])
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype):
+    from cupyden.functional.shape import concat_backward, concat_forward
+    from cupyden.functional.upsample import upsample2d_backward, upsample2d_forward
+    from cupyden.functional.volume import upsample3d_backward, upsample3d_forward
+    ctype = "float" if dtype == numpy.float32 else "double"
+    fwd, bwd = ((upsample2d_forward, upsample2d_backward) if len(shape) == 4
+                else (upsample3d_forward, upsample3d_backward))
+    rng = numpy.random.default_rng(1)
+    N, Cx = shape[:2]
+    Cs = 4
+    x = channels_last(rng.standard_normal(shape).astype(dtype))
+    skip = channels_last(rng.standard_normal((N, Cs) + size).astype(dtype))
+    up, ucache = fwd(x, size)
+    y_ref, _ = concat_forward(up, skip)
+    C = Cx + Cs
+    D, H, W = _dhw(shape)
+    OD, OH, OW = _dhw((N, C) + size)
+    y = channels_last(numpy.full(y_ref.shape, numpy.nan, dtype))
+    xf, xs = _flat(x)
+    sf, ss = _flat(skip)
+    kernels["upsample_concat", ctype](xf, xs, sf, ss, Cx, C, D, H, W, OD, OH, OW,
+                                      _flat(y)[0], size=y.size)
+    assert numpy.array_equal(y, y_ref)
+    dy = channels_last(rng.standard_normal(y_ref.shape).astype(dtype))
+    du, _ = concat_backward(dy, Cx)                          # a channel slice of dy
+    dx_ref = bwd(numpy.ascontiguousarray(du), ucache)
+    dx = channels_last(numpy.full(shape, numpy.nan, dtype))
+    df, ds = _flat(du)
+    assert ds == C
+    kernels["upsample_backward", ctype](df, ds, Cx, D, H, W, OD, OH, OW, _flat(dx)[0],
+                                        size=dx.size)
+    tol = 1e-6 if dtype == numpy.float32 else 1e-14
+    assert numpy.abs(dx - dx_ref).max() <= tol * numpy.abs(dx_ref).max()
+
