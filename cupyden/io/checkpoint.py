@@ -18,14 +18,15 @@ import h5py
 import numpy
 
 from ..errors import InputError
-from .atomic import atomic_output
+from .atomic import atomic_hdf5
 
 FORMAT = "cupyden-checkpoint-1"
 
 
 def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None, rng=None,
                     provenance=None):
-    """Write a checkpoint atomically (temporary file in the same folder, then rename).
+    """Write a checkpoint atomically: built in memory, written to a temporary file in the
+    same folder, then renamed (``io.atomic.atomic_hdf5``).
 
     Parameters
     ----------
@@ -43,9 +44,10 @@ def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None,
     Raises
     ------
     InputError
-        The folder is missing or not writable.
+        The folder is missing or not writable, or the disk is full (the temporary file is
+        removed; an earlier checkpoint at ``path`` is kept).
     """
-    with atomic_output(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path, in_memory=True) as f:      # HDF5 never meets a full disk
         f.attrs["format"] = FORMAT
         f.attrs["step"], f.attrs["epoch"] = int(step), int(epoch)
         f.attrs["config"] = json.dumps(config)
