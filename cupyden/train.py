@@ -15,7 +15,8 @@ from . import report
 from .backend import synchronize
 from .functional.conv import set_precision
 from .io.atomic import atomic_output
-from .io.checkpoint import load_checkpoint, save_checkpoint
+from .errors import InputError
+from .io.checkpoint import load_checkpoint, non_finite, save_checkpoint
 from .losses import Objective
 from .losses.fourier import frc_ring_weights
 from .models import build_model
@@ -136,6 +137,49 @@ def write_history(path, rows):
             w.writerow({k: r[k] for k in HISTORY_FIELDS})
 
 
+def _stop_if_diverged(step, train_loss, val_loss, weights, adam, history, out_dir):
+    """Refuse to go on, or to write a checkpoint, once training has diverged.
+
+    Called at each validation, where the running training loss has just been brought to
+    the host (the one synchronisation of the interval) and the weights and Adam's moments
+    have been copied there to be saved: the checks cost no extra device work.
+
+    Parameters
+    ----------
+    step : int
+    train_loss : float
+        Mean training loss since the last validation (0 with float16 loss scaling, whose
+        skipped steps are expected to have non-finite losses).
+    val_loss : float
+    weights, adam : dicts of host arrays
+        ``Model.state()`` and ``Adam.state()``.
+    history : list of dict
+        The rows written so far (the last good validation is the last row).
+    out_dir : str
+
+    Raises
+    ------
+    InputError
+        A loss, a weight or an Adam moment is NaN or Inf; the message names the last good
+        checkpoint, which is kept as it was.
+    """
+    what = None
+    if not numpy.isfinite(train_loss):
+        what = "the training loss is %s" % train_loss
+    elif not numpy.isfinite(val_loss):
+        what = "the validation loss is %s" % val_loss
+    else:
+        bad = non_finite({"weights": weights, "Adam": {"m": adam["m"], "v": adam["v"]}})
+        if bad is not None:
+            what = "%s holds NaN or Inf" % bad
+    if what is None:
+        return
+    kept = ("the checkpoint of step %d is kept in %s" % (history[-1]["step"], out_dir)
+            if history else "no checkpoint was written")
+    raise InputError("training diverged at step %d: %s (the learning rate is likely too "
+                     "high); %s; train again with a lower --lr" % (step, what, kept))
+
+
 def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     """Train a denoiser on a patch store.
 
@@ -225,6 +269,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
                 weights = model.state()
                 if params.master is not None:                  # float32 master weights
                     weights.update(params.named(params.master))
+                adam = opt.state()
+                _stop_if_diverged(step, train_loss if scaler is None else 0.0, val_loss,
+                                  weights, adam, history[:-1], out_dir)
                 if val_loss < best[0]:
                     best = (val_loss, step)
                     save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
@@ -234,8 +281,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
                 if scaler is not None:
                     extra["loss_scale"] = scaler.state()
                 save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), weights, config,
-                                step, step // per_epoch, opt.state(), {"seed": config["seed"]},
-                                extra)
+                                step, step // per_epoch, adam, {"seed": config["seed"]}, extra)
                 write_history(hist_path, history)
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))

@@ -1,0 +1,103 @@
+"""Nothing lost, nothing silent (issue 20): every user mistake and every failure of a run
+ends in one line and exit code 2, and never in a traceback, a NaN model or a lost output.
+Sections follow the issue's numbered items (the full disk, item 2: test_full_disk.py)."""
+
+import json
+import os
+import shutil
+
+import h5py
+import mrcfile
+import numpy
+import pytest
+
+from cupyden.cli import denoise, train
+from cupyden.errors import InputError
+from cupyden.io.checkpoint import load_checkpoint
+
+SMALL = ["--depth", "3", "--width", "4", "--patch-size", "16", "--stride", "8",
+         "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress"]
+
+
+def write(path, data, voxel=1.0):
+    with mrcfile.new(str(path), overwrite=True) as m:
+        m.set_data(data)
+        if voxel is not None:
+            m.voxel_size = voxel
+    return str(path)
+
+
+def smooth(shape, seed=0):
+    rng = numpy.random.default_rng(seed)
+    f = numpy.fft.rfft2(rng.standard_normal(shape))
+    k2 = numpy.fft.fftfreq(shape[0])[:, None] ** 2 + numpy.fft.rfftfreq(shape[1])[None, :] ** 2
+    return (numpy.fft.irfft2(f * numpy.exp(-k2 / 0.005), s=shape) * 20).astype(numpy.float32)
+
+
+def error_line(capsys, command):
+    """The one line a command printed on stderr (asserts that it is one error line)."""
+    err = capsys.readouterr().err
+    assert err.startswith("%s: error: " % command) and err.count("\n") == 1, err
+    return err
+
+
+@pytest.fixture
+def clean(tmp_path):
+    return write(tmp_path / "clean.mrc", smooth((96, 96)), 2.0)
+
+
+@pytest.fixture
+def run(tmp_path, clean):
+    """A finished 3-step run: its output folder."""
+    out = str(tmp_path / "run")
+    assert train.main(["--pairs", "gaussian", "--noise-level", "0.5", "--steps", "3",
+                       "-o", out, clean] + SMALL) == 0
+    return out
+
+
+# 3. Non-finite training ------------------------------------------------------------------
+
+def test_diverging_training_stops_and_keeps_the_last_good_checkpoint(tmp_path, clean, capsys):
+    out = str(tmp_path / "lr")
+    assert train.main(["--pairs", "gaussian", "--noise-level", "0.5", "--steps", "60",
+                       "--lr", "1000", "-o", out, clean] + SMALL) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("cupyden-train: error: training diverged at step ")
+    assert "lower --lr" in err
+    for name in ("model.h5", "checkpoint.h5"):          # what was written is finite
+        if os.path.exists(os.path.join(out, name)):
+            ck = load_checkpoint(os.path.join(out, name))
+            assert ck["step"] < 60
+
+
+def _poison(path, dataset=None, loss_scale=None):
+    with h5py.File(path, "r+") as f:
+        if dataset:
+            f[dataset][(0,) * f[dataset].ndim] = numpy.nan
+        if loss_scale is not None:
+            prov = json.loads(f.attrs["provenance"])
+            prov["loss_scale"] = {"scale": loss_scale, "clean": 0, "skipped": 0}
+            f.attrs["provenance"] = json.dumps(prov)
+
+
+@pytest.mark.parametrize("where", ["adam/v/conv1.w", "weights/conv2.b", "loss_scale"])
+def test_non_finite_checkpoint_is_refused(tmp_path, run, clean, capsys, where):
+    ck = os.path.join(run, "checkpoint.h5")
+    if where == "loss_scale":
+        _poison(ck, loss_scale=float("nan"))
+    else:
+        _poison(ck, where)
+    before = open(ck, "rb").read()
+    assert train.main(["--pairs", "gaussian", "--noise-level", "0.5", "--steps", "6",
+                       "-o", run, clean, "--resume", ck] + SMALL) == 2
+    err = error_line(capsys, "cupyden-train")
+    assert "NaN or Inf" in err and ("loss scale" if where == "loss_scale" else where) in err
+    assert open(ck, "rb").read() == before                 # not overwritten
+
+
+def test_non_finite_model_is_refused_by_denoise(tmp_path, run, capsys):
+    model = os.path.join(run, "model.h5")
+    _poison(model, "weights/conv3.w")
+    mic = write(tmp_path / "m.mrc", smooth((40, 40)) + 5)
+    assert denoise.main([model, mic, "-o", str(tmp_path / "d"), "-d", "-1", "--no-progress"]) == 2
+    assert "NaN or Inf values (weights/conv3.w)" in error_line(capsys, "cupyden-denoise")
