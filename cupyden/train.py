@@ -210,6 +210,13 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     -------
     list of dict
         The history rows.
+
+    Raises
+    ------
+    InputError
+        Training diverged (a NaN or Inf loss, weight or Adam moment at a validation); the
+        last good checkpoint is kept. Also from ``load_checkpoint`` (a ``resume`` holding
+        NaN or Inf) and ``save_checkpoint`` (a full disk).
     """
     from tqdm import tqdm
 
