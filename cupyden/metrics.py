@@ -54,8 +54,8 @@ def pearson(a, b):
 
 
 def snr_from_cc(c):
-    """SNR = c / (1 - c) (Frank & Al-Ali 1975)."""
-    return c / (1.0 - c)
+    """SNR = c / (1 - c) (Frank & Al-Ali 1975); inf for c = 1 (identical images)."""
+    return float("inf") if c >= 1 else c / (1.0 - c)
 
 
 def halves_gain(denoised_a, raw_a, raw_b, cutoff=1 / 200):

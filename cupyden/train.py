@@ -118,11 +118,23 @@ def build_objective(config, store, xp):
 
 
 def read_history(path, upto=None):
-    """Rows of history.csv (as dicts of numbers) with step <= upto."""
+    """Rows of history.csv (as dicts of numbers) with step <= upto.
+
+    Raises
+    ------
+    InputError
+        The file is not a history.csv written by ``fit``.
+    """
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    try:
+        with open(path) as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        if rows and set(rows[0]) != set(HISTORY_FIELDS):
+            raise ValueError("columns %s" % sorted(rows[0]))
+    except (UnicodeDecodeError, ValueError, TypeError, csv.Error) as exc:
+        raise InputError("%s: not a history.csv written by cupyden-train (%s)"
+                         % (path, str(exc).splitlines()[0][:80]))
     for r in rows:
         r["step"] = int(r["step"])
     return [r for r in rows if upto is None or r["step"] <= upto]

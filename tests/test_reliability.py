@@ -101,3 +101,58 @@ def test_non_finite_model_is_refused_by_denoise(tmp_path, run, capsys):
     mic = write(tmp_path / "m.mrc", smooth((40, 40)) + 5)
     assert denoise.main([model, mic, "-o", str(tmp_path / "d"), "-d", "-1", "--no-progress"]) == 2
     assert "NaN or Inf values (weights/conv3.w)" in error_line(capsys, "cupyden-denoise")
+
+
+# 4. User mistakes that ended in tracebacks -----------------------------------------------
+
+def test_identical_views_are_refused_up_front(tmp_path, clean, capsys):
+    rng = numpy.random.default_rng(0)
+    even = write(tmp_path / "m_EVN.mrc", rng.poisson(30, (96, 96)).astype(numpy.float32))
+    copy = str(tmp_path / "copy")
+    os.mkdir(copy)
+    shutil.copy(even, os.path.join(copy, "m_ODD.mrc"))
+    out = str(tmp_path / "o")
+    assert train.main(["--pairs", "halves", even, "--odd", even, "-o", out] + SMALL) == 2
+    assert "same files are given as even and odd" in error_line(capsys, "cupyden-train")
+    assert train.main(["--pairs", "halves", even, "--odd", copy, "-o", out] + SMALL) == 2
+    assert "the two views are identical" in error_line(capsys, "cupyden-train")
+    assert train.main(["--pairs", "gaussian", "--noise-level", "0", clean, "-o", out] + SMALL) == 2
+    assert "the two views are identical" in error_line(capsys, "cupyden-train")
+    assert os.listdir(out) == []                       # refused before any output
+
+
+def test_evaluate_refuses_raw_as_its_own_half_b(tmp_path, capsys):
+    from cupyden.cli import evaluate
+
+    rng = numpy.random.default_rng(0)
+    raw = write(tmp_path / "raw.mrc", rng.poisson(30, (96, 96)).astype(numpy.float32), 2.0)
+    den = write(tmp_path / "den.mrc", smooth((96, 96)), 2.0)
+    assert evaluate.main([raw, den, "--half-b", raw, "-o", str(tmp_path / "e")]) == 2
+    assert "the two views are identical" in error_line(capsys, "cupyden-evaluate")
+    assert evaluate.main([raw, den, "--history", raw, "-o", str(tmp_path / "e")]) == 2
+    assert "not a history.csv" in error_line(capsys, "cupyden-evaluate")
+
+
+def test_impossible_settings_are_one_line(tmp_path, clean, run, capsys):
+    out = str(tmp_path / "o")
+    assert train.main(["--pairs", "gaussian", clean, "-o", out, "--depth", "1"] + SMALL[2:]) == 2
+    assert "--depth must be >= 2" in error_line(capsys, "cupyden-train")
+    assert train.main(["--pairs", "gaussian", clean, "-o", out, "--bin", "200"] + SMALL) == 2
+    assert "cannot be binned by 200" in error_line(capsys, "cupyden-train")
+    assert denoise.main([os.path.join(run, "model.h5"), clean, "-o", out, "--bin", "200",
+                         "-d", "-1", "--no-progress"]) == 2
+    assert "cannot be binned by 200" in error_line(capsys, "cupyden-denoise")
+
+
+def test_export_of_a_model_without_a_pytorch_twin(tmp_path):
+    from cupyden.cli import export
+    from cupyden.io.checkpoint import save_checkpoint
+    from cupyden.models import F2FdUNet
+
+    model = F2FdUNet(ndim=2, nf=2, depth=5)
+    path = str(tmp_path / "f2fd.h5")
+    save_checkpoint(path, model.state(), {"model": model.config()})
+    assert export.main([path]) == 0
+    description = json.load(open(str(tmp_path / "f2fd.json")))
+    assert description["pytorch"] is None and description["model"]["arch"] == "f2fd-unet"
+    assert len(numpy.load(str(tmp_path / "f2fd.npz")).files) == len(model.state())

@@ -52,6 +52,7 @@ from ..baselines import best_gaussian, gaussian_lowpass
 from ..errors import InputError
 from ..io.atomic import atomic_output
 from ..io.mrc import read_mrc
+from ..io.pairs import check_distinct_views
 from ..io.patches import fourier_bin
 from ..metrics import compare, power_spectrum
 from ..train import read_history
@@ -115,6 +116,8 @@ def _body(args):
     if args["--half-b"]:
         half_b = _matched(args["--half-b"], raw.shape, factor, "half B")
     raw = fourier_bin(raw, factor)
+    if half_b is not None:
+        check_distinct_views(raw, half_b, "RAW %s and --half-b %s" % (args["RAW"], args["--half-b"]))
     if clean is not None:
         s = args["--clean-scale"]
         clean = clean * (raw.mean() / clean.mean() if s == "auto" else

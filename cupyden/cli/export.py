@@ -12,7 +12,8 @@ Options:
 Writes PATH.npz (one array per parameter and buffer, float32, cupyden names such as
 "conv3.w") and PATH.json: the architecture ({"arch": ..., hyper-parameters}), the training
 settings, the receptive field, and "pytorch": a map from each cupyden name to the
-``state_dict`` key of the PyTorch module documented below, so the weights load with
+``state_dict`` key of the PyTorch module documented below (null for the other
+architectures, e.g. F2Fd's U-Net), so the weights load with
 ``module.load_state_dict({pytorch[k]: torch.from_numpy(v) for k, v in npz.items()})``.
 
 PyTorch modules the names map to (documentation; cupyden never imports torch):
@@ -36,6 +37,11 @@ from ..io.atomic import atomic_output
 from ..io.checkpoint import load_checkpoint
 from ..models import build_model
 from .common import as_choice, run
+
+
+#: Architectures whose names map to the PyTorch modules documented above; the others are
+#: exported with "pytorch": null.
+PYTORCH_MAPPED = ("dncnn", "unet")
 
 
 def pytorch_name(arch, name):
@@ -64,7 +70,8 @@ def _body(args):
     description = {"model": ck["config"]["model"], "training": ck["config"],
                    "receptive_field_px": model.receptive_field,
                    "arrays": {k: list(v.shape) for k, v in state.items()},
-                   "pytorch": {k: pytorch_name(arch, k) for k in state}}
+                   "pytorch": ({k: pytorch_name(arch, k) for k in state}
+                               if arch in PYTORCH_MAPPED else None)}
     with atomic_output(base + ".npz", ".npz") as tmp, open(tmp, "wb") as f:
         numpy.savez(f, **{k: v.astype(numpy.float32) for k, v in state.items()})
     with atomic_output(base + ".json", ".json") as tmp, open(tmp, "w") as f:

@@ -115,7 +115,7 @@ from ..infer import denoise_array
 from ..io.checkpoint import load_checkpoint
 from ..io.movies import even_odd_sums
 from ..io.mrc import read_mrc, write_mrc
-from ..io.pairs import count_split, expand, pair_halves, synthetic_pair
+from ..io.pairs import check_distinct_views, count_split, expand, pair_halves, synthetic_pair
 from ..io.patches import cut_patches, fourier_bin, normalization
 from ..io.store import PatchStore, PatchStoreWriter
 from ..io.tiff import read_image
@@ -155,7 +155,8 @@ def _parse(args):
          "noise_level": as_float(args, "--noise-level", 0),
          "precision": as_choice(args, "--precision", PRECISIONS)}
     for key in ("depth", "width", "base", "batch-size", "patch-size", "stride", "val-every", "val-patches", "drop-frames", "seed"):
-        o[key.replace("-", "_")] = as_int(args, "--" + key, 0 if key in ("drop-frames", "seed") else 1)
+        o[key.replace("-", "_")] = as_int(args, "--" + key, {"drop-frames": 0, "seed": 0,
+                                                              "depth": 2}.get(key, 1))
     o["epochs"] = as_float(args, "--epochs", 0) if args["--epochs"] else None
     o["max_seconds"] = 60 * as_float(args, "--max-minutes", 0)
     o["inputs"] = args["INPUT"]
@@ -201,6 +202,7 @@ def load_views(o, odd=None, log=print):
             a, b = mic.data.astype(numpy.float32), other.data.astype(numpy.float32)
         else:
             a, b = synthetic_pair(mic.data, o["pairs"], o["noise_level"], o["seed"] + i)
+        check_distinct_views(a, b, name)
         raw = (a + b) if o["pairs"] in ("count-split", "movie", "halves") else a
         f = o["bin"]
         views.append(View(name, fourier_bin(a, f), fourier_bin(b, f), mic.pixel_size * f,

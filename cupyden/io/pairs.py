@@ -215,6 +215,10 @@ def pair_halves(even, odd):
         raise InputError("unmatched half micrographs: even only: [%s]; odd only: [%s]"
                          % (", ".join(only_even), ", ".join(only_odd)))
     pairs = [(ev[k], od[k]) for k in sorted(ev)]
+    same = [os.path.basename(e) for e, o in pairs if os.path.samefile(e, o)]
+    if same:
+        raise InputError("the same files are given as even and odd halves (%s); --odd must "
+                         "name the other half of each exposure" % ", ".join(same))
     bad = []
     for e, o in pairs:
         se = read_mrc(e, ndim=2, mmap=True, check_values=False).data.shape
@@ -224,6 +228,30 @@ def pair_halves(even, odd):
     if bad:
         raise InputError("half micrographs differ in shape: %s" % "; ".join(bad))
     return pairs
+
+
+def check_distinct_views(a, b, name="micrograph"):
+    """Refuse two views that are identical: they carry no independent noise.
+
+    Noise2Noise learns E[b | a]; with b = a it learns the identity, and the even/odd
+    correlation of the held-out rows is 1 (an infinite SNR). It happens when one file is
+    given as both halves (or a copy of it), a movie's frames are all the same, or no noise
+    is added to a clean image.
+
+    Parameters
+    ----------
+    a, b : arrays (H, W)
+    name : str
+        For the message.
+
+    Raises
+    ------
+    InputError
+    """
+    if a.shape == b.shape and numpy.array_equal(a, b):
+        raise InputError("%s: the two views are identical (the same file given as both "
+                         "halves, identical frames, or no noise added); training and the even/odd "
+                         "SNR need two views with independent noise" % name)
 
 
 def synthetic_pair(clean, noise="gaussian", level=1.0, seed=0):

@@ -117,9 +117,17 @@ def fourier_bin(image, factor):
     -------
     array (H // factor, W // factor), float32
         Pixel size becomes factor times larger.
+
+    Raises
+    ------
+    InputError
+        A side shorter than ``factor``.
     """
     if factor == 1:
         return image
+    if min(image.shape[-2:]) < factor:
+        raise InputError("an image of %dx%d px cannot be binned by %d; use a smaller --bin"
+                         % (image.shape[-1], image.shape[-2], factor))
     H, W = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     return fourier_resize(image[:H, :W], (H // factor, W // factor))
 
