@@ -305,6 +305,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))
                 break
+    except BaseException:
+        bar.leave = False                   # erase the bar: the error message stands alone
+        raise
     finally:
         bar.close()
         loader.close()

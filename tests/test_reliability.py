@@ -156,3 +156,56 @@ def test_export_of_a_model_without_a_pytorch_twin(tmp_path):
     description = json.load(open(str(tmp_path / "f2fd.json")))
     assert description["pytorch"] is None and description["model"]["arch"] == "f2fd-unet"
     assert len(numpy.load(str(tmp_path / "f2fd.npz")).files) == len(model.state())
+
+
+# 6. Not an MRC file; warnings as one line -------------------------------------------------
+
+@pytest.mark.parametrize("content, what", [
+    (b"\x89PNG\r\n\x1a\n" + bytes(2000), "not an MRC file (it is a PNG image)"),
+    (bytes(2000), "not an MRC file (no MAP ID in the header, and no image in the data)")])
+def test_not_an_mrc_file_is_one_line(tmp_path, run, capsys, content, what):
+    path = tmp_path / "fake.mrc"
+    path.write_bytes(content)
+    out = str(tmp_path / "o")
+    assert denoise.main([os.path.join(run, "model.h5"), str(path), "-o", out, "-d", "-1",
+                         "--no-progress"]) == 2
+    assert what in error_line(capsys, "cupyden-denoise")
+    assert train.main(["--pairs", "gaussian", str(path), "-o", out] + SMALL) == 2
+    assert what in error_line(capsys, "cupyden-train")
+
+
+def test_permissive_read_warns_in_one_line(tmp_path, run, capsys):
+    path = write(tmp_path / "old.mrc", smooth((48, 48)) + 5)
+    with open(path, "r+b") as f:                 # an old writer: no "MAP " ID, no stamp
+        f.seek(208)
+        f.write(bytes(8))
+    assert denoise.main([os.path.join(run, "model.h5"), path, "-o", str(tmp_path / "d"),
+                         "-d", "-1", "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("cupyden-denoise: warning: ")
+    assert "read permissively" in err[0]
+
+
+def test_run_shows_warnings_in_one_line_and_clears_bars_before_an_error(capsys):
+    import warnings
+
+    from tqdm import tqdm
+
+    from cupyden.cli.common import run
+
+    def body(args):
+        warnings.warn("first line\nsecond line")
+        numpy.log10(numpy.zeros(1))                     # RuntimeWarning: divide by zero
+        bar = tqdm(total=10, file=None)                 # a bar left open by the failure
+        bar.update(3)
+        raise InputError("something is wrong")
+
+    assert run("Usage:\n  prog\n", [], body, "prog") == 2
+    err = capsys.readouterr().err
+    lines = err.rstrip("\n").split("\n")
+    assert lines[0].startswith("prog: warning: first line second line (")
+    assert lines[1].startswith("prog: warning: divide by zero encountered in log10 (")
+    assert len(lines) == 3
+    cleared, message = lines[2].rsplit("\r", 1)         # the bar's line, then erased
+    assert message == "prog: error: something is wrong" and cleared.split("\r")[-1].strip() == ""
+    assert not list(getattr(tqdm, "_instances", ()))
