@@ -7,6 +7,7 @@ model kept, a checkpoint to resume from, history.csv and the loss curve.
 
 import csv
 import os
+import shutil
 import time
 
 import numpy
@@ -192,6 +193,48 @@ def _stop_if_diverged(step, train_loss, val_loss, weights, adam, history, out_di
                      "high); %s; train again with a lower --lr" % (step, what, kept))
 
 
+def _carry_over(resume, out_dir, best):
+    """The best model and the history of a resumed run, in ``out_dir``.
+
+    A run resumed into another folder gets the earlier run's model.h5 (the best so far,
+    when its step is the checkpoint's best step) and its history rows up to the
+    checkpoint; without that model.h5, ``best`` is reset so that the next validation
+    writes one. Either way ``out_dir`` ends with a model.h5, even when validation never
+    improves or the checkpoint is already at the last step.
+
+    Parameters
+    ----------
+    resume : str
+        The checkpoint.h5 resumed from.
+    out_dir : str
+    best : (float, int)
+        The checkpoint's best validation loss and its step.
+
+    Returns
+    -------
+    best : (float, int)
+    history : list of dict
+        Rows up to the checkpoint's step.
+    """
+    start = load_checkpoint(resume)["step"]
+    src = os.path.dirname(os.path.abspath(resume))
+    hist_path = os.path.join(out_dir, "history.csv")
+    if os.path.exists(hist_path):
+        history = read_history(hist_path, upto=start)
+    else:
+        history = read_history(os.path.join(src, "history.csv"), upto=start)
+        write_history(hist_path, history)
+    model = os.path.join(out_dir, "model.h5")
+    earlier = os.path.join(src, "model.h5")
+    if not os.path.exists(model):
+        if os.path.exists(earlier) and load_checkpoint(earlier)["step"] == best[1]:
+            with atomic_output(model, ".h5") as tmp:
+                shutil.copyfile(earlier, tmp)
+        else:
+            best = (float("inf"), 0)
+    return best, history
+
+
 def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
     """Train a denoiser on a patch store.
 
@@ -254,8 +297,14 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         best = tuple(ck["provenance"].get("best", best))
         if "schedule" in ck["provenance"]:
             sched.load_state(ck["provenance"]["schedule"])
-        history = read_history(hist_path, upto=start)
+        best, history = _carry_over(resume, out_dir, best)
         log("resumed from %s at step %d" % (resume, start))
+        if start >= config["steps"]:
+            log("%s is at step %d: the run is complete (--steps %d); nothing to train"
+                % (resume, start, config["steps"]))
+            if not os.path.exists(os.path.join(out_dir, "model.h5")):   # no best model known:
+                save_checkpoint(os.path.join(out_dir, "model.h5"), ck["weights"], config,
+                                start, ck["epoch"], None, ck["rng"], {"best": [None, start]})
     B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
     n_val = min(store.size("val"), config["val_patches"])

@@ -14,6 +14,7 @@ import pytest
 from cupyden.cli import denoise, train
 from cupyden.errors import InputError
 from cupyden.io.checkpoint import load_checkpoint
+from cupyden.train import read_history
 
 SMALL = ["--depth", "3", "--width", "4", "--patch-size", "16", "--stride", "8",
          "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress"]
@@ -209,3 +210,33 @@ def test_run_shows_warnings_in_one_line_and_clears_bars_before_an_error(capsys):
     cleared, message = lines[2].rsplit("\r", 1)         # the bar's line, then erased
     assert message == "prog: error: something is wrong" and cleared.split("\r")[-1].strip() == ""
     assert not list(getattr(tqdm, "_instances", ()))
+
+
+# 7. --resume into a new folder -----------------------------------------------------------
+
+def _resume(tmp_path, run, clean, out, steps):
+    return train.main(["--pairs", "gaussian", "--noise-level", "0.5", "--steps", str(steps),
+                       "-o", str(tmp_path / out), clean, "--resume",
+                       os.path.join(run, "checkpoint.h5")] + SMALL)
+
+
+def test_resume_of_a_complete_run_into_a_new_folder(tmp_path, run, clean, capsys):
+    assert _resume(tmp_path, run, clean, "b", 3) == 0
+    assert "the run is complete" in capsys.readouterr().out
+    b = tmp_path / "b"
+    assert open(b / "model.h5", "rb").read() == open(os.path.join(run, "model.h5"), "rb").read()
+    assert [r["step"] for r in read_history(str(b / "history.csv"))] == [3]
+
+
+def test_resume_without_improvement_keeps_the_best_model(tmp_path, run, clean):
+    with h5py.File(os.path.join(run, "checkpoint.h5"), "r+") as f:   # validation can't beat 0
+        prov = json.loads(f.attrs["provenance"])
+        prov["best"] = [0.0, 3]
+        f.attrs["provenance"] = json.dumps(prov)
+    assert _resume(tmp_path, run, clean, "c", 6) == 0
+    c = tmp_path / "c"
+    assert load_checkpoint(str(c / "model.h5"))["step"] == 3        # the earlier best
+    assert load_checkpoint(str(c / "checkpoint.h5"))["step"] == 6
+    os.remove(os.path.join(run, "model.h5"))                # no earlier best model at all:
+    assert _resume(tmp_path, run, clean, "d", 6) == 0       # the next validation writes one
+    assert load_checkpoint(str(tmp_path / "d" / "model.h5"))["step"] == 6
