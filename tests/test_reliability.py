@@ -240,3 +240,69 @@ def test_resume_without_improvement_keeps_the_best_model(tmp_path, run, clean):
     os.remove(os.path.join(run, "model.h5"))                # no earlier best model at all:
     assert _resume(tmp_path, run, clean, "d", 6) == 0       # the next validation writes one
     assert load_checkpoint(str(tmp_path / "d" / "model.h5"))["step"] == 6
+
+
+# 8. cupyden-evaluate: binned outputs, unknown pixel sizes; --angpix -------------------------
+
+def strict_json(path):
+    """Parse a JSON file, refusing NaN and Infinity (not JSON)."""
+    def refuse(name):
+        raise ValueError("%s in %s" % (name, path))
+    return json.loads(open(path).read(), parse_constant=refuse)
+
+
+def test_evaluate_accepts_denoise_bin_4_output_of_an_odd_size(tmp_path, run):
+    from cupyden.cli import evaluate
+
+    rng = numpy.random.default_rng(1)
+    raw = write(tmp_path / "raw.mrc", (smooth((198, 173)) + rng.poisson(30, (198, 173))).astype(numpy.float32), 2.0)
+    half_b = write(tmp_path / "b.mrc", (smooth((198, 173)) + rng.poisson(30, (198, 173))).astype(numpy.float32), 2.0)
+    assert denoise.main([os.path.join(run, "model.h5"), raw, "-o", str(tmp_path / "d"),
+                         "--bin", "4", "-d", "-1", "--no-progress"]) == 0
+    den = str(tmp_path / "d" / "raw.mrc")
+    with mrcfile.open(den) as m:
+        assert m.data.shape == (49, 43)              # sides cropped to multiples of 4
+    out = str(tmp_path / "e")
+    assert evaluate.main([raw, den, "--half-b", half_b, "-o", out]) == 0
+    m = strict_json(os.path.join(out, "metrics.json"))
+    assert m["bin"] == 4 and m["pixel_size_A"] == 8.0
+    assert m["metrics"]["denoised"]["frc_0.143_A"] >= 16.0           # Nyquist at 8 Å/px
+
+
+def test_evaluate_without_a_pixel_size_reports_per_pixel(tmp_path):
+    from cupyden.cli import evaluate
+
+    rng = numpy.random.default_rng(2)
+    signal = smooth((96, 96)) * 3
+    raw = write(tmp_path / "raw.mrc", (signal + rng.poisson(30, (96, 96))).astype(numpy.float32), None)
+    b = write(tmp_path / "b.mrc", (signal + rng.poisson(30, (96, 96))).astype(numpy.float32), None)
+    den = write(tmp_path / "den.mrc", (signal + 30).astype(numpy.float32), None)
+    out = str(tmp_path / "e")
+    assert evaluate.main([raw, den, "--half-b", b, "-o", out]) == 0
+    m = strict_json(os.path.join(out, "metrics.json"))
+    assert m["pixel_size_A"] is None
+    d = m["metrics"]["denoised"]
+    assert 2.0 <= d["frc_0.5_px"] < 40 and "frc_0.5_A" not in d         # px, finite
+    assert "pixel size unknown" in open(os.path.join(out, "report.md")).read()
+    out2 = str(tmp_path / "e2")
+    assert evaluate.main([raw, den, "--half-b", b, "--angpix", "1.5", "-o", out2]) == 0
+    d2 = strict_json(os.path.join(out2, "metrics.json"))["metrics"]["denoised"]
+    assert d2["frc_0.5_A"] == pytest.approx(1.5 * d["frc_0.5_px"])
+
+
+def test_train_names_angpix_for_an_unknown_pixel_size(tmp_path, capsys):
+    counts = write(tmp_path / "c.mrc", numpy.random.default_rng(3).poisson(30, (96, 96)).astype(numpy.float32), None)
+    out = str(tmp_path / "o")
+    opts = ["--pairs", "count-split", counts, "--dose", "30", "-o", out] + SMALL
+    assert train.main(opts) == 2
+    assert "pass --angpix" in error_line(capsys, "cupyden-train")
+    assert train.main(opts + ["--angpix", "1.0", "--steps", "3"]) == 0
+    e = strict_json(os.path.join(out, "evaluation.json"))
+    assert e["pixel_size"] == 1.0
+
+
+def test_json_has_null_for_nan_and_inf():
+    from cupyden.metrics import to_json
+
+    text = to_json({"a": float("nan"), "b": [float("inf"), numpy.float32(1.5)], "c": numpy.int64(3)})
+    assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 3}

@@ -65,6 +65,8 @@ Options:
                       auto = 4 for the embedded crop, else 1 [default: auto]
   --dose D            Dose in e/A^2 for the count split; auto = from the FEI extended
                       header, else estimated from the noise [default: auto]
+  --angpix A          Pixel size of the inputs in Å/px (before --bin); auto = from
+                      each file's header [default: auto]
   --drop-frames N     Movie frames to drop at the start [default: 0]
   --align             Align movie frames by whole-pixel shifts before summing.
   --noise-level L     Sigma (gaussian, image units) or mean counts per px (poisson)
@@ -100,7 +102,6 @@ checkpoint.h5 (latest, with Adam state), history.csv, loss_curve.png, and for pa
 with two halves an evaluation on the held-out rows (printed, and in evaluation.json).
 """
 
-import json
 import os
 import time
 from typing import NamedTuple
@@ -112,6 +113,7 @@ from ..data import k2_crop
 from ..errors import InputError
 from ..functional.conv import PRECISIONS, set_precision
 from ..infer import denoise_array
+from ..io.atomic import atomic_output
 from ..io.checkpoint import load_checkpoint
 from ..io.movies import even_odd_sums
 from ..io.mrc import read_mrc, write_mrc
@@ -119,7 +121,7 @@ from ..io.pairs import check_distinct_views, count_split, expand, pair_halves, s
 from ..io.patches import cut_patches, fourier_bin, normalization
 from ..io.store import PatchStore, PatchStoreWriter
 from ..io.tiff import read_image
-from ..metrics import halves_gain
+from ..metrics import halves_gain, to_json
 from ..models import build_model
 from .. import report
 from ..train import fit
@@ -165,6 +167,7 @@ def _parse(args):
     o["steps"] = ((150 if o["embedded"] else 2000) if args["--steps"] == "auto"
                   else as_int(args, "--steps", 1))
     o["dose"] = None if args["--dose"] == "auto" else as_float(args, "--dose", 0)
+    o["angpix"] = None if args["--angpix"] == "auto" else as_float(args, "--angpix", 1e-6)
     if o["pairs"] == "halves" and not args["--odd"] and not o["embedded"]:
         raise InputError("--pairs halves needs --odd (the odd half micrographs)")
     if o["embedded"] and o["pairs"] != "count-split":
@@ -189,6 +192,7 @@ def load_views(o, odd=None, log=print):
     else:
         pairs = [(read_mrc(p, ndim=2), None) for p in expand(o["inputs"])]
     for i, (mic, other) in enumerate(pairs):
+        mic = mic._replace(pixel_size=o.get("angpix") or mic.pixel_size)
         name = os.path.basename(mic.path)
         if o["pairs"] == "count-split":
             a, b, info = count_split(mic.data, mic.pixel_size, o["dose"] or mic.dose, o["seed"] + i, name)
@@ -318,7 +322,7 @@ def _train_f2fd(args, o, device, out):
         if data.ndim == 3:
             raise InputError("--bin applies to micrographs; bin volumes before training")
         data = fourier_bin(data, o["bin"])
-    pixel_size = image.pixel_size * o["bin"]
+    pixel_size = (o.get("angpix") or image.pixel_size) * o["bin"]
     prm = f2fd_params(args, o["patch_size"])
     if o["patch_size"] % 32:
         raise InputError("--patch-size must be a multiple of 32 for F2Fd's U-Net (5 poolings),"
@@ -382,8 +386,8 @@ def _evaluate(views, out, device, o):
     den_a, _ = denoise_array(model, a_val, device.xp, norm=normalization(v.a, o["normalize"]))
     g = halves_gain(den_a, a_val, b_val)
     g.update({"micrograph": v.name, "rows": [split, v.a.shape[0]], "pixel_size": v.pixel_size})
-    with open(os.path.join(out, "evaluation.json"), "w") as f:
-        json.dump(g, f, indent=1)
+    with atomic_output(os.path.join(out, "evaluation.json"), ".json") as tmp, open(tmp, "w") as f:
+        f.write(to_json(g))                     # NaN and Inf as null
     print("held-out rows %d:%d of %s: corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
           % (split, v.a.shape[0], v.name, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
     if o["embedded"]:

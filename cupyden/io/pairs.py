@@ -112,7 +112,8 @@ def poisson_check(image, pixel_size, dose=None, name="micrograph"):
     scale_dose = None
     if dose:
         if pixel_size <= 0:
-            raise InputError("%s: the pixel size is unknown; pass --pixel-size" % name)
+            raise InputError("%s: the pixel size is unknown (none in the header); pass "
+                             "--angpix (Å/px)" % name)
         scale_dose = mean / (dose * pixel_size ** 2)
         ratio = scale_hf / scale_dose
         if not 1 / SCALE_AGREEMENT <= ratio <= SCALE_AGREEMENT:

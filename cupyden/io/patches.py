@@ -132,6 +132,32 @@ def fourier_bin(image, factor):
     return fourier_resize(image[:H, :W], (H // factor, W // factor))
 
 
+def bin_factor(shape, binned_shape):
+    """The factor b with which :func:`fourier_bin` turns an image of ``shape`` into one of
+    ``binned_shape``: (H // b, W // b) == (h, w) (each side is cropped to a multiple of b
+    first, so a 3838 x 3710 micrograph binned by 4 is 959 x 927).
+
+    Parameters
+    ----------
+    shape, binned_shape : tuples (..., H, W) and (..., h, w)
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InputError
+        No integer factor gives ``binned_shape``.
+    """
+    (H, W), (h, w) = shape[-2:], binned_shape[-2:]
+    b = H // h if 0 < h <= H else 0
+    if b < 1 or (H // b, W // b) != (h, w):
+        raise InputError("an image of %dx%d px is not one of %dx%d px binned by an integer "
+                         "factor" % (w, h, W, H))
+    return b
+
+
 def patch_origins(length, patch, stride):
     """Start positions along one axis: 0, stride, ..., plus one flush with the end."""
     if length < patch:
