@@ -38,7 +38,7 @@ def main():
                      "--bin", str(b), "--batch-size", args["--batch-size"],
                      "--patch-size", args["--patch-size"], "--steps", "1000000",
                      "--max-minutes", args["--minutes"], "--val-every", "500",
-                     "--val-patches", "512", "-d", "0", "-o", out, "--no-progress"])
+                     "--val-patches", "512", "-d", "0", "-o", out, "--no-progress", "--overwrite"])
     assert rc == 0
     ev = json.load(open(os.path.join(out, "evaluation.json")))
     print("held-out rows %s: corr(A, B) %.4f, corr(f(A), B) %.4f, SNR gain %+.2f dB"

@@ -104,7 +104,7 @@ def main():
                              "--patch-size", args["--patch-size"], "--stride", "48",
                              "--steps", "1000000", "--max-minutes", args["--minutes"],
                              "--val-every", "100", "-d", args["-d"], "-o", run_dir,
-                             "--no-progress"])
+                             "--no-progress", "--overwrite"])
             assert rc == 0
             hist = open(os.path.join(run_dir, "history.csv")).read().splitlines()
             print("  %s: %s" % (arch, hist[-1]))

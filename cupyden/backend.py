@@ -112,8 +112,8 @@ def select_device(spec=None):
     Raises
     ------
     InputError
-        When the value is not an integer or ``auto``, or a GPU was asked for and cannot be
-        used (CuPy missing, no driver, ordinal out of range, or a test kernel fails).
+        When the value is not an integer >= -1 or ``auto``, or a GPU was asked for and
+        cannot be used (CuPy missing, no driver, ordinal out of range, or a test kernel fails).
     """
     if spec is None:
         spec = os.environ.get("CUPYDEN_DEVICE", "auto")
@@ -124,7 +124,10 @@ def select_device(spec=None):
         ordinal = int(spec)
     except ValueError:
         raise InputError("device must be 'auto', -1 (CPU) or a GPU number, got %r" % spec)
-    if ordinal < 0:
+    if ordinal < -1:
+        raise InputError("device must be 'auto', -1 (CPU) or a GPU number >= 0, got %d"
+                         % ordinal)
+    if ordinal == -1:
         return Device(-1)
     n = gpu_count()
     if ordinal >= n:

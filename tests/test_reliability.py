@@ -306,3 +306,77 @@ def test_json_has_null_for_nan_and_inf():
 
     text = to_json({"a": float("nan"), "b": [float("inf"), numpy.float32(1.5)], "c": numpy.int64(3)})
     assert json.loads(text) == {"a": None, "b": [None, 1.5], "c": 3}
+
+
+# 9. The smaller ones ---------------------------------------------------------------------
+
+def test_int8_with_negative_values_is_not_counts(tmp_path, capsys):
+    from cupyden.io.patches import normalization
+
+    rng = numpy.random.default_rng(0)       # unsigned bytes stored as mode 0 read as signed
+    wrapped = rng.poisson(120, (96, 96)).clip(0, 255).astype(numpy.uint8).view(numpy.int8)
+    path = write(tmp_path / "i8.mrc", wrapped)
+    assert train.main([path, "-o", str(tmp_path / "o")] + SMALL) == 2
+    err = error_line(capsys, "cupyden-train")
+    assert "i8.mrc: " in err and "negative: not electron counts" in err
+    with pytest.raises(InputError, match="mic7: the image is constant"):
+        normalization(numpy.ones((8, 8)), name="mic7")
+
+
+def test_cluster_progress_and_unknown_pixel_size(tmp_path, monkeypatch, capsys):
+    from cupyden import report
+    from cupyden.cli import cluster
+
+    titles = []
+    save = report.save_png
+    monkeypatch.setattr(report, "save_png", lambda fig, path: (
+        titles.append(fig._suptitle.get_text() if fig._suptitle else ""), save(fig, path)))
+    stack = write(tmp_path / "s.mrcs", numpy.random.default_rng(0).standard_normal(
+        (8, 16, 16)).astype(numpy.float32), None)
+    assert cluster.main([stack, "-k", "2", "--rounds", "1", "--steps", "2", "--box", "8",
+                         "-d", "-1", "-o", str(tmp_path / "c")]) == 0
+    assert "class averages (pixel size unknown, 16 px)" in titles
+    assert "round 1 of 1" in capsys.readouterr().err          # the progress bar
+
+
+def test_export_creates_its_folder(tmp_path, run):
+    from cupyden.cli import export
+
+    base = str(tmp_path / "new" / "deeper" / "m")
+    assert export.main([os.path.join(run, "model.h5"), "-o", base]) == 0
+    assert os.path.exists(base + ".npz") and os.path.exists(base + ".json")
+
+
+def test_only_minus_one_means_cpu(tmp_path, clean, capsys):
+    from cupyden import backend
+
+    assert backend.select_device("-1").ordinal == -1
+    with pytest.raises(InputError, match="-1 \\(CPU\\) or a GPU number >= 0, got -2"):
+        backend.select_device("-2")
+    opts = [o if o != "-1" else "-2" for o in SMALL]
+    assert train.main(["--pairs", "gaussian", clean, "-o", str(tmp_path / "o")] + opts) == 2
+    assert "got -2" in error_line(capsys, "cupyden-train")
+
+
+def test_training_into_a_finished_run_needs_overwrite(tmp_path, run, clean, capsys):
+    before = open(os.path.join(run, "model.h5"), "rb").read()
+    opts = ["--pairs", "gaussian", "--noise-level", "0.5", "--steps", "3", "-o", run, clean] + SMALL
+    assert train.main(opts + ["--seed", "1"]) == 2
+    assert "already holds model.h5, checkpoint.h5" in error_line(capsys, "cupyden-train")
+    assert open(os.path.join(run, "model.h5"), "rb").read() == before
+    assert train.main(opts + ["--seed", "1", "--overwrite"]) == 0
+    assert open(os.path.join(run, "model.h5"), "rb").read() != before
+
+
+def test_simulate_writes_even_and_odd_sums(tmp_path):
+    from cupyden.cli import simulate
+
+    out = str(tmp_path / "sim")
+    assert simulate.main([out, "--size", "64", "--pixel-size", "4", "--frames", "5",
+                          "--particles", "1", "--even-odd", "-d", "-1", "--no-progress"]) == 0
+    with mrcfile.open(os.path.join(out, "sim_00000_movie.mrcs")) as m:
+        movie = m.data.astype(numpy.float64)
+    for name, frames in (("even", movie[0::2]), ("odd", movie[1::2])):
+        with mrcfile.open(os.path.join(out, "sim_00000_%s.mrc" % name)) as m:
+            assert numpy.array_equal(m.data, frames.sum(0))
+            assert float(m.voxel_size.x) == pytest.approx(4.0)

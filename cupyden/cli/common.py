@@ -94,6 +94,29 @@ def as_choice(args, key, choices):
     return v
 
 
+def refuse_to_overwrite(folder, names, overwrite):
+    """Refuse to replace the outputs of an earlier run without ``--overwrite``.
+
+    Parameters
+    ----------
+    folder : str
+    names : sequence of str
+        Files in ``folder`` that mark an earlier run's results (e.g. "model.h5").
+    overwrite : bool
+        The user's --overwrite.
+
+    Raises
+    ------
+    InputError
+        ``folder`` holds one of ``names`` and ``overwrite`` is False.
+    """
+    found = [n for n in names if os.path.exists(os.path.join(folder, n))]
+    if found and not overwrite:
+        raise InputError("%s already holds %s of an earlier run; pass --overwrite to replace "
+                         "it, --resume to continue it, or choose another -o"
+                         % (folder, ", ".join(found)))
+
+
 def output_folder(path):
     """Create the output folder ``path`` (and parents) if needed; InputError if impossible."""
     try:

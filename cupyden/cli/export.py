@@ -6,7 +6,8 @@ Usage:
 
 Options:
   --to FORMAT   npz (the only format) [default: npz]
-  -o PATH       Output path without extension; default: MODEL's path without .h5
+  -o PATH       Output path without extension (its folder is created); default:
+                MODEL's path without .h5
   -h, --help    Show this help.
 
 Writes PATH.npz (one array per parameter and buffer, float32, cupyden names such as
@@ -36,7 +37,7 @@ import numpy
 from ..io.atomic import atomic_output
 from ..io.checkpoint import load_checkpoint
 from ..models import build_model
-from .common import as_choice, run
+from .common import as_choice, output_folder, run
 
 
 #: Architectures whose names map to the PyTorch modules documented above; the others are
@@ -67,6 +68,7 @@ def _body(args):
     state = model.state()
     arch = ck["config"]["model"]["arch"]
     base = args["-o"] or os.path.splitext(args["MODEL"])[0]
+    output_folder(os.path.dirname(os.path.abspath(base)))
     description = {"model": ck["config"]["model"], "training": ck["config"],
                    "receptive_field_px": model.receptive_field,
                    "arrays": {k: list(v.shape) for k, v in state.items()},

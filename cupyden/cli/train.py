@@ -94,6 +94,7 @@ multiple of 32):
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
   -o, --output DIR    Output folder (created) [default: cupyden-out]
   --resume CKPT       Continue from a checkpoint.h5 of an earlier run (same options).
+  --overwrite         Replace the model of an earlier run in DIR (refused otherwise).
   --no-progress       No progress bar.
   -h, --help          Show this help.
 
@@ -125,7 +126,7 @@ from ..metrics import halves_gain, to_json
 from ..models import build_model
 from .. import report
 from ..train import fit
-from .common import as_choice, as_float, as_int, output_folder, run
+from .common import as_choice, as_float, as_int, output_folder, refuse_to_overwrite, run
 
 SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson", "f2fd")
 
@@ -227,7 +228,7 @@ def build_store(views, path, o, log=print):
                 raise InputError("%s: %dx%d px after binning by %d is smaller than one %d px "
                                  "patch; use a smaller --patch-size or --bin"
                                  % (v.name, v.a.shape[1], H, o["bin"], P))
-            norm = normalization(v.a, o["normalize"])
+            norm = normalization(v.a, o["normalize"], v.name)
             a, b = norm.apply(v.a), norm.apply(v.b)
             split = int(round(H * (1 - o["val_fraction"])))
             w.append("train", *cut_patches(a, b, P, o["stride"], rows=(0, split)))
@@ -243,6 +244,8 @@ def _body(args):
     o["dtype"] = set_precision(o["precision"], device.xp)     # exit 2 now, not after a store
     out = args["--output"]
     output_folder(out)
+    if not args["--resume"]:
+        refuse_to_overwrite(out, ("model.h5", "checkpoint.h5"), args["--overwrite"])
     print("device: %s; precision %s" % (device.name, o["precision"]))
     if o["pairs"] == "f2fd":
         return _train_f2fd(args, o, device, out)

@@ -28,6 +28,9 @@ FLATNESS_RANGE = (0.5, 2.0)
 #: The scale from the dose and the one from high-frequency variance/mean must agree to this
 #: factor (K2: 101.5 and 103.9 values per electron).
 SCALE_AGREEMENT = 4.0 / 3.0
+#: Largest share of negative pixels a counting-mode micrograph may have (counts are >= 0;
+#: the K2 micrograph has none; a little dark-reference noise is tolerated).
+NEGATIVE_SHARE = 0.01
 
 
 def band_powers(image):
@@ -93,13 +96,19 @@ def poisson_check(image, pixel_size, dose=None, name="micrograph"):
     Raises
     ------
     InputError
-        Non-positive mean, noise power far from flat (spatially correlated noise, as on
-        integrating detectors or after filtering), or a dose-based scale that disagrees
-        with the data (variance/mean of the counts far from 1).
+        Non-positive mean or more than ``NEGATIVE_SHARE`` negative pixels (not counts: e.g.
+        a normalised image, or unsigned bytes stored as MRC mode 0, signed int8, whose
+        values above 127 read as negative), noise power far from flat (spatially
+        correlated noise, as on integrating detectors or after filtering), or a dose-based
+        scale that disagrees with the data (variance/mean of the counts far from 1).
     """
     mean = float(numpy.mean(image))
-    if mean <= 0:
-        raise InputError("%s: mean value %g <= 0; a count split needs counts" % (name, mean))
+    negative = float(numpy.mean(numpy.asarray(image) < 0))
+    if mean <= 0 or negative > NEGATIVE_SHARE:
+        raise InputError(
+            "%s: mean value %g, %.1f%% of the pixels negative: not electron counts, which a "
+            "count split needs (an int8 file may hold unsigned bytes read as signed: convert "
+            "it; else use --pairs halves or movie)" % (name, mean, 100 * negative))
     low, high = band_powers(image)
     flatness = low / high
     if not FLATNESS_RANGE[0] <= flatness <= FLATNESS_RANGE[1]:
@@ -151,11 +160,14 @@ def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
     Raises
     ------
     InputError
-        See :func:`poisson_check`.
+        See :func:`poisson_check`; also counts that round to one value everywhere.
     """
     info = poisson_check(image, pixel_size, dose, name)
     counts = numpy.clip(numpy.rint(numpy.asarray(image, numpy.float64) / info.scale), 0, None)
     counts = counts.astype(numpy.int64)
+    if counts.min() == counts.max():
+        raise InputError("%s: every pixel rounds to %d electrons at %.4g values per electron: "
+                         "nothing to split (check --dose)" % (name, counts.flat[0], info.scale))
     a = numpy.random.default_rng(seed).binomial(counts, 0.5)
     return a.astype(numpy.float32), (counts - a).astype(numpy.float32), info
 

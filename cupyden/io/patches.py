@@ -35,13 +35,15 @@ class Normalization(NamedTuple):
         return y * self.scale + self.loc
 
 
-def normalization(image, method="robust"):
+def normalization(image, method="robust", name="the image"):
     """The normalisation statistic of one micrograph.
 
     Parameters
     ----------
     image : array (H, W) or (Z, H, W)
     method : "robust", "percentile" or "meanstd"
+    name : str
+        The micrograph's name, for the message.
 
     Returns
     -------
@@ -68,7 +70,7 @@ def normalization(image, method="robust"):
         raise InputError("normalisation must be 'robust', 'percentile' or 'meanstd', got %r"
                          % method)
     if not scale > 0:
-        raise InputError("the image is constant: it cannot be normalised")
+        raise InputError("%s: the image is constant: it cannot be normalised" % name)
     return Normalization(loc, scale, method)
 
 
