@@ -16,23 +16,7 @@ from cupyden.errors import InputError
 from cupyden.io.checkpoint import load_checkpoint
 from cupyden.train import read_history
 
-SMALL = ["--depth", "3", "--width", "4", "--patch-size", "16", "--stride", "8",
-         "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress"]
-
-
-def write(path, data, voxel=1.0):
-    with mrcfile.new(str(path), overwrite=True) as m:
-        m.set_data(data)
-        if voxel is not None:
-            m.voxel_size = voxel
-    return str(path)
-
-
-def smooth(shape, seed=0):
-    rng = numpy.random.default_rng(seed)
-    f = numpy.fft.rfft2(rng.standard_normal(shape))
-    k2 = numpy.fft.fftfreq(shape[0])[:, None] ** 2 + numpy.fft.rfftfreq(shape[1])[None, :] ** 2
-    return (numpy.fft.irfft2(f * numpy.exp(-k2 / 0.005), s=shape) * 20).astype(numpy.float32)
+from test_cli import SMALL, clean, model, smooth, write       # noqa: F401 (fixtures)
 
 
 def error_line(capsys, command):
@@ -43,17 +27,9 @@ def error_line(capsys, command):
 
 
 @pytest.fixture
-def clean(tmp_path):
-    return write(tmp_path / "clean.mrc", smooth((96, 96)), 2.0)
-
-
-@pytest.fixture
-def run(tmp_path, clean):
-    """A finished 3-step run: its output folder."""
-    out = str(tmp_path / "run")
-    assert train.main(["--pairs", "gaussian", "--noise-level", "0.5", "--steps", "3",
-                       "-o", out, clean] + SMALL) == 0
-    return out
+def run(model):
+    """A finished 3-step run (test_cli's model fixture): its output folder."""
+    return os.path.dirname(model)
 
 
 # 3. Non-finite training ------------------------------------------------------------------
@@ -274,9 +250,9 @@ def test_evaluate_without_a_pixel_size_reports_per_pixel(tmp_path):
 
     rng = numpy.random.default_rng(2)
     signal = smooth((96, 96)) * 3
-    raw = write(tmp_path / "raw.mrc", (signal + rng.poisson(30, (96, 96))).astype(numpy.float32), None)
-    b = write(tmp_path / "b.mrc", (signal + rng.poisson(30, (96, 96))).astype(numpy.float32), None)
-    den = write(tmp_path / "den.mrc", (signal + 30).astype(numpy.float32), None)
+    raw = write(tmp_path / "raw.mrc", (signal + rng.poisson(30, (96, 96))).astype(numpy.float32), 0.0)
+    b = write(tmp_path / "b.mrc", (signal + rng.poisson(30, (96, 96))).astype(numpy.float32), 0.0)
+    den = write(tmp_path / "den.mrc", (signal + 30).astype(numpy.float32), 0.0)
     out = str(tmp_path / "e")
     assert evaluate.main([raw, den, "--half-b", b, "-o", out]) == 0
     m = strict_json(os.path.join(out, "metrics.json"))
@@ -291,7 +267,7 @@ def test_evaluate_without_a_pixel_size_reports_per_pixel(tmp_path):
 
 
 def test_train_names_angpix_for_an_unknown_pixel_size(tmp_path, capsys):
-    counts = write(tmp_path / "c.mrc", numpy.random.default_rng(3).poisson(30, (96, 96)).astype(numpy.float32), None)
+    counts = write(tmp_path / "c.mrc", numpy.random.default_rng(3).poisson(30, (96, 96)).astype(numpy.float32), 0.0)
     out = str(tmp_path / "o")
     opts = ["--pairs", "count-split", counts, "--dose", "30", "-o", out] + SMALL
     assert train.main(opts) == 2
@@ -332,7 +308,7 @@ def test_cluster_progress_and_unknown_pixel_size(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(report, "save_png", lambda fig, path: (
         titles.append(fig._suptitle.get_text() if fig._suptitle else ""), save(fig, path)))
     stack = write(tmp_path / "s.mrcs", numpy.random.default_rng(0).standard_normal(
-        (8, 16, 16)).astype(numpy.float32), None)
+        (8, 16, 16)).astype(numpy.float32), 0.0)
     assert cluster.main([stack, "-k", "2", "--rounds", "1", "--steps", "2", "--box", "8",
                          "-d", "-1", "-o", str(tmp_path / "c")]) == 0
     assert "class averages (pixel size unknown, 16 px)" in titles
