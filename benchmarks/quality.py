@@ -103,7 +103,8 @@ def main():
                                         odd=os.path.join(folder, "odd"), arch=arch, binning=b,
                                         patch_size=int(args["--patch-size"]), stride=48,
                                         steps=1000000, max_minutes=float(args["--minutes"]),
-                                        val_every=100, device=args["-d"], progress=False)
+                                        val_every=100, device=args["-d"], progress=False,
+                                        overwrite=True)
             print("  %s: %s" % (arch, hist[-1]))
             methods["cupyden %s, N2N %s min" % (arch, args["--minutes"])] = (
                 lambda img, m=model: denoise_array(m, img, xp, 2048, 4,

@@ -121,8 +121,8 @@ def select_device(spec=None):
     Raises
     ------
     InputError
-        When the value is not an integer or ``auto``, or a GPU was asked for and cannot be
-        used (CuPy missing, no driver, ordinal out of range, or a test kernel fails).
+        When the value is not an integer >= -1 or ``auto``, or a GPU was asked for and
+        cannot be used (CuPy missing, no driver, ordinal out of range, or a test kernel fails).
     """
     device = _select(spec)
     SETTINGS.device = device
@@ -139,7 +139,10 @@ def _select(spec):
         ordinal = int(spec)
     except ValueError:
         raise InputError("device must be 'auto', -1 (CPU) or a GPU number, got %r" % spec)
-    if ordinal < 0:
+    if ordinal < -1:
+        raise InputError("device must be 'auto', -1 (CPU) or a GPU number >= 0, got %d"
+                         % ordinal)
+    if ordinal == -1:
         return Device(-1)
     n = gpu_count()
     if ordinal >= n:

@@ -134,7 +134,7 @@ def sample_pairs(labels, n, rng):
 
 
 def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, truth=None,
-            log=print):
+            log=print, progress=False):
     """Cluster particle images (see the module docstring).
 
     Parameters
@@ -156,6 +156,8 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
     truth : int array (N,) or None
         True classes, for purity and NMI per round.
     log : callable
+    progress : bool
+        Show a tqdm progress bar over the training steps of all rounds.
 
     Returns
     -------
@@ -179,9 +181,12 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
     model = Siamese(box=box, seed=seed).to(xp, numpy.float32)
     params = Parameters(model)
     opt = Adam(params, lr=lr)
+    from tqdm import tqdm
+    bar = tqdm(total=rounds * steps, unit="step", disable=not progress, dynamic_ncols=True)
     for r in range(1, rounds + 1):
         model.train()
         losses = []
+        bar.set_description("round %d of %d" % (r, rounds))
         for _ in range(steps):
             i, j, y = sample_pairs(labels, batch_size, rng)
             e1, e2 = model.forward_pair(xd[i], xd[j])
@@ -190,9 +195,12 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
             model.backward_pair(*contrastive_backward(cache))
             opt.step()
             losses.append(float(loss))
+            bar.update(1)
+        bar.set_postfix(loss="%.4g" % numpy.mean(losses))
         model.eval()
         emb = xp.concatenate([model.forward(xd[s:s + 256]) for s in range(0, N, 256)])
         labels = kmeans(emb, k, seed + r)
         history.append({"round": r, "losses": losses})
         record(history[-1])
+    bar.close()
     return labels, history

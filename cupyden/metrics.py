@@ -16,6 +16,9 @@ with the denoised image: a denoiser that removes only noise leaves it near 0.
 All functions take host (NumPy) arrays and return Python floats or float64 arrays.
 """
 
+import json
+import math
+
 import numpy
 
 from .losses.ssim import ssim_map
@@ -54,8 +57,8 @@ def pearson(a, b):
 
 
 def snr_from_cc(c):
-    """SNR = c / (1 - c) (Frank & Al-Ali 1975)."""
-    return c / (1.0 - c)
+    """SNR = c / (1 - c) (Frank & Al-Ali 1975); inf for c = 1 (identical images)."""
+    return float("inf") if c >= 1 else c / (1.0 - c)
 
 
 def halves_gain(denoised_a, raw_a, raw_b, cutoff=1 / 200):
@@ -243,6 +246,31 @@ def removed_correlation(raw, denoised):
     return pearson(raw - den, den)
 
 
+def to_json(obj):
+    """JSON text of metrics, with null for NaN and Inf (bare NaN is not JSON) and plain
+    Python numbers for NumPy scalars.
+
+    Parameters
+    ----------
+    obj : dict, list, tuple, number, str or None (nested)
+
+    Returns
+    -------
+    str
+    """
+    def clean(v):
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (float, numpy.floating)):
+            return float(v) if math.isfinite(v) else None
+        if isinstance(v, numpy.integer):
+            return int(v)
+        return v
+    return json.dumps(clean(obj), indent=1, allow_nan=False)
+
+
 def compare(estimates, pixel_size, clean=None, half_b=None, cutoff=1 / 200):
     """Every applicable metric for several estimates of one micrograph's signal.
 
@@ -251,8 +279,9 @@ def compare(estimates, pixel_size, clean=None, half_b=None, cutoff=1 / 200):
     estimates : dict of name -> array (H, W)
         Must hold "raw", the noisy input the others were computed from; e.g. "raw",
         "gaussian", "denoised".
-    pixel_size : float
-        Å/px.
+    pixel_size : float or None
+        Å/px; None (or 0) when unknown: frequencies are then in 1/px and the FRC crossings
+        in px (keys "frc_0.5_px", "frc_0.143_px" instead of "frc_0.5_A", "frc_0.143_A").
     clean : array (H, W) or None
         The clean signal in the units of "raw" (simulations): PSNR, SSIM (data range of
         ``clean``), Pearson correlation, FRC and its 0.5 / 0.143 crossings. Against a
@@ -267,8 +296,11 @@ def compare(estimates, pixel_size, clean=None, half_b=None, cutoff=1 / 200):
     Returns
     -------
     metrics : dict of name -> dict of str -> float
-    frc_curves : dict of name -> (freq in 1/Å, curve), against ``clean`` or else ``half_b``
+    frc_curves : dict of name -> (freq in 1/Å or 1/px, curve), against ``clean`` or else
+        ``half_b``
     """
+    unit = "A" if pixel_size else "px"
+    pixel_size = pixel_size or 1.0
     raw = estimates["raw"]
     metrics, curves = {}, {}
     reference = clean if clean is not None else half_b
@@ -285,8 +317,8 @@ def compare(estimates, pixel_size, clean=None, half_b=None, cutoff=1 / 200):
         if reference is not None:
             f, c = frc(est, reference)
             curves[name] = (f / pixel_size, c)
-            m["frc_0.5_A"] = frc_resolution(f, c, pixel_size, 0.5)
-            m["frc_0.143_A"] = frc_resolution(f, c, pixel_size, 0.143)
+            m["frc_0.5_" + unit] = frc_resolution(f, c, pixel_size, 0.5)
+            m["frc_0.143_" + unit] = frc_resolution(f, c, pixel_size, 0.143)
         if name != "raw":
             m["removed_correlation"] = removed_correlation(raw, est)
         metrics[name] = m

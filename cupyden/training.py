@@ -13,6 +13,7 @@ the whole batch would, and the parameters stay identical (checked at each valida
 
 import csv
 import os
+import shutil
 import time
 
 import numpy
@@ -22,7 +23,8 @@ from .backend import synchronize
 from .errors import InputError
 from .functional.conv import set_precision
 from .io.atomic import atomic_output
-from .io.checkpoint import load_checkpoint, save_checkpoint
+from .errors import InputError
+from .io.checkpoint import load_checkpoint, non_finite, save_checkpoint
 from .io.torch_pickle import read_state_dict, topaz_pretrained
 from .losses import Objective
 from .losses.fourier import frc_ring_weights
@@ -204,11 +206,23 @@ def initial_weights(spec):
 
 
 def read_history(path, upto=None):
-    """Rows of history.csv (as dicts of numbers) with step <= upto."""
+    """Rows of history.csv (as dicts of numbers) with step <= upto.
+
+    Raises
+    ------
+    InputError
+        The file is not a history.csv written by ``fit``.
+    """
     if not os.path.exists(path):
         return []
-    with open(path) as f:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    try:
+        with open(path) as f:
+            rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(f)]
+        if rows and set(rows[0]) != set(HISTORY_FIELDS):
+            raise ValueError("columns %s" % sorted(rows[0]))
+    except (UnicodeDecodeError, ValueError, TypeError, csv.Error) as exc:
+        raise InputError("%s: not a history.csv written by cupyden-train (%s)"
+                         % (path, str(exc).splitlines()[0][:80]))
     for r in rows:
         r["step"] = int(r["step"])
     return [r for r in rows if upto is None or r["step"] <= upto]
@@ -221,6 +235,92 @@ def write_history(path, rows):
         w.writeheader()
         for r in rows:
             w.writerow({k: r[k] for k in HISTORY_FIELDS})
+
+
+def _stop_if_diverged(step, train_loss, val_loss, weights, adam, history, out_dir):
+    """Refuse to go on, or to write a checkpoint, once training has diverged.
+
+    Called at each validation, where the running training loss has just been brought to
+    the host (the one synchronisation of the interval) and the weights and Adam's moments
+    have been copied there to be saved: the checks cost no extra device work.
+
+    Parameters
+    ----------
+    step : int
+    train_loss : float
+        Mean training loss since the last validation (0 with float16 loss scaling, whose
+        skipped steps are expected to have non-finite losses).
+    val_loss : float
+    weights, adam : dicts of host arrays, or None
+        ``Model.state()`` and ``Adam.state()`` (None on the ranks of a data-parallel run
+        that write no checkpoint: they check the losses, which every rank shares).
+    history : list of dict
+        The rows written so far (the last good validation is the last row).
+    out_dir : str
+
+    Raises
+    ------
+    InputError
+        A loss, a weight or an Adam moment is NaN or Inf; the message names the last good
+        checkpoint, which is kept as it was.
+    """
+    what = None
+    if not numpy.isfinite(train_loss):
+        what = "the training loss is %s" % train_loss
+    elif not numpy.isfinite(val_loss):
+        what = "the validation loss is %s" % val_loss
+    elif weights is not None:
+        bad = non_finite({"weights": weights, "Adam": {"m": adam["m"], "v": adam["v"]}})
+        if bad is not None:
+            what = "%s holds NaN or Inf" % bad
+    if what is None:
+        return
+    kept = ("the checkpoint of step %d is kept in %s" % (history[-1]["step"], out_dir)
+            if history else "no checkpoint was written")
+    raise InputError("training diverged at step %d: %s (the learning rate is likely too "
+                     "high); %s; train again with a lower --lr" % (step, what, kept))
+
+
+def _carry_over(resume, out_dir, best):
+    """The best model and the history of a resumed run, in ``out_dir``.
+
+    A run resumed into another folder gets the earlier run's model.h5 (the best so far,
+    when its step is the checkpoint's best step) and its history rows up to the
+    checkpoint; without that model.h5, ``best`` is reset so that the next validation
+    writes one. Either way ``out_dir`` ends with a model.h5, even when validation never
+    improves or the checkpoint is already at the last step.
+
+    Parameters
+    ----------
+    resume : str
+        The checkpoint.h5 resumed from.
+    out_dir : str
+    best : (float, int)
+        The checkpoint's best validation loss and its step.
+
+    Returns
+    -------
+    best : (float, int)
+    history : list of dict
+        Rows up to the checkpoint's step.
+    """
+    start = load_checkpoint(resume)["step"]
+    src = os.path.dirname(os.path.abspath(resume))
+    hist_path = os.path.join(out_dir, "history.csv")
+    if os.path.exists(hist_path):
+        history = read_history(hist_path, upto=start)
+    else:
+        history = read_history(os.path.join(src, "history.csv"), upto=start)
+        write_history(hist_path, history)
+    model = os.path.join(out_dir, "model.h5")
+    earlier = os.path.join(src, "model.h5")
+    if not os.path.exists(model):
+        if os.path.exists(earlier) and load_checkpoint(earlier)["step"] == best[1]:
+            with atomic_output(model, ".h5") as tmp:
+                shutil.copyfile(earlier, tmp)
+        else:
+            best = (float("inf"), 0)
+    return best, history
 
 
 def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=None):
@@ -265,6 +365,10 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
     ------
     RuntimeError
         Data parallel: the ranks' parameters differ at a validation.
+    InputError
+        Training diverged (a NaN or Inf loss, weight or Adam moment at a validation); the
+        last good checkpoint is kept. Also from ``load_checkpoint`` (a ``resume`` holding
+        NaN or Inf) and ``save_checkpoint`` (a full disk).
     """
     from tqdm import tqdm
 
@@ -299,8 +403,17 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         best = tuple(ck["provenance"].get("best", best))
         if "schedule" in ck["provenance"]:
             sched.load_state(ck["provenance"]["schedule"])
-        history = read_history(hist_path, upto=start)
+        if root:                               # rank 0 alone writes files
+            best, history = _carry_over(resume, out_dir, best)
+        else:
+            history = read_history(hist_path, upto=start)
         log("resumed from %s at step %d" % (resume, start))
+        if start >= config["steps"]:
+            log("%s is at step %d: the run is complete (--steps %d); nothing to train"
+                % (resume, start, config["steps"]))
+            if root and not os.path.exists(os.path.join(out_dir, "model.h5")):   # no best model:
+                save_checkpoint(os.path.join(out_dir, "model.h5"), ck["weights"], config,
+                                start, ck["epoch"], None, ck["rng"], {"best": [None, start]})
     B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
     n_val = min(store.size("val"), config["val_patches"])
@@ -340,13 +453,18 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                 bar.set_postfix(loss="%.4g" % train_loss, val="%.4g" % val_loss,
                                 patches_per_s="%.0f" % rate)
                 running, n_running, t_last = 0.0, 0, now
-                improved = val_loss < best[0]
-                if improved:
-                    best = (val_loss, step)
                 if root:
                     weights = model.state()
                     if params.master is not None:              # float32 master weights
                         weights.update(params.named(params.master))
+                    adam = opt.state()
+                _stop_if_diverged(step, train_loss if scaler is None else 0.0, val_loss,
+                                  weights if root else None, adam if root else None,
+                                  history[:-1], out_dir)
+                improved = val_loss < best[0]
+                if improved:
+                    best = (val_loss, step)
+                if root:
                     if improved:
                         save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
                                         step, step // per_epoch, None, {"seed": config["seed"]},
@@ -355,12 +473,15 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                     if scaler is not None:
                         extra["loss_scale"] = scaler.state()
                     save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), weights, config,
-                                    step, step // per_epoch, opt.state(),
-                                    {"seed": config["seed"]}, extra)
+                                    step, step // per_epoch, adam, {"seed": config["seed"]},
+                                    extra)
                     write_history(hist_path, history)
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))
                 break
+    except BaseException:
+        bar.leave = False                   # erase the bar: the error message stands alone
+        raise
     finally:
         bar.close()
         loader.close()

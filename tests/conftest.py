@@ -1,4 +1,7 @@
-"""The ``xp`` fixture: NumPy always; CuPy too when a GPU is present (marker ``gpu``)."""
+"""The ``xp`` fixture: NumPy always; CuPy too when a GPU is present (marker ``gpu``), and
+:func:`shared_data` for tests that read the project's real data in ``../shared/data``."""
+
+import os
 
 import numpy
 import pytest
@@ -9,11 +12,29 @@ _MODULES = [pytest.param(numpy, id="numpy")]
 if backend.gpu_count() > 0:
     _MODULES.append(pytest.param(backend.cupy, id="cupy", marks=pytest.mark.gpu))
 
+#: The project's real data (DATA.md): beside the checkout on CI and developer machines,
+#: absent from a user's fresh clone.
+SHARED_DATA = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared",
+                                            "data"))
+
 
 @pytest.fixture(params=_MODULES)
 def xp(request):
     """The array module under test."""
     return request.param
+
+
+def shared_data(*parts):
+    """The path of ``../shared/data/<parts>``; skips the calling test when it is absent.
+
+    A user's clone has no ``../shared`` beside it, so a test that needs the real data
+    skips with the reason instead of failing; CI has it and runs the test.
+    """
+    path = os.path.join(SHARED_DATA, *parts)
+    if not os.path.exists(path):
+        pytest.skip("needs ../shared/data/%s beside the checkout (the project's real data; "
+                    "CI has it, a fresh clone does not)" % "/".join(parts))
+    return path
 
 
 def rel(a, b):

@@ -9,10 +9,10 @@ import pytest
 from cupyden.cli import cluster as cli
 from cupyden.cluster import cluster, kmeans, nmi, purity, sample_pairs
 from cupyden.io.patches import fourier_resize
-from cupyden.simulate import particle_set, read_atoms
+from cupyden.simulate import DEFAULT_MODEL, particle_set, read_atoms
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-GROEL = os.path.join(DATA, "models", "eman2_1MNF_GroEL_14mer.pdb.gz")
+from conftest import shared_data
+
 
 
 def test_purity_and_nmi_by_hand():
@@ -41,7 +41,7 @@ def test_pairs_are_half_same_half_different():
 
 def test_simulated_groel_orientations_are_recovered():
     """End to end at an easy SNR (0.5 per pixel); harder SNRs are measured, not tested."""
-    xyz, z = read_atoms(GROEL)
+    xyz, z = read_atoms(DEFAULT_MODEL)          # the GroEL 14-mer, shipped
     images, truth, _ = particle_set(xyz, z, 4, 20, 64, 3.0, 0.5, numpy.random.default_rng(1))
     labels, history = cluster(fourier_resize(images, (32, 32)), 4, 1, numpy, steps=30,
                               batch_size=16, truth=truth, log=lambda m: None)
@@ -50,7 +50,7 @@ def test_simulated_groel_orientations_are_recovered():
 
 def test_cli_on_a_real_stack(tmp_path):
     out = str(tmp_path / "cl")
-    stack = os.path.join(DATA, "particles", "cryojax", "trpv1_small_stack.mrcs")
+    stack = shared_data("particles", "cryojax", "trpv1_small_stack.mrcs")
     assert cli.main([stack, "-k", "2", "--rounds", "1", "--steps", "3", "--box", "16",
                      "-d", "-1", "-o", out]) == 0
     with mrcfile.open(os.path.join(out, "class_averages.mrcs")) as m:

@@ -17,9 +17,7 @@ from cupyden.io.tiff import read_image
 from cupyden.models import F2FdUNet
 from cupyden.simulate import DEFAULT_MODEL, read_atoms, simulate_tomogram
 
-from conftest import rel
-
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tomograms")
+from conftest import rel, shared_data
 
 
 def test_mask_values_sphere_blocks_and_rates(xp):
@@ -123,14 +121,15 @@ def test_unet_shapes_and_dropout_modes(xp):
         m3.forward(xp.zeros((1, 1, 6, 8, 8), numpy.float32))
 
 
+def test_read_real_tiff_tomogram():
+    vol = read_image(shared_data("tomograms", "cylindra_13pf_MT.tif"))
+    assert vol.data.shape == (36, 206, 94) and vol.data.dtype == numpy.uint8
+    assert vol.pixel_size == pytest.approx(10.52)         # 1.052 nm/voxel
+
+
 def test_read_tiff_volume_and_errors(tmp_path):
     import tifffile
 
-    path = os.path.join(SHARED, "cylindra_13pf_MT.tif")
-    if os.path.exists(path):
-        vol = read_image(path)
-        assert vol.data.shape == (36, 206, 94) and vol.data.dtype == numpy.uint8
-        assert vol.pixel_size == pytest.approx(10.52)         # 1.052 nm/voxel
     tifffile.imwrite(str(tmp_path / "v.tif"), numpy.arange(60, dtype=numpy.float32).reshape(3, 4, 5),
                      imagej=True, metadata={"spacing": 0.5, "unit": "nm"})
     vol = read_image(str(tmp_path / "v.tif"), ndim=3)

@@ -24,6 +24,7 @@ Options:
   -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
   -o, --output DIR    Output folder (created) [default: clusters]
+  --no-progress       No progress bar.
   -h, --help          Show this help.
 
 Outputs in DIR: class_averages.mrcs (K images, the stack's pixel size), labels.csv
@@ -46,7 +47,8 @@ from .common import as_float, as_int, output_folder, run
 
 
 def montage(averages, counts, path, pixel_size):
-    """The class averages in a grid, each titled with its class and size."""
+    """The class averages in a grid, each titled with its class and size (``pixel_size``
+    in Å/px, 0 when unknown)."""
     k = len(averages)
     cols = min(k, 6)
     rows = (k + cols - 1) // cols
@@ -57,7 +59,8 @@ def montage(averages, counts, path, pixel_size):
         lo, hi = report.contrast_limits(img, 1, 99)
         axes.ravel()[c].imshow(img, cmap="gray", vmin=lo, vmax=hi)
         axes.ravel()[c].set_title("class %d: %d" % (c, n), fontsize=9)
-    fig.suptitle("class averages (%.2f Å/px, %d px)" % (pixel_size, averages.shape[-1]))
+    size = "%.2f Å/px" % pixel_size if pixel_size else "pixel size unknown"
+    fig.suptitle("class averages (%s, %d px)" % (size, averages.shape[-1]))
     report.save_png(fig, path)
 
 
@@ -77,7 +80,8 @@ def _body(args):
     print("device: %s; %d images of %d px -> %d px, %d classes, %d rounds"
           % (device.name, len(images), images.shape[-1], box, k, rounds))
     small = fourier_resize(images, (box, box))
-    labels, history = cluster(small, k, rounds, device.xp, steps, batch, lr, seed)
+    labels, history = cluster(small, k, rounds, device.xp, steps, batch, lr, seed,
+                              progress=not args["--no-progress"])
     averages = class_averages(images, labels, k)
     counts = numpy.bincount(labels, minlength=k)
     write_mrc(os.path.join(out, "class_averages.mrcs"), averages, stack.pixel_size)

@@ -1,18 +1,23 @@
-"""What every command shares: error handling and option conversion."""
+"""What every command shares: error handling, warnings, and option conversion."""
 
+import os
 import sys
+import warnings
 
 from docopt import DocoptExit, docopt
 
 from ..errors import InputError
-from ..io.atomic import output_folder  # noqa: F401  (re-exported for the commands)
+from ..io.atomic import output_folder, refuse_to_overwrite  # noqa: F401  (re-exported for the commands)
 
 
 def run(doc, argv, body, name):
     """Parse ``argv`` with the docopt usage ``doc``, call ``body(args)``, map errors to codes.
 
     An :class:`InputError` prints ``NAME: error: MESSAGE`` on one line to stderr and gives
-    exit code 2; a usage error prints the usage and gives 2.
+    exit code 2; a usage error prints the usage and gives 2. Progress bars still on the
+    screen are cleared before the message. While ``body`` runs, every Python warning is
+    shown as one line, ``NAME: warning: MESSAGE (file.py:line)``, never with the source
+    line Python prints by default.
 
     Returns
     -------
@@ -24,15 +29,40 @@ def run(doc, argv, body, name):
     except DocoptExit as exc:
         print(exc, file=sys.stderr)
         return 2
+    shown = warnings.showwarning
+    warnings.showwarning = _warning_line(name)
     try:
         rc = body(args)
     except InputError as exc:
+        _clear_progress_bars()
         print("%s: error: %s" % (name, " ".join(str(exc).split())), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _clear_progress_bars()
         print("%s: interrupted" % name, file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = shown
     return 0 if rc is None else rc
+
+
+def _warning_line(name):
+    """A ``warnings.showwarning`` that prints one line through tqdm (bars stay whole)."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        from tqdm import tqdm
+        text = " ".join(str(message).split())
+        tqdm.write("%s: warning: %s (%s:%d)" % (name, text, os.path.basename(filename), lineno),
+                   file=sys.stderr)
+    return show
+
+
+def _clear_progress_bars():
+    """Close every open tqdm bar and erase its line, so an error message stands alone
+    (tqdm keeps its open bars in the class attribute ``_instances``)."""
+    from tqdm import tqdm
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.leave = False
+        bar.close()
 
 
 def as_int(args, key, minimum=None):

@@ -14,8 +14,10 @@ validation strip) and the denoised micrograph, on the rows below that strip:
 
 The Gaussian's sigma minimises the squared difference to --clean, or else to --half-b, on
 the validation strip (the top --validation fraction of the rows); without either, no
-Gaussian row. A DENOISED smaller than RAW by an integer factor (cupyden-denoise --bin)
-is compared with RAW, --clean and --half-b Fourier-binned by that factor.
+Gaussian row. A DENOISED smaller than RAW by an integer factor (cupyden-denoise --bin,
+which crops each side to a multiple of it) is compared with RAW, --clean and --half-b
+Fourier-binned by that factor, at DENOISED's size. Without a pixel size (none in RAW's
+header and no --angpix), frequencies are reported in 1/px and FRC crossings in px.
 
 Usage:
   cupyden-evaluate [options] RAW DENOISED
@@ -34,6 +36,8 @@ Options:
   --history CSV        A training history.csv, for the loss curve.
   --validation F       Fraction of the rows, from the top, used to choose the Gaussian's
                        sigma and left out of every score [default: 0.25]
+  --angpix A           RAW's pixel size in Å/px (before binning); auto = from RAW's
+                       header [default: auto]
   -o, --output DIR     Output folder (created) [default: evaluation]
   -h, --help           Show this help.
 
@@ -42,7 +46,6 @@ Gaussian, denoised and clean at one contrast: the clean's, else the denoised's),
 power_spectra.png, frc.png (with --clean or --half-b), loss_curve.png (with --history).
 """
 
-import json
 import os
 
 import numpy
@@ -52,8 +55,9 @@ from ..baselines import best_gaussian, gaussian_lowpass
 from ..errors import InputError
 from ..io.atomic import atomic_output
 from ..io.mrc import read_mrc
-from ..io.patches import fourier_bin
-from ..metrics import compare, power_spectrum
+from ..io.pairs import check_distinct_views
+from ..io.patches import bin_factor, fourier_bin
+from ..metrics import compare, power_spectrum, to_json
 from ..training import read_history
 from .common import as_float, output_folder, run
 
@@ -67,13 +71,13 @@ def _matched(path, raw_shape, factor, name):
 
 
 def _fmt(v):
-    if isinstance(v, float) and numpy.isinf(v):
-        return "inf"
+    if isinstance(v, float) and not numpy.isfinite(v):
+        return str(v)
     return "%.4g" % v
 
 
 def markdown(metrics, sigma, paths, figures, pixel_size, rows):
-    """The report's text."""
+    """The report's text (``pixel_size`` None when unknown)."""
     names = list(metrics)
     keys = []
     for m in metrics.values():
@@ -81,11 +85,14 @@ def markdown(metrics, sigma, paths, figures, pixel_size, rows):
     labels = {"psnr_db": "PSNR vs clean (dB)", "ssim": "SSIM vs clean",
               "cc_clean": "corr. with clean", "cc_half_b": "corr. with half B",
               "snr_gain_db": "SNR gain (dB)", "frc_0.5_A": "FRC 0.5 (Å)",
-              "frc_0.143_A": "FRC 0.143 (Å)", "removed_correlation": "corr(removed, kept)"}
+              "frc_0.143_A": "FRC 0.143 (Å)", "frc_0.5_px": "FRC 0.5 (px)",
+              "frc_0.143_px": "FRC 0.143 (px)", "removed_correlation": "corr(removed, kept)"}
     out = ["# cupyden evaluation", ""]
     out += ["- %s: `%s`" % (k, v) for k, v in paths.items() if v]
-    out += ["- pixel size %.4g Å/px; scored on rows %d-%d (the rows above chose the Gaussian)"
-            % (pixel_size, rows[0], rows[1] - 1)]
+    out += ["- %s; scored on rows %d-%d (the rows above chose the Gaussian)"
+            % ("pixel size %.4g Å/px" % pixel_size if pixel_size else
+               "pixel size unknown (give --angpix): frequencies in 1/px, FRC crossings in px",
+               rows[0], rows[1] - 1)]
     if sigma is not None:
         out.append("- best Gaussian low-pass: sigma %.3g px" % sigma)
     out += ["", "| method | " + " | ".join(labels.get(k, k) for k in keys) + " |",
@@ -104,23 +111,29 @@ def _body(args):
     den_mic = read_mrc(args["DENOISED"], ndim=2)
     raw = numpy.asarray(raw_mic.data, numpy.float64)
     den = numpy.asarray(den_mic.data, numpy.float64)
-    factor = raw.shape[0] // den.shape[0]
-    if factor < 1 or raw.shape[0] != den.shape[0] * factor or \
-            abs(raw.shape[1] / factor - den.shape[1]) >= 1:
-        raise InputError("DENOISED %s is not RAW %s binned by an integer factor"
-                         % (den.shape, raw.shape))
+    try:
+        factor = bin_factor(raw.shape, den.shape)
+    except InputError:
+        raise InputError("DENOISED %s (%dx%d px) is not RAW %s (%dx%d px) binned by an "
+                         "integer factor" % (args["DENOISED"], den.shape[1], den.shape[0],
+                                             args["RAW"], raw.shape[1], raw.shape[0]))
+    angpix = (raw_mic.pixel_size if args["--angpix"] == "auto"
+              else as_float(args, "--angpix", 1e-6))
     clean = half_b = None
     if args["--clean"]:
         clean = _matched(args["--clean"], raw.shape, factor, "clean")
     if args["--half-b"]:
         half_b = _matched(args["--half-b"], raw.shape, factor, "half B")
     raw = fourier_bin(raw, factor)
+    if half_b is not None:
+        check_distinct_views(raw, half_b, "RAW %s and --half-b %s" % (args["RAW"], args["--half-b"]))
     if clean is not None:
         s = args["--clean-scale"]
         clean = clean * (raw.mean() / clean.mean() if s == "auto" else
-                         as_float(args, "--clean-scale"))
+                         as_float(args, "--clean-scale", 1e-12))
     frac = as_float(args, "--validation", 0.0, 0.9)
-    pixel_size = raw_mic.pixel_size * factor
+    pixel_size = angpix * factor or None                # Å/px after binning; None: unknown
+    unit = "Å" if pixel_size else "px"
     H = raw.shape[0]
     v = int(round(frac * H))
     if H - v < 32:
@@ -141,14 +154,14 @@ def _body(args):
     limits = report.contrast_limits(shown["clean"] if clean is not None else shown["denoised"])
     report.panels(list(shown.values()), list(shown), os.path.join(out, "panels.png"),
                   pixel_size, limits)
-    report.curves([(n,) + power_spectrum(e, pixel_size) for n, e in shown.items()],
-                  os.path.join(out, "power_spectra.png"), "spatial frequency (1/Å)",
+    report.curves([(n,) + power_spectrum(e, pixel_size or 1.0) for n, e in shown.items()],
+                  os.path.join(out, "power_spectra.png"), "spatial frequency (1/%s)" % unit,
                   "power", log_y=True, title="radially averaged power spectra")
     if frcs:
         figures.append("frc.png")
         ref = "clean" if clean is not None else "half B"
         report.curves([(n, f, c) for n, (f, c) in frcs.items()], os.path.join(out, "frc.png"),
-                      "spatial frequency (1/Å)", "FRC with %s" % ref,
+                      "spatial frequency (1/%s)" % unit, "FRC with %s" % ref,
                       hlines=((0.5, "0.5"), (0.143, "0.143")), title="Fourier ring correlation")
     if args["--history"]:
         if not os.path.isfile(args["--history"]):
@@ -163,8 +176,8 @@ def _body(args):
             f.write(text)
     with atomic_output(os.path.join(out, "metrics.json"), ".json") as tmp:
         with open(tmp, "w") as f:
-            json.dump({"metrics": metrics, "gaussian_sigma_px": sigma, "bin": factor,
-                       "pixel_size_A": pixel_size, "scored_rows": [v, H]}, f, indent=1)
+            f.write(to_json({"metrics": metrics, "gaussian_sigma_px": sigma, "bin": factor,
+                             "pixel_size_A": pixel_size, "scored_rows": [v, H]}))
     print(text)
 
 

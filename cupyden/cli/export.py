@@ -6,13 +6,15 @@ Usage:
 
 Options:
   --to FORMAT   npz (the only format) [default: npz]
-  -o PATH       Output path without extension; default: MODEL's path without .h5
+  -o PATH       Output path without extension (its folder is created); default:
+                MODEL's path without .h5
   -h, --help    Show this help.
 
 Writes PATH.npz (one array per parameter and buffer, float32, cupyden names such as
 "conv3.w") and PATH.json: the architecture ({"arch": ..., hyper-parameters}), the training
 settings, the receptive field, and "pytorch": a map from each cupyden name to the
-``state_dict`` key of the PyTorch module documented below, so the weights load with
+``state_dict`` key of the PyTorch module documented below (null for the other
+architectures, e.g. F2Fd's U-Net), so the weights load with
 ``module.load_state_dict({pytorch[k]: torch.from_numpy(v) for k, v in npz.items()})``.
 
 PyTorch modules the names map to (documentation; cupyden never imports torch):
@@ -35,7 +37,12 @@ import numpy
 from ..io.atomic import atomic_output
 from ..io.checkpoint import load_checkpoint
 from ..models import build_model
-from .common import as_choice, run
+from .common import as_choice, output_folder, run
+
+
+#: Architectures whose names map to the PyTorch modules documented above; the others are
+#: exported with "pytorch": null.
+PYTORCH_MAPPED = ("dncnn", "unet")
 
 
 def pytorch_name(arch, name):
@@ -61,10 +68,12 @@ def _body(args):
     state = model.state()
     arch = ck["config"]["model"]["arch"]
     base = args["-o"] or os.path.splitext(args["MODEL"])[0]
+    output_folder(os.path.dirname(os.path.abspath(base)))
     description = {"model": ck["config"]["model"], "training": ck["config"],
                    "receptive_field_px": model.receptive_field,
                    "arrays": {k: list(v.shape) for k, v in state.items()},
-                   "pytorch": {k: pytorch_name(arch, k) for k in state}}
+                   "pytorch": ({k: pytorch_name(arch, k) for k in state}
+                               if arch in PYTORCH_MAPPED else None)}
     with atomic_output(base + ".npz", ".npz") as tmp, open(tmp, "wb") as f:
         numpy.savez(f, **{k: v.astype(numpy.float32) for k, v in state.items()})
     with atomic_output(base + ".json", ".json") as tmp, open(tmp, "w") as f:

@@ -36,6 +36,9 @@ Options:
   --frames F             Movie frames [default: 40]
   --drift A              Drift, Å RMS per frame and axis (0 = none) [default: 0]
   --seed S               Seed; micrograph i uses S + i [default: 0]
+  --even-odd             Also write the sums of the even and of the odd frames
+                         (NAME_even.mrc, NAME_odd.mrc): two halves with independent
+                         noise, e.g. for cupyden-evaluate of a movie held out of training.
   -d, --device N         GPU number, -1 for the CPU, or auto; when not given,
                          CUPYDEN_DEVICE, else auto (the first GPU if any).
   --no-progress          No progress bar.
@@ -45,7 +48,9 @@ Outputs per micrograph in OUTPUT: NAME_movie.mrcs (int16 electron counts, F fram
 NAME_clean.mrc (float32 expected counts of the whole dose without drift: the ground truth
 of the frame sum; the expectation of an even or odd half-sum is half of it),
 NAME_particles.csv (row and column in pixels, height in the ice in Å, orientation as a
-unit quaternion w x y z), NAME.json (every parameter, the drift per frame, the seed).
+unit quaternion w x y z), NAME.json (every parameter, the drift per frame, the seed);
+with --even-odd NAME_even.mrc and NAME_odd.mrc (float32 counts; frames 0, 2, 4, ... and
+1, 3, 5, ...; each expects about half of NAME_clean.mrc).
 """
 
 import csv
@@ -56,6 +61,7 @@ import time
 from .. import backend
 from ..errors import InputError
 from ..io.atomic import atomic_output
+from ..io.movies import even_odd_sums
 from ..io.mrc import write_mrc
 from ..simulate import DEFAULT_MODEL, Optics, read_atoms, simulate_micrograph
 from .common import as_float, as_int, output_folder, run
@@ -142,6 +148,12 @@ def _body(args):
         write_mrc(name + "_movie.mrcs", sim.movie, kw["pixel_size"], labels=labels)
         write_mrc(name + "_clean.mrc", sim.clean, kw["pixel_size"],
                   labels=labels + ["clean: expected counts of the whole dose, no drift"])
+        if args["--even-odd"]:
+            even, odd, _ = even_odd_sums(sim.movie)
+            write_mrc(name + "_even.mrc", even, kw["pixel_size"],
+                      labels=labels + ["even half: sum of frames 0, 2, 4, ..."])
+            write_mrc(name + "_odd.mrc", odd, kw["pixel_size"],
+                      labels=labels + ["odd half: sum of frames 1, 3, 5, ..."])
         write_particles(name + "_particles.csv", sim.particles)
         meta = dict(p, model=os.path.abspath(model), drift_A=sim.shifts.tolist(),
                     seconds=seconds, device=device.name)

@@ -77,6 +77,8 @@ Options:
                       auto = 4 for the embedded crop, else 1 [default: auto]
   --dose D            Dose in e/A^2 for the count split; auto = from the FEI extended
                       header, else estimated from the noise [default: auto]
+  --angpix A          Pixel size of the inputs in Å/px (before --bin); auto = from
+                      each file's header [default: auto]
   --drop-frames N     Movie frames to drop at the start [default: 0]
   --align             Align movie frames by whole-pixel shifts before summing.
   --gain FILE         Gain reference (MRC or TIFF) multiplied into every movie frame;
@@ -112,6 +114,7 @@ multiple of 32):
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
   -o, --output DIR    Output folder (created) [default: cupyden-out]
   --resume CKPT       Continue from a checkpoint.h5 of an earlier run (same options).
+  --overwrite         Replace the model of an earlier run in DIR (refused otherwise).
 Several GPUs (data parallel: one process per GPU, the gradients summed by NCCL once per
 step; --batch-size is the global batch; cupyden/distributed.py says how to launch across
 nodes, e.g. under SLURM with srun):
@@ -160,6 +163,8 @@ def _parse(args):
           "binning": None if args["--bin"] == "auto" else as_int(args, "--bin", 1),
           "steps": None if args["--steps"] == "auto" else as_int(args, "--steps", 1),
           "dose": None if args["--dose"] == "auto" else as_float(args, "--dose", 0),
+          "angpix": None if args["--angpix"] == "auto" else as_float(args, "--angpix", 1e-6),
+          "overwrite": args["--overwrite"],
           "odd": args["--odd"], "store": args["--store"], "align": args["--align"],
           "float16_store": args["--float16-store"], "gain": args["--gain"],
           "gain_rot": as_int(args, "--gain-rot", 0), "gain_flip": as_int(args, "--gain-flip", 0),
@@ -177,7 +182,8 @@ def _parse(args):
         kw[key + "_weight"] = as_float(args, "--%s-weight" % term, 0)
     for key in ("depth", "width", "base", "batch-size", "patch-size", "stride", "val-every",
                 "val-patches", "drop-frames", "seed"):
-        kw[key.replace("-", "_")] = as_int(args, "--" + key, 0 if key in ("drop-frames", "seed") else 1)
+        kw[key.replace("-", "_")] = as_int(args, "--" + key, {"drop-frames": 0, "seed": 0,
+                                                               "depth": 2}.get(key, 1))
     if args["--gpus"]:
         try:
             kw["gpus"] = [int(g) for g in args["--gpus"].split(",")]

@@ -18,14 +18,15 @@ import h5py
 import numpy
 
 from ..errors import InputError
-from .atomic import atomic_output
+from .atomic import atomic_hdf5
 
 FORMAT = "cupyden-checkpoint-1"
 
 
 def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None, rng=None,
                     provenance=None):
-    """Write a checkpoint atomically (temporary file in the same folder, then rename).
+    """Write a checkpoint atomically: built in memory, written to a temporary file in the
+    same folder, then renamed (``io.atomic.atomic_hdf5``).
 
     Parameters
     ----------
@@ -43,9 +44,10 @@ def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None,
     Raises
     ------
     InputError
-        The folder is missing or not writable.
+        The folder is missing or not writable, or the disk is full (the temporary file is
+        removed; an earlier checkpoint at ``path`` is kept).
     """
-    with atomic_output(path, ".h5") as tmp, h5py.File(tmp, "w") as f:
+    with atomic_hdf5(path, in_memory=True) as f:      # HDF5 never meets a full disk
         f.attrs["format"] = FORMAT
         f.attrs["step"], f.attrs["epoch"] = int(step), int(epoch)
         f.attrs["config"] = json.dumps(config)
@@ -60,6 +62,29 @@ def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None,
                     f.create_dataset("adam/%s/%s" % (moment, name), data=arr)
 
 
+def non_finite(state):
+    """Where a model or optimizer state holds NaN or Inf, or None when it holds none.
+
+    Parameters
+    ----------
+    state : dict
+        name -> host array, or nested dicts of them (``{"m": {...}, "v": {...}}``).
+
+    Returns
+    -------
+    str or None
+        The first offending name, e.g. ``"v/conv3.w"``.
+    """
+    for name, value in state.items():
+        if isinstance(value, dict):
+            inner = non_finite(value)
+            if inner is not None:
+                return "%s/%s" % (name, inner)
+        elif not numpy.isfinite(value).all():
+            return name
+    return None
+
+
 def load_checkpoint(path):
     """Read a checkpoint.
 
@@ -71,7 +96,9 @@ def load_checkpoint(path):
     Raises
     ------
     InputError
-        Missing, unreadable, or not a cupyden checkpoint.
+        Missing, unreadable, or not a cupyden checkpoint; weights, Adam moments or the
+        float16 loss scale holding NaN or Inf (a run that diverged: neither resumed nor
+        used to denoise).
     """
     if not os.path.isfile(path):
         raise InputError("%s: no such model or checkpoint file" % path)
@@ -91,4 +118,13 @@ def load_checkpoint(path):
             out["adam"] = {"step": int(f.attrs["adam_step"]),
                            "m": {k: f["adam/m"][k][()] for k in f["adam/m"]},
                            "v": {k: f["adam/v"][k][()] for k in f["adam/v"]}}
+    bad = non_finite({"weights": out["weights"], "adam": {k: out["adam"][k] for k in "mv"}}
+                     if out["adam"] else {"weights": out["weights"]})
+    scale = out["provenance"].get("loss_scale", {}).get("scale", 1.0)
+    if bad is None and not numpy.isfinite(scale):
+        bad = "the float16 loss scale"
+    if bad is not None:
+        raise InputError("%s: holds NaN or Inf values (%s): it comes from a run that "
+                         "diverged; use an earlier checkpoint, or train again with a lower "
+                         "--lr" % (path, bad))
     return out

@@ -39,6 +39,23 @@ class Micrograph(NamedTuple):
     path: str
 
 
+#: Leading bytes of formats that users rename or mistake for MRC files.
+MAGIC = ((b"\x89PNG", "a PNG image"), (b"II*\x00", "a TIFF file"), (b"MM\x00*", "a TIFF file"),
+         (b"\xff\xd8\xff", "a JPEG image"), (b"\x89HDF", "an HDF5 file"),
+         (b"\x1f\x8b", "gzip-compressed: gunzip it first"), (b"%PDF", "a PDF document"))
+
+
+def _sniff(path):
+    """What a file that is not an MRC file is, from its first bytes ("a PNG image"), or
+    None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return None
+    return next((what for magic, what in MAGIC if head.startswith(magic)), None)
+
+
 def _open(path, mmap):
     if not os.path.exists(path):
         raise InputError("%s: no such file" % path)
@@ -51,17 +68,23 @@ def _open(path, mmap):
             return opener(path, mode="r")
     except (ValueError, OSError, EOFError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        what = _sniff(path)
+        if what is not None:
+            raise InputError("%s: not an MRC file (it is %s)" % (path, what))
         if "Map ID string not found" in msg or "machine stamp" in msg:
             # older writers (e.g. some particle-stack tools) leave the "MAP " ID and the
-            # machine stamp empty; the rest of the header is sound: read permissively
+            # machine stamp empty; the rest of the header is sound: read permissively,
+            # if the header then describes a non-empty image
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mrc = opener(path, mode="r", permissive=True)
-            if mrc.data is not None:
+            if mrc.data is not None and mrc.data.size > 0:
                 warnings.warn("%s: header has no MAP ID or machine stamp; read permissively"
                               % path, stacklevel=3)
                 return mrc
             mrc.close()
+            raise InputError("%s: not an MRC file (no MAP ID in the header, and no image "
+                             "in the data)" % path)
         if "smaller than" in msg or "truncat" in msg.lower() or isinstance(exc, EOFError):
             raise InputError("%s: truncated MRC file (%s)" % (path, msg))
         raise InputError("%s: not a readable MRC file (%s)" % (path, msg))
@@ -126,8 +149,9 @@ def _checked_data(mrc, path, ndim):
         raise InputError("%s: unsupported MRC mode %d (supported: %s)" % (
             path, mode, ", ".join("%d %s" % kv for kv in REAL_MODES.items())))
     data = mrc.data
-    if data is None:
-        raise InputError("%s: the MRC file holds no data" % path)
+    if data is None or data.size == 0:
+        raise InputError("%s: the MRC file holds no data (its header gives %s)"
+                         % (path, "no image" if data is None else "shape %s" % (data.shape,)))
     if ndim == 2 and data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     if ndim is not None and data.ndim != ndim:

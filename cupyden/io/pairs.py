@@ -29,6 +29,9 @@ FLATNESS_RANGE = (0.5, 2.0)
 #: The scale from the dose and the one from high-frequency variance/mean must agree to this
 #: factor (K2: 101.5 and 103.9 values per electron).
 SCALE_AGREEMENT = 4.0 / 3.0
+#: Largest share of negative pixels a counting-mode micrograph may have (counts are >= 0;
+#: the K2 micrograph has none; a little dark-reference noise is tolerated).
+NEGATIVE_SHARE = 0.01
 
 
 def band_powers(image):
@@ -97,13 +100,20 @@ def poisson_check(image, pixel_size, dose=None, name="micrograph"):
     Raises
     ------
     InputError
-        Non-positive mean, noise power far from flat (spatially correlated noise, as on
-        integrating detectors or after filtering), or a dose-based scale that disagrees
-        with the data (variance/mean of the counts far from 1).
+        Non-positive mean or more than ``NEGATIVE_SHARE`` negative pixels (not counts: e.g.
+        a normalised image, or unsigned bytes stored as MRC mode 0, signed int8, whose
+        values above 127 read as negative), noise power far from flat (spatially
+        correlated noise, as on integrating detectors or after filtering), or a dose-based
+        scale that disagrees with the data (variance/mean of the counts far from 1).
     """
-    mean = float(get_array_module(image).mean(image))
-    if mean <= 0:
-        raise InputError("%s: mean value %g <= 0; a count split needs counts" % (name, mean))
+    xp = get_array_module(image)
+    mean = float(xp.mean(image))
+    negative = float(xp.mean(image < 0))
+    if mean <= 0 or negative > NEGATIVE_SHARE:
+        raise InputError(
+            "%s: mean value %g, %.1f%% of the pixels negative: not electron counts, which a "
+            "count split needs (an int8 file may hold unsigned bytes read as signed: convert "
+            "it; else use --pairs halves or movie)" % (name, mean, 100 * negative))
     low, high = band_powers(image)
     flatness = low / high
     if not FLATNESS_RANGE[0] <= flatness <= FLATNESS_RANGE[1]:
@@ -116,7 +126,8 @@ def poisson_check(image, pixel_size, dose=None, name="micrograph"):
     scale_dose = None
     if dose:
         if pixel_size <= 0:
-            raise InputError("%s: the pixel size is unknown; pass --pixel-size" % name)
+            raise InputError("%s: the pixel size is unknown (none in the header); pass "
+                             "--angpix (Å/px)" % name)
         scale_dose = mean / (dose * pixel_size ** 2)
         ratio = scale_hf / scale_dose
         if not 1 / SCALE_AGREEMENT <= ratio <= SCALE_AGREEMENT:
@@ -158,12 +169,16 @@ def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
     Raises
     ------
     InputError
-        See :func:`poisson_check`.
+        See :func:`poisson_check`; also counts that round to one value everywhere.
     """
     xp = get_array_module(image)
     info = poisson_check(image, pixel_size, dose, name)
     counts = xp.clip(xp.rint(xp.asarray(image, numpy.float64) / info.scale), 0, None)
     counts = counts.astype(numpy.int64)
+    lo, hi = int(counts.min()), int(counts.max())
+    if lo == hi:
+        raise InputError("%s: every pixel rounds to %d electrons at %.4g values per electron: "
+                         "nothing to split (check --dose)" % (name, lo, info.scale))
     a = xp.asarray(numpy.random.default_rng(seed).binomial(to_host(counts), 0.5))
     return a.astype(numpy.float32), (counts - a).astype(numpy.float32), info
 
@@ -253,6 +268,10 @@ def pair_halves(even, odd):
         raise InputError("unmatched half micrographs: even only: [%s]; odd only: [%s]"
                          % (", ".join(only_even), ", ".join(only_odd)))
     pairs = [(ev[k], od[k]) for k in sorted(ev)]
+    same = [os.path.basename(e) for e, o in pairs if os.path.samefile(e, o)]
+    if same:
+        raise InputError("the same files are given as even and odd halves (%s); --odd must "
+                         "name the other half of each exposure" % ", ".join(same))
     bad = []
     for e, o in pairs:
         se = read_mrc(e, ndim=2, mmap=True, check_values=False).data.shape
@@ -262,6 +281,30 @@ def pair_halves(even, odd):
     if bad:
         raise InputError("half micrographs differ in shape: %s" % "; ".join(bad))
     return pairs
+
+
+def check_distinct_views(a, b, name="micrograph"):
+    """Refuse two views that are identical: they carry no independent noise.
+
+    Noise2Noise learns E[b | a]; with b = a it learns the identity, and the even/odd
+    correlation of the held-out rows is 1 (an infinite SNR). It happens when one file is
+    given as both halves (or a copy of it), a movie's frames are all the same, or no noise
+    is added to a clean image.
+
+    Parameters
+    ----------
+    a, b : arrays (H, W)
+    name : str
+        For the message.
+
+    Raises
+    ------
+    InputError
+    """
+    if a.shape == b.shape and numpy.array_equal(a, b):
+        raise InputError("%s: the two views are identical (the same file given as both "
+                         "halves, identical frames, or no noise added); training and the even/odd "
+                         "SNR need two views with independent noise" % name)
 
 
 def synthetic_pair(clean, noise="gaussian", level=1.0, seed=0):

@@ -35,13 +35,15 @@ class Normalization(NamedTuple):
         return y * self.scale + self.loc
 
 
-def normalization(image, method="robust"):
+def normalization(image, method="robust", name="the image"):
     """The normalisation statistic of one micrograph.
 
     Parameters
     ----------
     image : array (H, W) or (Z, H, W)
     method : "robust", "percentile" or "meanstd"
+    name : str
+        The micrograph's name, for the message.
 
     Returns
     -------
@@ -68,7 +70,7 @@ def normalization(image, method="robust"):
         raise InputError("normalisation must be 'robust', 'percentile' or 'meanstd', got %r"
                          % method)
     if not scale > 0:
-        raise InputError("the image is constant: it cannot be normalised")
+        raise InputError("%s: the image is constant: it cannot be normalised" % name)
     return Normalization(loc, scale, method)
 
 
@@ -117,11 +119,45 @@ def fourier_bin(image, factor):
     -------
     array (H // factor, W // factor), float32
         Pixel size becomes factor times larger.
+
+    Raises
+    ------
+    InputError
+        A side shorter than ``factor``.
     """
     if factor == 1:
         return image
+    if min(image.shape[-2:]) < factor:
+        raise InputError("an image of %dx%d px cannot be binned by %d; use a smaller --bin"
+                         % (image.shape[-1], image.shape[-2], factor))
     H, W = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     return fourier_resize(image[:H, :W], (H // factor, W // factor))
+
+
+def bin_factor(shape, binned_shape):
+    """The factor b with which :func:`fourier_bin` turns an image of ``shape`` into one of
+    ``binned_shape``: (H // b, W // b) == (h, w) (each side is cropped to a multiple of b
+    first, so a 3838 x 3710 micrograph binned by 4 is 959 x 927).
+
+    Parameters
+    ----------
+    shape, binned_shape : tuples (..., H, W) and (..., h, w)
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    InputError
+        No integer factor gives ``binned_shape``.
+    """
+    (H, W), (h, w) = shape[-2:], binned_shape[-2:]
+    b = H // h if 0 < h <= H else 0
+    if b < 1 or (H // b, W // b) != (h, w):
+        raise InputError("an image of %dx%d px is not one of %dx%d px binned by an integer "
+                         "factor" % (w, h, W, H))
+    return b
 
 
 def patch_origins(length, patch, stride):

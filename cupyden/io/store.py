@@ -18,12 +18,13 @@ are appended micrograph by micrograph and the whole set never needs to fit in me
 
 import json
 import os
+import sys
 
 import h5py
 import numpy
 
 from ..errors import InputError
-from .atomic import atomic_output
+from .atomic import atomic_hdf5, check_space
 
 SPLITS = ("train", "val")
 
@@ -35,7 +36,7 @@ class PatchStoreWriter:
     ----------
     path : str
         Final path; written as a temporary file beside it, renamed on success, removed
-        on failure.
+        on failure (a full disk gives an InputError, and no temporary file is left).
     patch : int
         Patch side in pixels.
     dtype : "float32" or "float16"
@@ -45,8 +46,17 @@ class PatchStoreWriter:
 
     def __init__(self, path, patch, dtype="float32", attrs=None):
         self.path, self.patch, self.dtype = path, patch, numpy.dtype(dtype)
-        self._atomic = atomic_output(path, ".h5")
-        self.f = h5py.File(self._atomic.__enter__(), "w")
+        self._atomic = atomic_hdf5(path)
+        self.f = self._atomic.__enter__()
+        try:
+            self._create(attrs)
+        except BaseException:
+            self._atomic.__exit__(*sys.exc_info())
+            raise
+
+    def _create(self, attrs):
+        """The four empty resizable datasets (one chunk per patch) and the attributes."""
+        patch = self.patch
         for split in SPLITS:
             for role in ("input", "target"):
                 self.f.create_dataset("%s/%s" % (split, role), shape=(0, 1, patch, patch),
@@ -64,7 +74,15 @@ class PatchStoreWriter:
             self.f.attrs[k] = json.dumps(v)
 
     def append(self, split, inputs, targets):
-        """Append patch pairs (n, 1, P, P) to ``split`` ("train" or "val")."""
+        """Append patch pairs (n, 1, P, P) to ``split`` ("train" or "val").
+
+        Raises
+        ------
+        OSError
+            ENOSPC before anything is written when the disk lacks room for them
+            (``io.atomic.check_space``); the writer's exit turns it into an InputError.
+        """
+        check_space(self.f, 2 * len(inputs) * inputs[0].size * self.dtype.itemsize)
         for role, arr in (("input", inputs), ("target", targets)):
             ds = self.f["%s/%s" % (split, role)]
             n = ds.shape[0]
@@ -85,7 +103,9 @@ class PatchStoreWriter:
         return self
 
     def __exit__(self, kind, value, tb):
-        self.f.close()
+        """Close and rename the store, or on an error (a full disk included) remove it;
+        errors writing it become one InputError (io.atomic.atomic_hdf5)."""
+        self.f = None
         return self._atomic.__exit__(kind, value, tb)
 
 

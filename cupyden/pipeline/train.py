@@ -20,7 +20,6 @@ CPU and a GPU and as earlier versions built it.
 
 import contextlib
 import inspect
-import json
 import os
 import time
 from typing import NamedTuple
@@ -32,15 +31,15 @@ from ..data import k2_crop
 from ..errors import InputError
 from ..functional.conv import PRECISIONS, set_precision
 from ..infer import denoise_array
-from ..io.atomic import output_folder
+from ..io.atomic import atomic_output, output_folder, refuse_to_overwrite
 from ..io.checkpoint import load_checkpoint
 from ..io.movies import even_odd_sums, open_movie, read_gain
 from ..io.mrc import read_mrc, write_mrc
-from ..io.pairs import count_split, expand, pair_halves, synthetic_pair
+from ..io.pairs import check_distinct_views, count_split, expand, pair_halves, synthetic_pair
 from ..io.patches import fourier_bin, normalization, patch_rows
 from ..io.store import PatchStore, PatchStoreWriter
 from ..io.tiff import read_image
-from ..metrics import halves_gain
+from ..metrics import halves_gain, to_json
 from ..models import build_model
 from ..training import fit, initial_weights, read_history
 
@@ -51,7 +50,7 @@ NORMALIZATIONS = ("robust", "percentile", "meanstd")
 SCHEDULES = ("constant", "step", "cosine", "plateau")
 #: Keywords of :func:`train` that say where and how a run executes, not what it trains.
 RUN_OPTIONS = ("output_dir", "device", "gpus", "rendezvous", "rank", "world_size",
-               "nccl_timeout", "resume", "progress", "log")
+               "nccl_timeout", "resume", "overwrite", "progress", "log")
 #: F2Fd's options (names as in F2Fd; cupyden/f2fd.py) and the denoising K x T.
 F2FD_DEFAULTS = {"p": 0.1, "Vmask_pct": 0.5, "volumetric_scale_factor": 8, "dropout_p": 0.3,
                  "total_samples": 20, "n_bernoulli_samples": 1, "features": 48,
@@ -202,8 +201,8 @@ def make_view(i, source, o, xp, gain=None, log=print):
         mic = mic or read_mrc(path, ndim=2)
         pixel_size = mic.pixel_size
         if pairs == "count-split":
-            a, b, c = count_split(_on(xp, mic.data), mic.pixel_size, o["dose"] or mic.dose,
-                                  seed, name)
+            a, b, c = count_split(_on(xp, mic.data), o["angpix"] or mic.pixel_size,
+                                  o["dose"] or mic.dose, seed, name)
             info.update(count_scale=c.scale, count_scale_hf=c.scale_hf,
                         count_scale_dose=c.scale_dose, noise_flatness=c.flatness,
                         counts_per_px=float((a + b).mean()))
@@ -213,7 +212,9 @@ def make_view(i, source, o, xp, gain=None, log=print):
                                                    info["counts_per_px"]))
         else:
             a, b = (xp.asarray(v) for v in synthetic_pair(mic.data, pairs, o["noise_level"], seed))
+    check_distinct_views(a, b, name)
     f = o["bin"]
+    pixel_size = o["angpix"] or pixel_size
     return View(name, fourier_bin(a, f), fourier_bin(b, f), pixel_size * f, info)
 
 
@@ -257,7 +258,7 @@ def append_view(writer, v, index, o):
     if min(split, end - split) < P:
         raise InputError("%s: a region of %dx%d px is smaller than one %d px patch; use a "
                          "smaller --patch-size" % (v.name, W, min(split, end - split), P))
-    norm = normalization(v.a, o["normalize"])
+    norm = normalization(v.a, o["normalize"], v.name)
     a, b = norm.apply(v.a), norm.apply(v.b)
     start = {s: writer.size(s) for s in ("train", "val")}
     for part, stride, rows in (("train", o["stride"], (0, split)), ("val", P, (split, end))):
@@ -440,8 +441,9 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     g.update({"micrograph": v.name, "rows": [first, H], "rows_are": used,
               "training_rows": [0, split], "validation_rows": [split, end],
               "pixel_size": v.pixel_size})
-    with open(os.path.join(out_dir, "evaluation.json"), "w") as f:
-        json.dump(g, f, indent=1)
+    with atomic_output(os.path.join(out_dir, "evaluation.json"), ".json") as tmp, \
+            open(tmp, "w") as f:
+        f.write(to_json(g))                        # NaN and Inf as null
     log("rows %d:%d of %s (%s): corr(A, B) = %.4f, corr(f(A), B) = %.4f, SNR gain %+.1f dB"
         % (first, H, v.name, used, g["cc_raw"], g["cc_denoised"], g["gain_db"]))
     if o["embedded"]:
@@ -462,10 +464,11 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
           lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
           batch_size=16, patch_size=64, stride=32, steps=None, epochs=None, max_minutes=0.0,
           val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50,
-          val_patches=256, binning=None, dose=None, drop_frames=0, align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
+          val_patches=256, binning=None, dose=None, angpix=None, drop_frames=0,
+          align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
           normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
           device=None, gpus=None, rendezvous=None, rank=None, world_size=None,
-          nccl_timeout=600.0, resume=None, progress=True, log=print):
+          nccl_timeout=600.0, resume=None, overwrite=False, progress=True, log=print):
     """Train a denoiser on pairs of noisy views (Noise2Noise; Lehtinen et al. 2018) or on
     clean images with synthetic noise, as ``cupyden-train`` does.
 
@@ -539,6 +542,8 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         crop, else 1.
     dose : float or None
         e⁻/Å² for the count split; None: from the FEI extended header, else estimated.
+    angpix : float or None
+        Pixel size of the inputs in Å/px (before binning); None: each file's header.
     drop_frames : int
         Movie frames dropped at the start.
     align : bool
@@ -576,6 +581,9 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         gives up (a peer died or hangs).
     resume : str or None
         A checkpoint.h5 of an earlier run with the same options.
+    overwrite : bool
+        Replace the model.h5 and checkpoint.h5 of an earlier run in ``output_dir``
+        (refused otherwise, unless resuming).
     progress : bool
         Show a progress bar.
     log : callable
@@ -592,8 +600,10 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     Raises
     ------
     InputError
-        Bad options or inputs (one line that says what and how to fix), a GPU that was
-        asked for and cannot be used, a rank of a data-parallel run that died.
+        Bad options or inputs (one line that says what and how to fix), identical views,
+        an output folder that holds an earlier run's model (without ``overwrite``), a GPU
+        that was asked for and cannot be used, a rank of a data-parallel run that died,
+        training that diverged (the last good checkpoint is kept).
 
     Notes
     -----
@@ -608,6 +618,8 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     dev = backend.select_device(plan.device)
     dtype = set_precision(o["precision"], dev.xp)       # exit 2 now, not after a store
     output_folder(output_dir)
+    if not resume and plan.rank == 0:
+        refuse_to_overwrite(output_dir, ("model.h5", "checkpoint.h5"), overwrite)
     log("device: %s; precision %s%s" % (dev.name, o["precision"], plan.describe()))
     t0 = time.perf_counter()
     if o["pairs"] == "f2fd":
@@ -677,7 +689,7 @@ def _train_f2fd(o, dev, dtype, out, resume, progress, log, t0):
         if data.ndim == 3:
             raise InputError("--bin applies to micrographs; bin volumes before training")
         data = fourier_bin(data, o["bin"])
-    pixel_size = image.pixel_size * o["bin"]
+    pixel_size = (o["angpix"] or image.pixel_size) * o["bin"]
     prm = f2fd_params(o)
     if o["patch_size"] % 32:
         raise InputError("--patch-size must be a multiple of 32 for F2Fd's U-Net (5 poolings),"
