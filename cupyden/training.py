@@ -23,7 +23,6 @@ from .backend import synchronize
 from .errors import InputError
 from .functional.conv import set_precision
 from .io.atomic import atomic_output
-from .errors import InputError
 from .io.checkpoint import load_checkpoint, non_finite, save_checkpoint
 from .io.torch_pickle import read_state_dict, topaz_pretrained
 from .losses import Objective
