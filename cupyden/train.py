@@ -193,7 +193,7 @@ def _stop_if_diverged(step, train_loss, val_loss, weights, adam, history, out_di
                      "high); %s; train again with a lower --lr" % (step, what, kept))
 
 
-def _carry_over(resume, out_dir, best):
+def _carry_over(resume, start, out_dir, best):
     """The best model and the history of a resumed run, in ``out_dir``.
 
     A run resumed into another folder gets the earlier run's model.h5 (the best so far,
@@ -206,6 +206,8 @@ def _carry_over(resume, out_dir, best):
     ----------
     resume : str
         The checkpoint.h5 resumed from.
+    start : int
+        Its step.
     out_dir : str
     best : (float, int)
         The checkpoint's best validation loss and its step.
@@ -216,7 +218,6 @@ def _carry_over(resume, out_dir, best):
     history : list of dict
         Rows up to the checkpoint's step.
     """
-    start = load_checkpoint(resume)["step"]
     src = os.path.dirname(os.path.abspath(resume))
     hist_path = os.path.join(out_dir, "history.csv")
     if os.path.exists(hist_path):
@@ -297,7 +298,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print):
         best = tuple(ck["provenance"].get("best", best))
         if "schedule" in ck["provenance"]:
             sched.load_state(ck["provenance"]["schedule"])
-        best, history = _carry_over(resume, out_dir, best)
+        best, history = _carry_over(resume, start, out_dir, best)
         log("resumed from %s at step %d" % (resume, start))
         if start >= config["steps"]:
             log("%s is at step %d: the run is complete (--steps %d); nothing to train"
