@@ -280,7 +280,7 @@ def _stop_if_diverged(step, train_loss, val_loss, weights, adam, history, out_di
                      "high); %s; train again with a lower --lr" % (step, what, kept))
 
 
-def _carry_over(resume, out_dir, best):
+def _carry_over(resume, start, out_dir, best):
     """The best model and the history of a resumed run, in ``out_dir``.
 
     A run resumed into another folder gets the earlier run's model.h5 (the best so far,
@@ -293,6 +293,8 @@ def _carry_over(resume, out_dir, best):
     ----------
     resume : str
         The checkpoint.h5 resumed from.
+    start : int
+        Its step.
     out_dir : str
     best : (float, int)
         The checkpoint's best validation loss and its step.
@@ -303,7 +305,6 @@ def _carry_over(resume, out_dir, best):
     history : list of dict
         Rows up to the checkpoint's step.
     """
-    start = load_checkpoint(resume)["step"]
     src = os.path.dirname(os.path.abspath(resume))
     hist_path = os.path.join(out_dir, "history.csv")
     if os.path.exists(hist_path):
@@ -403,7 +404,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         if "schedule" in ck["provenance"]:
             sched.load_state(ck["provenance"]["schedule"])
         if root:                               # rank 0 alone writes files
-            best, history = _carry_over(resume, out_dir, best)
+            best, history = _carry_over(resume, start, out_dir, best)
         else:
             history = read_history(hist_path, upto=start)
         log("resumed from %s at step %d" % (resume, start))

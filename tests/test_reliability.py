@@ -393,3 +393,55 @@ def test_denoised_borders_are_as_quiet_as_the_interior():
     norm = normalization(image)                                   # zero padding, as before
     zero_padded = norm.invert(model.forward(norm.apply(image)[None, None])[0, 0])
     assert _border_ratio(zero_padded) > 1.4
+
+
+def test_border_mirroring_is_the_same_on_every_device(xp):
+    """denoise_array's mirrored border (xp.pad, mode "reflect") on NumPy and CuPy equals
+    one NumPy pass over the mirrored image."""
+    from cupyden.backend import to_host
+    from cupyden.infer import denoise_array, halo_for
+    from cupyden.io.patches import normalization
+    from cupyden.models import DnCNN
+
+    from conftest import rel
+
+    model = DnCNN(depth=4, width=4, seed=3).to(xp, numpy.float32).eval()
+    reference = DnCNN(depth=4, width=4, seed=3).to(numpy, numpy.float32).eval()
+    image = smooth((70, 90), 4) + 10
+    tiled, _ = denoise_array(model, image, xp, tile=32)
+    norm, h = normalization(image), halo_for(model)
+    padded = numpy.pad(norm.apply(image), h, mode="reflect")
+    whole = norm.invert(reference.forward(padded[None, None])[0, 0, h:-h, h:-h])
+    assert rel(to_host(tiled), whole) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_gpu_training_stops_on_divergence_and_resumes_cleanly(tmp_path, clean, capsys, precision):
+    """On a GPU: the divergence check at validation (fp32: the training loss; fp16: loss
+    scaling skips overflowing steps, the weights and Adam moments are checked) and a clean
+    resume of a finished fp16 checkpoint (its loss scale is checked finite)."""
+    from cupyden import backend
+
+    if backend.gpu_count() == 0:
+        pytest.skip("no GPU")
+    if precision == "fp16":
+        from cupyden.kernels import cudnn_fe
+        if cudnn_fe.problem() is not None:
+            pytest.skip(cudnn_fe.problem())
+    gpu = [o if o != "-1" else "0" for o in SMALL] + ["--precision", precision]
+    base = ["--pairs", "gaussian", "--noise-level", "0.5", clean]
+    out = str(tmp_path / "lr")
+    rc = train.main(base + ["--steps", "60", "--lr", "1000", "-o", out] + gpu)
+    err = capsys.readouterr().err
+    assert rc in (0, 2)
+    if rc == 2:
+        assert err.strip().splitlines()[-1].startswith("cupyden-train: error: training diverged")
+    for name in ("model.h5", "checkpoint.h5"):             # never a NaN checkpoint
+        if os.path.exists(os.path.join(out, name)):
+            load_checkpoint(os.path.join(out, name))
+    ok = str(tmp_path / "ok")
+    assert train.main(base + ["--steps", "3", "-o", ok] + gpu) == 0
+    assert train.main(base + ["--steps", "6", "-o", ok, "--resume",
+                              os.path.join(ok, "checkpoint.h5")] + gpu) == 0
+    assert load_checkpoint(os.path.join(ok, "checkpoint.h5"))["step"] == 6
