@@ -172,8 +172,9 @@ def check_identical(params, comm, step):
                                                                      list(hi[:2])))
 
 
-def initial_weights(spec):
-    """The model config and weights to start a training run from (fine-tuning).
+def read_model_file(spec):
+    """The run config and the weights of a model file: what ``cupyden-denoise`` applies and
+    what ``--init`` starts from.
 
     Parameters
     ----------
@@ -186,22 +187,46 @@ def initial_weights(spec):
     Returns
     -------
     config : dict
+        The checkpoint's config ("model": the model's config, which ``build_model``
+        rebuilds; "bin", "normalize", ...); for Topaz's models {"model", "bin": 1,
+        "normalize": "meanstd"}, as Topaz bins nothing and scales by mean and standard
+        deviation.
+    weights : dict of name -> host array
+
+    Raises
+    ------
+    InputError
+        Unknown Topaz model, topaz-em missing, or an unreadable checkpoint (or one holding
+        NaN or Inf).
+    """
+    if spec.startswith("topaz:"):
+        name = spec[len("topaz:"):]
+        if name not in PRETRAINED:
+            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
+        filename, model_config = PRETRAINED[name]
+        weights = from_topaz_state(read_state_dict(topaz_pretrained(filename)))
+        return {"model": dict(model_config), "bin": 1, "normalize": "meanstd"}, weights
+    ck = load_checkpoint(spec)
+    return ck["config"], ck["weights"]
+
+
+def initial_weights(spec):
+    """The model config and weights to start a training run from (fine-tuning):
+    :func:`read_model_file` without the run's settings.
+
+    Returns
+    -------
+    config : dict
         The model's config (``build_model`` rebuilds it).
     weights : dict of name -> host array
 
     Raises
     ------
     InputError
-        Unknown Topaz model, topaz-em missing, or an unreadable checkpoint.
+        As :func:`read_model_file`.
     """
-    if spec.startswith("topaz:"):
-        name = spec[len("topaz:"):]
-        if name not in PRETRAINED:
-            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
-        filename, config = PRETRAINED[name]
-        return dict(config), from_topaz_state(read_state_dict(topaz_pretrained(filename)))
-    ck = load_checkpoint(spec)
-    return dict(ck["config"]["model"]), ck["weights"]
+    config, weights = read_model_file(spec)
+    return dict(config["model"]), weights
 
 
 def read_history(path, upto=None):

@@ -116,20 +116,12 @@ class DenoiseModel:
 
 
 def _weights(path):
-    """(state dict, config) of a cupyden checkpoint or a ``topaz:NAME`` model."""
-    from ..io.checkpoint import load_checkpoint
-    from ..io.torch_pickle import read_state_dict, topaz_pretrained
-    from ..models.topaz import PRETRAINED, from_topaz_state
+    """(state dict, config) of a cupyden checkpoint or a ``topaz:NAME`` model
+    (:func:`cupyden.training.read_model_file`)."""
+    from ..training import read_model_file
 
-    if path.startswith("topaz:"):
-        name = path[len("topaz:"):]
-        if name not in PRETRAINED:
-            raise InputError("unknown Topaz model %r (known: %s)" % (name, ", ".join(PRETRAINED)))
-        filename, model_config = PRETRAINED[name]
-        state = from_topaz_state(read_state_dict(topaz_pretrained(filename)))
-        return state, {"model": dict(model_config), "bin": 1, "normalize": "meanstd"}
-    ck = load_checkpoint(path)
-    return ck["weights"], ck["config"]
+    config, state = read_model_file(path)
+    return state, config
 
 
 def fp16_allowed(state):
