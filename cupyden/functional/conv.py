@@ -89,6 +89,29 @@ def use_cudnn(x):
     return why is None
 
 
+#: The CPU convolution: "taps" (conv_cpu: channels-last bands, one GEMM per kernel tap) or
+#: "im2col" (this file's readable path).
+_CPU_CONV = ["taps"]
+
+
+@contextlib.contextmanager
+def cpu_conv(name):
+    """Context manager: the CPU convolution ("taps" or "im2col") inside, the previous after."""
+    if name not in ("taps", "im2col"):
+        raise ValueError("CPU convolution must be taps or im2col, got %r" % name)
+    old, _CPU_CONV[0] = _CPU_CONV[0], name
+    try:
+        yield
+    finally:
+        _CPU_CONV[0] = old
+
+
+def use_conv_cpu(x):
+    """True when a convolution of ``x`` runs :mod:`conv_cpu` (NumPy arrays, unless the
+    im2col path was chosen with :func:`cpu_conv`)."""
+    return not is_gpu_array(x) and _CPU_CONV[0] == "taps"
+
+
 #: Numerical precisions of the convolutions (``--precision``).
 PRECISIONS = ("fp32", "tf32", "fp16")
 
@@ -429,6 +452,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
     F, Cw, KH, KW = w.shape
     if Cw != C:
         raise ValueError("conv2d: input has %d channels, filters expect %d" % (C, Cw))
+    if use_conv_cpu(x):
+        from . import conv_cpu
+        return conv_cpu.conv2d_forward(x, w, b, stride, padding, slope, keep_cache)
     if use_cudnn(x):
         out = cudnn_forward(x, w, b, stride, padding, slope, keep_cache)
         if out is not None:
@@ -471,6 +497,9 @@ def conv2d_backward(dy, cache):
     dw : array (F, C, KH, KW)
     db : array (F,)
     """
+    from . import conv_cpu
+    if isinstance(cache, conv_cpu.Conv2dCpuCache):
+        return conv_cpu.conv2d_backward(dy, cache)
     if isinstance(cache, CudnnConvCache):
         out = cudnn_backward(dy, cache._replace(bias=True))
         if out is not None:
