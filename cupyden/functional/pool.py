@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import get_array_module
+from ..backend import get_array_module, is_gpu_array
 
 
 class MaxPoolCache(NamedTuple):
@@ -35,6 +35,9 @@ def maxpool2d_forward(x, kernel=2):
     y : array (N, C, H // kernel, W // kernel)
     cache : MaxPoolCache
     """
+    if not is_gpu_array(x):                     # channels-last bands (pool_cpu.py)
+        from . import pool_cpu
+        return pool_cpu.maxpool2d_forward(x, kernel)
     N, C, H, W = x.shape
     K = kernel
     OH, OW = H // K, W // K
@@ -58,6 +61,9 @@ def maxpool2d_backward(dy, cache):
     -------
     dx : array (N, C, H, W)
     """
+    if not isinstance(cache, MaxPoolCache):
+        from . import pool_cpu
+        return pool_cpu.maxpool2d_backward(dy, cache)
     xp = get_array_module(dy)
     N, C, H, W = cache.x_shape
     K = cache.kernel
