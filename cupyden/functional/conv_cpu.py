@@ -60,7 +60,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import cpu_map, get_cpu_threads
+from ..backend import cpu_empty, cpu_map, get_cpu_threads
 from .blas_cpu import gemm
 from .conv import output_size
 
@@ -73,6 +73,26 @@ TILE_ELEMENTS = 512 * 1024
 TILE_ROWS = 8
 #: Fold a row's taps into the GEMM depth when the input has fewer channels than this.
 FOLD_BELOW = 16
+#: Stride-1 convolutions with kernels of at least this area and C * F at least
+#: FFT_CHANNELS run by tiled FFTs (:mod:`conv_fft_cpu`); in the backward pass also those
+#: with C * F >= FFT_CHANNELS_WIDE and kernels of at least FFT_AREA_WIDE (Topaz's 11 x 11
+#: first layer, whose dx through taps is a GEMV per tap). Measured on this project's Xeon,
+#: single thread, every layer of the shipped networks (benchmarks/RESULTS.md, "CPU
+#: profile"): 5 x 5 layers with C * F >= 2048 ran 1.4-1.9x faster by FFT, 3 x 3 layers
+#: 0.44-0.96x (up to 384 -> 128 channels), so 3 x 3 stays on the GEMM per tap.
+FFT_AREA = 25
+FFT_CHANNELS = 1024
+FFT_AREA_WIDE = 121
+FFT_CHANNELS_WIDE = 32
+
+
+def fft_preferred(C, F, KH, KW, stride, padding, backward=False):
+    """True when :mod:`conv_fft_cpu` is expected to be faster than the GEMM per tap for
+    this layer's forward (or backward) pass."""
+    if stride != 1 or padding > min(KH, KW) - 1 or KH * KW < FFT_AREA:
+        return False
+    return C * F >= FFT_CHANNELS or (backward and KH * KW >= FFT_AREA_WIDE
+                                     and C * F >= FFT_CHANNELS_WIDE)
 
 
 class Conv2dCpuCache(NamedTuple):
@@ -86,6 +106,9 @@ class Conv2dCpuCache(NamedTuple):
     slope : float or None
         The fused activation's negative slope (0 for ReLU), or None.
     stride, padding : int
+
+    The backward pass chooses its algorithm (:func:`fft_preferred`) on its own: both need
+    only these.
     """
     x: object
     w: object
@@ -292,7 +315,13 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
                          % (KH, KW, H, W, P))
     dtype = x.dtype
     xs = x.transpose(0, 2, 3, 1)                           # (N, H, W, C) view
-    ys = numpy.empty((N, OH, OW, F), dtype)
+    if fft_preferred(C, F, KH, KW, S, P):
+        from . import conv_fft_cpu
+        y = conv_fft_cpu.correlate(xs, w, b, P, slope).transpose(0, 3, 1, 2)
+        cache = Conv2dCpuCache(x, w, y if slope is not None else None, slope, S, P) \
+            if keep_cache else None
+        return y, cache
+    ys = cpu_empty((N, OH, OW, F), dtype)
     phases = _phases(w, S, flip=False)
     I0, J0 = phases[0][1].shape[:2]                        # the largest phase (a = b = 0)
     fold = C < FOLD_BELOW and J0 > 1
@@ -334,6 +363,9 @@ def conv2d_backward(dy, cache):
         The sum of dz, also when the forward pass had no bias (as in functional.conv).
     """
     x, w, S, P, slope = cache.x, cache.w, cache.stride, cache.padding, cache.slope
+    if fft_preferred(x.shape[1], w.shape[0], w.shape[2], w.shape[3], S, P, backward=True):
+        from . import conv_fft_cpu
+        return conv_fft_cpu.backward(dy, x, cache.y, w, slope, P)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = dy.shape[2:]
@@ -341,7 +373,7 @@ def conv2d_backward(dy, cache):
     T = get_cpu_threads()
     xs, dys = x.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1)
     ys = None if slope is None else cache.y.transpose(0, 2, 3, 1)
-    dz = numpy.empty((N, OH, OW, F), dtype)                # dy * act'(y), for dx below
+    dz = cpu_empty((N, OH, OW, F), dtype)                # dy * act'(y), for dx below
 
     # pass 1, over the forward's tiles: dz, db and dW
     phases = _phases(w, S, flip=False)
@@ -386,7 +418,9 @@ def conv2d_backward(dy, cache):
     # pass 2, over bands of each phase of dx: dph = dz (zero-padded) correlated with the
     # phase's flipped, transposed taps; rows and columns of dx at step S
     covered = KH >= S and KW >= S                          # every phase of dx has taps
-    dxs = (numpy.empty if covered else numpy.zeros)((N, H, W, C), dtype)
+    dxs = cpu_empty((N, H, W, C), dtype)
+    if not covered:
+        dxs[...] = 0
     dphases = _phases(w, S, flip=True)
     fold = F < FOLD_BELOW
     jobs = []
