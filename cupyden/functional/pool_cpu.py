@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import cpu_map_rows
+from ..backend import cpu_empty, cpu_map_rows
 
 
 class MaxPoolCpuCache(NamedTuple):
@@ -50,7 +50,7 @@ def maxpool2d_forward(x, kernel=2):
     K = kernel
     OH, OW = H // K, W // K
     xs = x.transpose(0, 2, 3, 1)                                   # (N, H, W, C)
-    ys = numpy.empty((N, OH, OW, C), x.dtype)
+    ys = cpu_empty((N, OH, OW, C), x.dtype)
 
     def band(n, r0, r1, slot):
         dst = ys[n, r0:r1]
@@ -83,7 +83,7 @@ def maxpool2d_backward(dy, cache):
     N, C, H, W = x.shape
     OH, OW = y.shape[2:]
     xs, ys, dys = (a.transpose(0, 2, 3, 1) for a in (x, y, dy))
-    dxs = numpy.empty((N, H, W, C), dy.dtype)
+    dxs = cpu_empty((N, H, W, C), dy.dtype)
     dxs[:, OH * K:] = 0                                            # rows no window covers
     dxs[:, :OH * K, OW * K:] = 0
 

@@ -13,7 +13,7 @@ Bands of rows run on the CPU threads. The cache is upsample.py's.
 
 import numpy
 
-from ..backend import cpu_map_rows
+from ..backend import cpu_empty, cpu_map_rows
 from .upsample import UpsampleCache, source_index
 
 
@@ -31,7 +31,7 @@ def upsample2x_forward(x):
     """
     N, C, H, W = x.shape
     xs = x.transpose(0, 2, 3, 1)
-    ys = numpy.empty((N, 2 * H, 2 * W, C), x.dtype)
+    ys = cpu_empty((N, 2 * H, 2 * W, C), x.dtype)
 
     def band(n, r0, r1, slot):
         # (2R, 2W, C) -> (R, 2, W, 2, C): each input pixel fills a 2 x 2 block
@@ -58,7 +58,7 @@ def upsample2x_backward(dy, cache):
     """
     N, C, H, W = cache.x_shape
     dys = dy.transpose(0, 2, 3, 1)
-    dxs = numpy.empty((N, H, W, C), dy.dtype)
+    dxs = cpu_empty((N, H, W, C), dy.dtype)
 
     def band(n, r0, r1, slot):
         d = dys[n, 2 * r0:2 * r1]
