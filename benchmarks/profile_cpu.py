@@ -30,7 +30,7 @@ import numpy
 from docopt import docopt
 
 from cupyden import backend
-from cupyden.functional import conv, conv_cpu, conv_fft_cpu
+from cupyden.functional import conv, conv_cpu, conv_transform_cpu
 from cupyden.models import build_model
 from cupyden.optim import Adam, Parameters
 from cupyden.train import train_step
@@ -66,7 +66,7 @@ def instrument():
     for name in ("_fill", "_correlate", "_correlate_wgrad", "_activate_into"):
         wrap(conv_cpu, name, "  conv_cpu." + name)
     for name in ("correlate", "weight_gradient"):
-        wrap(conv_fft_cpu, name, "  conv_fft_cpu." + name)
+        wrap(conv_transform_cpu, name, "  conv_transform_cpu." + name)
     for name in ("im2col", "col2im_add", "pad_zeros", "activation_bias_backward"):
         wrap(conv, name, "  conv." + name)
     for name in ("maxpool2d_forward", "maxpool2d_backward", "upsample2d_forward",

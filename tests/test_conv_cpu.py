@@ -6,8 +6,8 @@ import numpy
 import pytest
 
 from cupyden import backend
-from cupyden.functional import (blas_cpu, conv, conv_cpu, conv_fft_cpu, pool, pool_cpu,
-                                shape_cpu, upsample, upsample_cpu)
+from cupyden.functional import (blas_cpu, conv, conv_cpu, conv_transform_cpu, pool,
+                                pool_cpu, shape_cpu, upsample, upsample_cpu)
 
 from conftest import rel
 
@@ -85,20 +85,26 @@ def test_conv_cpu_equals_im2col_float32(kernel, stride, hw, C, F, slope, threads
             assert rel(got, ref) < 1e-5
 
 
-@pytest.fixture
-def fft_everywhere(monkeypatch):
-    """Every stride-1 convolution through conv_fft_cpu (forward and backward)."""
-    monkeypatch.setattr(conv_cpu, "FFT_AREA", 1)
-    monkeypatch.setattr(conv_cpu, "FFT_CHANNELS", 0)
+def force_transform(monkeypatch, method):
+    """Every stride-1 convolution that ``method`` can do goes through it."""
+    def choose(C, F, KH, KW, stride, padding, backward=False):
+        fits = stride == 1 and padding <= min(KH, KW) - 1
+        return method if fits and (method == "fft" or KH == KW == 3) else None
+    monkeypatch.setattr(conv_cpu, "transform_for", choose)
 
 
-@pytest.mark.parametrize("kernel, hw, C, F", [(k, hw, c, f) for k in (1, 3, 5, 11)
-                                               for hw, c, f in (((9, 7), 1, 4), ((8, 11), 3, 1),
-                                                                ((12, 37), 20, 5))])
+TRANSFORM_CASES = [(m, k, hw, c, f) for m, ks in (("fft", (1, 3, 5, 11)), ("winograd", (3,)))
+                   for k in ks for hw, c, f in (((9, 7), 1, 4), ((8, 11), 3, 1),
+                                                ((12, 37), 20, 5))]
+
+
+@pytest.mark.parametrize("method, kernel, hw, C, F", TRANSFORM_CASES)
 @pytest.mark.parametrize("padding", ["same", 0])
-def test_conv_fft_equals_loop_reference(kernel, hw, C, F, padding, fft_everywhere, threads):
-    """float64: the tiled-FFT path equals the loop reference, forward and backward (tiles
-    of 16 and 32 pixels, images not a multiple of them)."""
+def test_conv_transform_equals_loop_reference(method, kernel, hw, C, F, padding, monkeypatch,
+                                              threads):
+    """float64: the tiled FFT and Winograd paths equal the loop reference, forward and
+    backward (images not a multiple of the tiles)."""
+    force_transform(monkeypatch, method)
     rng = numpy.random.default_rng(kernel + C)
     x = rng.standard_normal((2, C) + hw)
     w = rng.standard_normal((F, C, kernel, kernel))
@@ -107,7 +113,6 @@ def test_conv_fft_equals_loop_reference(kernel, hw, C, F, padding, fft_everywher
     if min(hw) + 2 * P < kernel:
         pytest.skip("kernel larger than the padded input")
     y_ref, c_ref = conv.conv2d_forward_naive(x, w, b, 1, P)
-    assert conv_cpu.fft_preferred(C, F, kernel, kernel, 1, P)
     y, c = conv_cpu.conv2d_forward(x, w, b, 1, P)
     assert rel(y, y_ref) < 1e-12
     dy = rng.standard_normal(y_ref.shape)
@@ -116,33 +121,39 @@ def test_conv_fft_equals_loop_reference(kernel, hw, C, F, padding, fft_everywher
         assert rel(got, ref) < 1e-12
 
 
+@pytest.mark.parametrize("method, kernel", [("fft", 5), ("winograd", 3)])
 @pytest.mark.parametrize("slope", [None, 0.0, 0.1])
-def test_conv_fft_equals_im2col_float32(slope, fft_everywhere):
-    """float32, a Topaz-like 5 x 5 layer with fused LeakyReLU: rel < 1e-5 against im2col."""
+def test_conv_transform_equals_im2col_float32(method, kernel, slope, monkeypatch):
+    """float32 with fused (Leaky)ReLU: rel < 1e-5 against im2col, forward and backward."""
+    force_transform(monkeypatch, method)
     rng = numpy.random.default_rng(5)
     x = channels_last(rng.standard_normal((2, 9, 21, 18)).astype(numpy.float32))
-    w = rng.standard_normal((6, 9, 5, 5)).astype(numpy.float32)
+    w = rng.standard_normal((6, 9, kernel, kernel)).astype(numpy.float32)
     b = rng.standard_normal(6).astype(numpy.float32)
+    P = kernel // 2
     with conv.cpu_conv("im2col"):
-        y_ref, c_ref = conv.conv2d_forward(x, w, b, 1, 2, slope)
+        y_ref, c_ref = conv.conv2d_forward(x, w, b, 1, P, slope)
         dy = rng.standard_normal(y_ref.shape).astype(numpy.float32)
         g_ref = conv.conv2d_backward(dy, c_ref)
-    y, c = conv.conv2d_forward(x, w, b, 1, 2, slope)
+    y, c = conv.conv2d_forward(x, w, b, 1, P, slope)
     assert y.dtype == numpy.float32 and rel(y, y_ref) < 1e-5
     for got, ref in zip(conv.conv2d_backward(dy, c), g_ref):
         assert got.dtype == numpy.float32 and rel(got, ref) < 1e-5
 
 
-def test_fft_chosen_for_the_topaz_layers_only():
-    """The measured choice: 5 x 5 and larger with many channels by FFT, 3 x 3 by taps."""
-    assert conv_cpu.fft_preferred(97, 64, 5, 5, 1, 2)
-    assert conv_cpu.fft_preferred(64, 32, 5, 5, 1, 2)
-    assert not conv_cpu.fft_preferred(32, 1, 5, 5, 1, 2)
-    assert not conv_cpu.fft_preferred(384, 128, 3, 3, 1, 1)
-    assert not conv_cpu.fft_preferred(1, 48, 11, 11, 1, 5)
-    assert conv_cpu.fft_preferred(1, 48, 11, 11, 1, 5, backward=True)
-    assert not conv_cpu.fft_preferred(97, 64, 5, 5, 2, 2)
-    assert conv_fft_cpu.tile_size(5, 5) == 16 and conv_fft_cpu.tile_size(11, 11) == 32
+def test_transform_chosen_as_measured():
+    """Taps for small layers, Winograd for 3 x 3 with many channels, FFT for Topaz's
+    5 x 5 layers (and the 11 x 11 one's backward pass)."""
+    choose = conv_cpu.transform_for
+    assert choose(97, 64, 5, 5, 1, 2) == "fft" and choose(64, 32, 5, 5, 1, 2) == "fft"
+    assert choose(32, 1, 5, 5, 1, 2) is None
+    assert choose(1, 48, 11, 11, 1, 5) is None
+    assert choose(1, 48, 11, 11, 1, 5, backward=True) == "fft"
+    assert choose(384, 128, 3, 3, 1, 1) == "winograd"
+    assert choose(32, 32, 3, 3, 1, 1) is None
+    assert choose(384, 128, 3, 3, 2, 1) is None and choose(97, 64, 5, 5, 2, 2) is None
+    assert conv_transform_cpu.Fft(5, 5, numpy.float32).s == 16
+    assert conv_transform_cpu.Fft(11, 11, numpy.float32).s == 32
 
 
 def test_conv_cpu_tiles_equal_one_tile(monkeypatch):

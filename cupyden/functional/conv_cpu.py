@@ -73,26 +73,32 @@ TILE_ELEMENTS = 512 * 1024
 TILE_ROWS = 8
 #: Fold a row's taps into the GEMM depth when the input has fewer channels than this.
 FOLD_BELOW = 16
-#: Stride-1 convolutions with kernels of at least this area and C * F at least
-#: FFT_CHANNELS run by tiled FFTs (:mod:`conv_fft_cpu`); in the backward pass also those
-#: with C * F >= FFT_CHANNELS_WIDE and kernels of at least FFT_AREA_WIDE (Topaz's 11 x 11
-#: first layer, whose dx through taps is a GEMV per tap). Measured on this project's Xeon,
-#: single thread, every layer of the shipped networks (benchmarks/RESULTS.md, "CPU
-#: profile"): 5 x 5 layers with C * F >= 2048 ran 1.4-1.9x faster by FFT, 3 x 3 layers
-#: 0.44-0.96x (up to 384 -> 128 channels), so 3 x 3 stays on the GEMM per tap.
+#: Stride-1 convolutions run in a transform domain (:mod:`conv_transform_cpu`) when that
+#: is faster than the GEMM per tap, as measured on this project's Xeon for every layer of
+#: the shipped networks (benchmarks/RESULTS.md, "CPU profile"): FFTs for kernels of at
+#: least FFT_AREA pixels with C * F >= FFT_CHANNELS (Topaz's 5 x 5 layers: 1.4-1.9x), and
+#: in the backward pass also for kernels of FFT_AREA_WIDE with C * F >= FFT_CHANNELS_WIDE
+#: (Topaz's 11 x 11 first layer, whose dx by taps is a GEMV per tap); Winograd's
+#: F(2 x 2, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS (1.1-1.5x from
+#: 192 -> 64 up; 0.7-1.0x below 96 -> 96).
 FFT_AREA = 25
 FFT_CHANNELS = 1024
 FFT_AREA_WIDE = 121
 FFT_CHANNELS_WIDE = 32
+WINOGRAD_CHANNELS = 12288
 
 
-def fft_preferred(C, F, KH, KW, stride, padding, backward=False):
-    """True when :mod:`conv_fft_cpu` is expected to be faster than the GEMM per tap for
-    this layer's forward (or backward) pass."""
-    if stride != 1 or padding > min(KH, KW) - 1 or KH * KW < FFT_AREA:
-        return False
-    return C * F >= FFT_CHANNELS or (backward and KH * KW >= FFT_AREA_WIDE
-                                     and C * F >= FFT_CHANNELS_WIDE)
+def transform_for(C, F, KH, KW, stride, padding, backward=False):
+    """The transform expected to beat the GEMM per tap for this layer's forward (or
+    backward) pass: "fft", "winograd" or None (taps)."""
+    if stride != 1 or padding > min(KH, KW) - 1:
+        return None
+    if KH == KW == 3 and C * F >= WINOGRAD_CHANNELS:
+        return "winograd"
+    if KH * KW >= FFT_AREA and (C * F >= FFT_CHANNELS or (
+            backward and KH * KW >= FFT_AREA_WIDE and C * F >= FFT_CHANNELS_WIDE)):
+        return "fft"
+    return None
 
 
 class Conv2dCpuCache(NamedTuple):
@@ -107,7 +113,7 @@ class Conv2dCpuCache(NamedTuple):
         The fused activation's negative slope (0 for ReLU), or None.
     stride, padding : int
 
-    The backward pass chooses its algorithm (:func:`fft_preferred`) on its own: both need
+    The backward pass chooses its algorithm (:func:`transform_for`) on its own: both need
     only these.
     """
     x: object
@@ -315,9 +321,10 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
                          % (KH, KW, H, W, P))
     dtype = x.dtype
     xs = x.transpose(0, 2, 3, 1)                           # (N, H, W, C) view
-    if fft_preferred(C, F, KH, KW, S, P):
-        from . import conv_fft_cpu
-        y = conv_fft_cpu.correlate(xs, w, b, P, slope).transpose(0, 3, 1, 2)
+    method = transform_for(C, F, KH, KW, S, P)
+    if method is not None:
+        from . import conv_transform_cpu
+        y = conv_transform_cpu.correlate(xs, w, b, P, slope, method).transpose(0, 3, 1, 2)
         cache = Conv2dCpuCache(x, w, y if slope is not None else None, slope, S, P) \
             if keep_cache else None
         return y, cache
@@ -363,9 +370,10 @@ def conv2d_backward(dy, cache):
         The sum of dz, also when the forward pass had no bias (as in functional.conv).
     """
     x, w, S, P, slope = cache.x, cache.w, cache.stride, cache.padding, cache.slope
-    if fft_preferred(x.shape[1], w.shape[0], w.shape[2], w.shape[3], S, P, backward=True):
-        from . import conv_fft_cpu
-        return conv_fft_cpu.backward(dy, x, cache.y, w, slope, P)
+    method = transform_for(x.shape[1], w.shape[0], w.shape[2], w.shape[3], S, P, True)
+    if method is not None:
+        from . import conv_transform_cpu
+        return conv_transform_cpu.backward(dy, x, cache.y, w, slope, P, method)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = dy.shape[2:]
