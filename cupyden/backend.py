@@ -23,6 +23,7 @@ while they run, every BLAS library runs one thread per caller (through threadpoo
 no BLAS worker thread busy-waits beside them (benchmarks/RESULTS.md, "Two jobs at once").
 """
 
+import contextlib
 import itertools
 import os
 import queue
@@ -485,6 +486,34 @@ def get_cpu_threads():
     return _CPU["threads"]
 
 
+_ONE_BLAS = {"depth": 0, "lock": threading.Lock()}
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Inside, every BLAS library runs on its calling thread only (nested use is fine).
+
+    cupyden's kernels parallelise over tiles themselves; a BLAS call that wakes BLAS
+    worker threads costs more than the call: OpenBLAS's idle workers busy-wait for about
+    2^28 cycles (0.1 s) before they sleep, on the cores that cupyden's threads (or another
+    job) need. Measured: 12% more CPU time in a 2-thread U-Net training step from a few
+    small matrix products per layer outside the pool (benchmarks/RESULTS.md).
+    """
+    with _ONE_BLAS["lock"]:
+        _ONE_BLAS["depth"] += 1
+        if _ONE_BLAS["depth"] == 1:
+            for lib in _blas_libraries():
+                lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _ONE_BLAS["lock"]:
+            _ONE_BLAS["depth"] -= 1
+            if _ONE_BLAS["depth"] == 0:
+                for lib in _blas_libraries():
+                    lib.set_num_threads(get_cpu_threads())
+
+
 class _CpuPool:
     """n - 1 worker threads plus the caller, taking tasks from one shared counter.
 
@@ -530,18 +559,11 @@ class _CpuPool:
                 fn(i, 0)
             return
         helpers = min(self.n - 1, n_tasks - 1)
-        with self.lock:
-            libs = _blas_libraries()
-            for lib in libs:                      # one BLAS thread per calling thread
-                lib.set_num_threads(1)
-            try:
-                job = (fn, itertools.count(), n_tasks)
-                for s in range(helpers):
-                    self.inbox[s].put(job)
-                errors = [self._drain(job, 0)] + [self.done.get() for _ in range(helpers)]
-            finally:
-                for lib in libs:
-                    lib.set_num_threads(self.n)
+        with self.lock, one_blas_thread():       # one BLAS thread per calling thread
+            job = (fn, itertools.count(), n_tasks)
+            for s in range(helpers):
+                self.inbox[s].put(job)
+            errors = [self._drain(job, 0)] + [self.done.get() for _ in range(helpers)]
         for e in errors:
             if e is not None:
                 raise e

@@ -87,7 +87,7 @@ def test_conv_cpu_equals_im2col_float32(kernel, stride, hw, C, F, slope, threads
 
 def force_transform(monkeypatch, method):
     """Every stride-1 convolution that ``method`` can do goes through it."""
-    def choose(C, F, KH, KW, stride, padding, backward=False):
+    def choose(C, F, KH, KW, stride, padding, stage="forward"):
         fits = stride == 1 and padding <= min(KH, KW) - 1
         return method if fits and (method == "fft" or KH == KW == 3) else None
     monkeypatch.setattr(conv_cpu, "transform_for", choose)
@@ -141,6 +141,21 @@ def test_conv_transform_equals_im2col_float32(method, kernel, slope, monkeypatch
         assert got.dtype == numpy.float32 and rel(got, ref) < 1e-5
 
 
+def test_conv_cpu_mixed_stages_equal_loop_reference(monkeypatch, threads):
+    """Stages by different algorithms (forward and dx by taps, dW by Winograd)."""
+    monkeypatch.setattr(conv_cpu, "transform_for", lambda *a: "winograd" if a[-1] == "wgrad"
+                        else None)
+    rng = numpy.random.default_rng(11)
+    x = rng.standard_normal((2, 3, 7, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    y_ref, c_ref = conv.conv2d_forward_naive(x, w, None, 1, 1)
+    y, c = conv_cpu.conv2d_forward(x, w, None, 1, 1)
+    assert rel(y, y_ref) < 1e-12
+    dy = rng.standard_normal(y.shape)
+    for got, ref in zip(conv_cpu.conv2d_backward(dy, c), conv.conv2d_backward_naive(dy, c_ref)):
+        assert rel(got, ref) < 1e-12
+
+
 def test_transform_chosen_as_measured():
     """Taps for small layers, Winograd for 3 x 3 with many channels, FFT for Topaz's
     5 x 5 layers (and the 11 x 11 one's backward pass)."""
@@ -148,7 +163,8 @@ def test_transform_chosen_as_measured():
     assert choose(97, 64, 5, 5, 1, 2) == "fft" and choose(64, 32, 5, 5, 1, 2) == "fft"
     assert choose(32, 1, 5, 5, 1, 2) is None
     assert choose(1, 48, 11, 11, 1, 5) is None
-    assert choose(1, 48, 11, 11, 1, 5, backward=True) == "fft"
+    assert choose(1, 48, 11, 11, 1, 5, "dgrad") == "fft"
+    assert choose(32, 32, 3, 3, 1, 1, "wgrad") is None
     assert choose(384, 128, 3, 3, 1, 1) == "winograd"
     assert choose(32, 32, 3, 3, 1, 1) is None
     assert choose(384, 128, 3, 3, 2, 1) is None and choose(97, 64, 5, 5, 2, 2) is None

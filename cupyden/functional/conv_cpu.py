@@ -60,7 +60,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import cpu_empty, cpu_map, get_cpu_threads
+from ..backend import cpu_empty, cpu_map, cpu_map_rows, get_cpu_threads
 from .blas_cpu import gemm
 from .conv import output_size
 
@@ -80,7 +80,8 @@ FOLD_BELOW = 16
 #: in the backward pass also for kernels of FFT_AREA_WIDE with C * F >= FFT_CHANNELS_WIDE
 #: (Topaz's 11 x 11 first layer, whose dx by taps is a GEMV per tap); Winograd's
 #: F(2 x 2, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS (1.1-1.5x from
-#: 192 -> 64 up; 0.7-1.0x below 96 -> 96).
+#: 192 -> 64 up; 0.7-1.0x below 96 -> 96; for dW alone 1.0-1.2x from 32 -> 32 up, within
+#: the noise inside a whole DnCNN step, so one threshold serves all stages).
 FFT_AREA = 25
 FFT_CHANNELS = 1024
 FFT_AREA_WIDE = 121
@@ -88,15 +89,23 @@ FFT_CHANNELS_WIDE = 32
 WINOGRAD_CHANNELS = 12288
 
 
-def transform_for(C, F, KH, KW, stride, padding, backward=False):
-    """The transform expected to beat the GEMM per tap for this layer's forward (or
-    backward) pass: "fft", "winograd" or None (taps)."""
+def transform_for(C, F, KH, KW, stride, padding, stage="forward"):
+    """The algorithm expected to be fastest for one stage of a layer: "winograd", "fft",
+    or None (the GEMM per tap).
+
+    Parameters
+    ----------
+    C, F, KH, KW, stride, padding : int
+        The layer.
+    stage : str
+        "forward", "wgrad" (dW) or "dgrad" (dx).
+    """
     if stride != 1 or padding > min(KH, KW) - 1:
         return None
-    if KH == KW == 3 and C * F >= WINOGRAD_CHANNELS:
-        return "winograd"
+    if KH == KW == 3:
+        return "winograd" if C * F >= WINOGRAD_CHANNELS else None
     if KH * KW >= FFT_AREA and (C * F >= FFT_CHANNELS or (
-            backward and KH * KW >= FFT_AREA_WIDE and C * F >= FFT_CHANNELS_WIDE)):
+            stage != "forward" and KH * KW >= FFT_AREA_WIDE and C * F >= FFT_CHANNELS_WIDE)):
         return "fft"
     return None
 
@@ -113,7 +122,7 @@ class Conv2dCpuCache(NamedTuple):
         The fused activation's negative slope (0 for ReLU), or None.
     stride, padding : int
 
-    The backward pass chooses its algorithm (:func:`transform_for`) on its own: both need
+    The backward pass chooses its algorithms (:func:`transform_for`) on its own: all need
     only these.
     """
     x: object
@@ -204,8 +213,9 @@ def _tiles(N, rows, cols, I, J, cin, cout, fold):
             for n in range(N) for r0 in range(0, rows, R) for c0 in range(0, cols, TC)]
 
 
-def _correlate(out, slab, wm, fold_buf):
-    """out (M, Cout) += sum_{i, j} slab_flat[i * Wq + j : + M] @ wm[i, j], M = R * Wq.
+def _correlate(out, slab, wm, fold_buf, overwrite=False):
+    """out (M, Cout) += sum_{i, j} slab_flat[i * Wq + j : + M] @ wm[i, j], M = R * Wq
+    (``overwrite``: out = that sum; the first GEMM writes instead of adding).
 
     slab : array (R + I, Wq, Cin), C-contiguous; wm : (I, J, Cin, Cout), C-contiguous;
     fold_buf : None, or a buffer (R + I - 1, Wq, J, Cin) to fold the J taps of a row
@@ -225,12 +235,14 @@ def _correlate(out, slab, wm, fold_buf):
         fp = fold_buf.ctypes.data
         for i in range(I):                                # (M, J*Cin) @ (J*Cin, Cout)
             gemm(dtype, M, Cout, J * Cin, fp + i * Wq * J * Cin * it, J * Cin,
-                 wp + i * J * Cin * Cout * it, Cout, op, Cout)
+                 wp + i * J * Cin * Cout * it, Cout, op, Cout,
+                 beta=0.0 if overwrite and i == 0 else 1.0)
         return
     for i in range(I):
         for j in range(J):                                # (M, Cin) @ (Cin, Cout)
             gemm(dtype, M, Cout, Cin, src + (i * Wq + j) * Cin * it, Cin,
-                 wp + (i * J + j) * Cin * Cout * it, Cout, op, Cout)
+                 wp + (i * J + j) * Cin * Cout * it, Cout, op, Cout,
+                 beta=0.0 if overwrite and i == j == 0 else 1.0)
 
 
 def _correlate_wgrad(acc, slab, grid, fold_buf):
@@ -321,7 +333,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
                          % (KH, KW, H, W, P))
     dtype = x.dtype
     xs = x.transpose(0, 2, 3, 1)                           # (N, H, W, C) view
-    method = transform_for(C, F, KH, KW, S, P)
+    method = transform_for(C, F, KH, KW, S, P, "forward")
     if method is not None:
         from . import conv_transform_cpu
         y = conv_transform_cpu.correlate(xs, w, b, P, slope, method).transpose(0, 3, 1, 2)
@@ -354,8 +366,164 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
     return y, cache
 
 
+def activation_gradient(dy, y, slope, rows, cols):
+    """dz = dy * act'(y) in channels-last memory padded with zeros, and db = sum of dz.
+
+    Parameters
+    ----------
+    dy : numpy.ndarray (N, F, OH, OW), any layout
+    y : numpy.ndarray (N, F, OH, OW) or None
+        The forward output (needed when ``slope`` is not None).
+    slope : float or None
+        The fused activation's negative slope (0: ReLU), None: none (dz = dy).
+    rows, cols : int
+        At least OH, OW: dz is zero beyond them (whole tiles of a transform).
+
+    Returns
+    -------
+    dz : numpy.ndarray (N, rows, cols, F)
+    db : numpy.ndarray (F,), float64 sums of float32 band sums
+    """
+    N, F, OH, OW = dy.shape
+    dys = dy.transpose(0, 2, 3, 1)
+    ys = None if slope is None else y.transpose(0, 2, 3, 1)
+    dz = cpu_empty((N, rows, cols, F), dy.dtype)
+    dz[:, OH:] = 0
+    dz[:, :OH, OW:] = 0
+    db_acc = numpy.zeros((get_cpu_threads(), F), numpy.float64)
+
+    def band(n, r0, r1, slot):
+        g, d = dz[n, r0:r1, :OW], dys[n, r0:r1]
+        if slope is None:
+            g[...] = d
+        else:
+            positive = ys[n, r0:r1] > 0
+            if slope == 0.0:
+                numpy.multiply(d, positive, out=g)         # ReLU': 1 where y > 0, else 0
+            else:
+                numpy.multiply(d, slope, out=g)            # slope where y <= 0 ...
+                numpy.copyto(g, d, where=positive)         # ... and 1 where y > 0
+        whole = dz[n, r0:r1].reshape(-1, F)                 # zero columns included
+        db_acc[slot] += _ones(slot, whole.shape[0], dz.dtype) @ whole    # one GEMV
+
+    cpu_map_rows(band, N, OH, 3 * cols * F)
+    return dz, db_acc.sum(axis=0).astype(dy.dtype)
+
+
+def _ones(slot, n, dtype):
+    ones = _scratch(slot, "ones", (n,), dtype)
+    ones[...] = 1
+    return ones
+
+
+def weight_gradient_taps(xs, dz, w_shape, S, P):
+    """dW by a GEMM per tap: over the forward's tiles, slab^T @ dz on the tile's grid.
+
+    Parameters
+    ----------
+    xs : numpy.ndarray (N, H, W, C), any strides
+    dz : numpy.ndarray (N, >= OH, >= OW, F), any strides (only [:OH, :OW] is read)
+    w_shape : (F, C, KH, KW)
+    S, P : int
+
+    Returns
+    -------
+    dw : numpy.ndarray (F, C, KH, KW)
+    """
+    N, H, W, C = xs.shape
+    F, _, KH, KW = w_shape
+    OH, OW = output_size(H, KH, S, P), output_size(W, KW, S, P)
+    dtype = xs.dtype
+    T = get_cpu_threads()
+    shapes = [(len(range(a, KH, S)), len(range(b, KW, S)))
+              for a in range(min(S, KH)) for b in range(min(S, KW))]
+    I0, J0 = shapes[0]
+    fold = C < FOLD_BELOW and J0 > 1
+    tiles = _tiles(N, OH, OW, I0, J0, C, F, fold)
+    dw_acc = [numpy.zeros((T, I, J, C, F), dtype) for I, J in shapes]
+
+    def tile(t, slot):
+        n, r0, r1, c0, c1 = tiles[t]
+        R, TC = r1 - r0, c1 - c0
+        Wt = TC + J0 - 1
+        grid = _scratch(slot, "grid", (R, Wt, F), dtype)   # dz on the tile's grid
+        grid[:, TC:] = 0
+        grid[:, :TC] = dz[n, r0:r1, c0:c1]
+        flat = grid.reshape(-1, F)
+        for k, ((I, J), acc) in enumerate(zip(shapes, dw_acc)):
+            a, bb = divmod(k, min(S, KW))
+            slab = _scratch(slot, "slab", (R + I, Wt, C), dtype)
+            _fill(slab, xs, n, S * r0 + a - P, S * c0 + bb - P, S)
+            fold_buf = _scratch(slot, "fold", (R + I - 1, Wt, J, C), dtype) if fold and J > 1 else None
+            _correlate_wgrad(acc[slot], slab, flat, fold_buf)
+
+    cpu_map(tile, len(tiles))
+    dw = numpy.empty(w_shape, dtype)
+    for k, acc in enumerate(dw_acc):
+        a, bb = divmod(k, min(S, KW))
+        dw[:, :, a::S, bb::S] = acc.sum(axis=0).transpose(3, 2, 0, 1)   # (I,J,C,F) -> (F,C,I,J)
+    return dw
+
+
+def input_gradient_taps(dz, w, S, P, H, W):
+    """dx by a GEMM per tap: each phase of dx is dz (zero-padded) correlated with the
+    phase's flipped, transposed taps; rows and columns of dx at step S.
+
+    Parameters
+    ----------
+    dz : numpy.ndarray (N, OH, OW, F), any strides
+    w : numpy.ndarray (F, C, KH, KW)
+    S, P : int
+    H, W : int
+        The input's size.
+
+    Returns
+    -------
+    dxs : numpy.ndarray (N, H, W, C)
+    """
+    N, _, _, F = dz.shape
+    _, C, KH, KW = w.shape
+    dtype = dz.dtype
+    dxs = cpu_empty((N, H, W, C), dtype)
+    if KH < S or KW < S:                                   # phases of dx without taps
+        dxs[...] = 0
+    fold = F < FOLD_BELOW
+    jobs = []
+    for (a, bb), wm in _phases(w, S, flip=True):
+        I, J = wm.shape[:2]
+        u_lo, u_hi = -((a - P) // S), -((a - P - H) // S)  # S u + a - P in [0, H)
+        v_lo, v_hi = -((bb - P) // S), -((bb - P - W) // S)
+        u_lo, v_lo = max(0, u_lo), max(0, v_lo)
+        if u_hi <= u_lo or v_hi <= v_lo:
+            continue
+        jobs += [(n, a, bb, wm, u_lo + u0, u_lo + u1, v_lo + v0, v_lo + v1)
+                 for n, u0, u1, v0, v1 in _tiles(N, u_hi - u_lo, v_hi - v_lo, I, J, F, C,
+                                                 fold and J > 1)]
+
+    def tile(t, slot):
+        n, a, bb, wm, u0, u1, v0, v1 = jobs[t]
+        I, J = wm.shape[:2]
+        R, nv = u1 - u0, v1 - v0
+        Wg = nv + J - 1
+        slab = _scratch(slot, "slab", (R + I, Wg, F), dtype)
+        _fill(slab, dz, n, u0 - I + 1, v0 - J + 1, 1)
+        out = _scratch(slot, "out", (R * Wg, C), dtype)
+        fold_buf = _scratch(slot, "fold", (R + I - 1, Wg, J, F), dtype) if fold and J > 1 else None
+        _correlate(out, slab, wm, fold_buf, overwrite=True)
+        h0, w0 = S * u0 + a - P, S * v0 + bb - P
+        dxs[n, h0:h0 + S * (R - 1) + 1:S, w0:w0 + S * (nv - 1) + 1:S] = \
+            out.reshape(R, Wg, C)[:, :nv]
+
+    cpu_map(tile, len(jobs))
+    return dxs
+
+
 def conv2d_backward(dy, cache):
     """Convolution backward on the CPU.
+
+    Three stages, each by the algorithm measured fastest for the layer
+    (:func:`transform_for`): dz = dy * act'(y) and db; dW (GEMM per tap, or Winograd / FFT
+    tiles); dx (the same choice, made separately).
 
     Parameters
     ----------
@@ -369,94 +537,27 @@ def conv2d_backward(dy, cache):
     db : numpy.ndarray (F,)
         The sum of dz, also when the forward pass had no bias (as in functional.conv).
     """
+    from . import conv_transform_cpu as tcpu
     x, w, S, P, slope = cache.x, cache.w, cache.stride, cache.padding, cache.slope
-    method = transform_for(x.shape[1], w.shape[0], w.shape[2], w.shape[3], S, P, True)
-    if method is not None:
-        from . import conv_transform_cpu
-        return conv_transform_cpu.backward(dy, x, cache.y, w, slope, P, method)
     N, C, H, W = x.shape
     F, _, KH, KW = w.shape
     OH, OW = dy.shape[2:]
-    dtype = x.dtype
-    T = get_cpu_threads()
-    xs, dys = x.transpose(0, 2, 3, 1), dy.transpose(0, 2, 3, 1)
-    ys = None if slope is None else cache.y.transpose(0, 2, 3, 1)
-    dz = cpu_empty((N, OH, OW, F), dtype)                # dy * act'(y), for dx below
-
-    # pass 1, over the forward's tiles: dz, db and dW
-    phases = _phases(w, S, flip=False)
-    I0, J0 = phases[0][1].shape[:2]
-    fold = C < FOLD_BELOW and J0 > 1
-    tiles = _tiles(N, OH, OW, I0, J0, C, F, fold)
-    dw_acc = [numpy.zeros((T,) + wm.shape, dtype) for _, wm in phases]   # (T, I, J, C, F)
-    db_acc = numpy.zeros((T, F), numpy.float64)
-
-    def wgrad(t, slot):
-        n, r0, r1, c0, c1 = tiles[t]
-        R, TC = r1 - r0, c1 - c0
-        Wt = TC + J0 - 1
-        grid = _scratch(slot, "grid", (R, Wt, F), dtype)   # dz on the tile's grid
-        grid[:, TC:] = 0
-        g, d = grid[:, :TC], dys[n, r0:r1, c0:c1]
-        if slope is None:
-            g[...] = d
-        else:
-            positive = ys[n, r0:r1, c0:c1] > 0
-            if slope == 0.0:
-                numpy.multiply(d, positive, out=g)         # ReLU': 1 where y > 0, else 0
-            else:
-                numpy.multiply(d, slope, out=g)            # slope where y <= 0 ...
-                numpy.copyto(g, d, where=positive)         # ... and 1 where y > 0
-        dz[n, r0:r1, c0:c1] = g
-        flat = grid.reshape(-1, F)
-        db_acc[slot] += flat.sum(axis=0, dtype=numpy.float64)
-        for ((a, bb), wm), acc in zip(phases, dw_acc):
-            I, J = wm.shape[:2]
-            slab = _scratch(slot, "slab", (R + I, Wt, C), dtype)
-            _fill(slab, xs, n, S * r0 + a - P, S * c0 + bb - P, S)
-            fold_buf = _scratch(slot, "fold", (R + I - 1, Wt, J, C), dtype) if fold and J > 1 else None
-            _correlate_wgrad(acc[slot], slab, flat, fold_buf)
-
-    cpu_map(wgrad, len(tiles))
-    dw = numpy.empty_like(w)
-    for ((a, bb), _), acc in zip(phases, dw_acc):
-        dw[:, :, a::S, bb::S] = acc.sum(axis=0).transpose(3, 2, 0, 1)   # (I,J,C,F) -> (F,C,I,J)
-    db = db_acc.sum(axis=0).astype(dtype)
-
-    # pass 2, over bands of each phase of dx: dph = dz (zero-padded) correlated with the
-    # phase's flipped, transposed taps; rows and columns of dx at step S
-    covered = KH >= S and KW >= S                          # every phase of dx has taps
-    dxs = cpu_empty((N, H, W, C), dtype)
-    if not covered:
-        dxs[...] = 0
-    dphases = _phases(w, S, flip=True)
-    fold = F < FOLD_BELOW
-    jobs = []
-    for (a, bb), wm in dphases:
-        I, J = wm.shape[:2]
-        u_lo, u_hi = -((a - P) // S), -((a - P - H) // S)  # S u + a - P in [0, H)
-        v_lo, v_hi = -((bb - P) // S), -((bb - P - W) // S)
-        u_lo, v_lo = max(0, u_lo), max(0, v_lo)
-        if u_hi <= u_lo or v_hi <= v_lo:
-            continue
-        jobs += [(n, a, bb, wm, u_lo + u0, u_lo + u1, v_lo + v0, v_lo + v1)
-                 for n, u0, u1, v0, v1 in _tiles(N, u_hi - u_lo, v_hi - v_lo, I, J, F, C,
-                                                 fold and J > 1)]
-
-    def dgrad(t, slot):
-        n, a, bb, wm, u0, u1, v0, v1 = jobs[t]
-        I, J = wm.shape[:2]
-        R, nv = u1 - u0, v1 - v0
-        Wg = nv + J - 1
-        slab = _scratch(slot, "slab", (R + I, Wg, F), dtype)
-        _fill(slab, dz, n, u0 - I + 1, v0 - J + 1, 1)
-        out = _scratch(slot, "out", (R * Wg, C), dtype)
-        out[...] = 0
-        fold_buf = _scratch(slot, "fold", (R + I - 1, Wg, J, F), dtype) if fold and J > 1 else None
-        _correlate(out, slab, wm, fold_buf)
-        h0, w0 = S * u0 + a - P, S * v0 + bb - P
-        dxs[n, h0:h0 + S * (R - 1) + 1:S, w0:w0 + S * (nv - 1) + 1:S] = \
-            out.reshape(R, Wg, C)[:, :nv]
-
-    cpu_map(dgrad, len(jobs))
+    xs = x.transpose(0, 2, 3, 1)
+    by_w = transform_for(C, F, KH, KW, S, P, "wgrad")
+    by_x = transform_for(C, F, KH, KW, S, P, "dgrad")
+    rows, cols = OH, OW
+    if by_w is not None:                                   # whole tiles of its transform
+        tr = tcpu.TRANSFORMS[by_w](KH, KW, x.dtype)
+        rows, cols = -(-OH // tr.Vh) * tr.Vh, -(-OW // tr.Vw) * tr.Vw
+    dz, db = activation_gradient(dy, cache.y, slope, rows, cols)
+    if by_w is None:
+        dw = weight_gradient_taps(xs, dz, w.shape, S, P)
+    else:
+        dw = tcpu.weight_gradient(xs, dz, KH, KW, P, by_w)
+    dz = dz[:, :OH, :OW]
+    if by_x is None:
+        dxs = input_gradient_taps(dz, w, S, P, H, W)
+    else:
+        w_t = numpy.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        dxs = tcpu.correlate(dz, w_t, None, KH - 1 - P, None, by_x)   # (C, F, KH, KW) taps
     return dxs.transpose(0, 3, 1, 2), dw, db

@@ -37,6 +37,9 @@ Backward, with dz = dy * act'(y):
                    (dz is zero beyond V x V: no wrap-around)
          Winograd: dW = G^T (sum_tiles X^T (A dz A^T)) G      (the adjoint of U = G g G^T)
 
+conv_cpu.conv2d_backward computes dz and db, and calls :func:`weight_gradient` and
+:func:`correlate` (dx) for the stages that the transforms do faster.
+
 Tasks are rows of tiles of one image (:func:`cupyden.backend.cpu_map`); SciPy's FFTs,
 NumPy's matmul and copies release the GIL. float32 stays float32 (complex64 spectra).
 """
@@ -45,7 +48,7 @@ import numpy
 import scipy.fft
 from numpy.lib.stride_tricks import as_strided
 
-from ..backend import cpu_empty, cpu_map, cpu_map_rows, get_cpu_threads
+from ..backend import cpu_empty, cpu_map, get_cpu_threads, one_blas_thread
 from .conv_cpu import _activate_into, _fill, _scratch
 
 #: Transform-domain elements (points x tiles x channels) of one task: 16 MiB of complex64.
@@ -212,7 +215,8 @@ def correlate(xs, w, b, padding, slope, method):
     s, Vh, Vw = tr.s, tr.Vh, tr.Vw
     OH, OW = H + 2 * padding - KH + 1, W + 2 * padding - KW + 1
     th, tw = -(-OH // Vh), -(-OW // Vw)
-    u = tr.kernel(w)                                           # (points, C, F)
+    with one_blas_thread():
+        u = tr.kernel(w)                                       # (points, C, F)
     ys = cpu_empty((N, th * Vh, tw * Vw, F), dtype)
     tasks = _tasks(N, th, tw, tr.points, max(C, F), True)
 
@@ -263,57 +267,6 @@ def weight_gradient(xs, dz, KH, KW, padding, method):
         acc[slot] += numpy.matmul(x.transpose(0, 2, 1), z)             # (points, C, F)
 
     cpu_map(task, len(tasks))
-    return numpy.ascontiguousarray(tr.kernel_gradient(acc.sum(axis=0))).astype(dtype,
-                                                                                copy=False)
-
-
-def backward(dy, x, y, w, slope, padding, method):
-    """(dx, dw, db) of :func:`correlate`'s convolution (stride 1); see the module docstring.
-
-    Parameters
-    ----------
-    dy : numpy.ndarray (N, F, OH, OW), any layout
-    x : numpy.ndarray (N, C, H, W), the forward input
-    y : numpy.ndarray (N, F, OH, OW) or None, the forward output (with an activation)
-    w : numpy.ndarray (F, C, KH, KW)
-    slope : float or None
-    padding : int
-    method : str
-        "fft" or "winograd".
-
-    Returns
-    -------
-    dx : (N, C, H, W), channels-last memory; dw : (F, C, KH, KW); db : (F,)
-    """
-    N, C, H, W = x.shape
-    F, _, KH, KW = w.shape
-    OH, OW = dy.shape[2:]
-    dtype = x.dtype
-    tr = TRANSFORMS[method](KH, KW, dtype)
-    Vh, Vw = tr.Vh, tr.Vw
-    th, tw = -(-OH // Vh), -(-OW // Vw)
-    dys = dy.transpose(0, 2, 3, 1)
-    ys = None if slope is None else y.transpose(0, 2, 3, 1)
-    dz = cpu_empty((N, th * Vh, tw * Vw, F), dtype)         # zero beyond OH x OW
-    dz[:, OH:] = 0
-    dz[:, :OH, OW:] = 0
-    db_acc = numpy.zeros((get_cpu_threads(), F), numpy.float64)
-
-    def band(n, r0, r1, slot):
-        g, d = dz[n, r0:r1, :OW], dys[n, r0:r1]
-        if slope is None:
-            g[...] = d
-        else:
-            positive = ys[n, r0:r1] > 0
-            if slope == 0.0:
-                numpy.multiply(d, positive, out=g)
-            else:
-                numpy.multiply(d, slope, out=g)
-                numpy.copyto(g, d, where=positive)
-        db_acc[slot] += g.reshape(-1, F).sum(axis=0, dtype=numpy.float64)
-
-    cpu_map_rows(band, N, OH, 3 * OW * F)
-    dw = weight_gradient(x.transpose(0, 2, 3, 1), dz, KH, KW, padding, method)
-    w_t = numpy.ascontiguousarray(w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))   # (C, F, KH, KW)
-    dxs = correlate(dz[:, :OH, :OW], w_t, None, KH - 1 - padding, None, method)
-    return dxs.transpose(0, 3, 1, 2), dw, db_acc.sum(axis=0).astype(dtype)
+    with one_blas_thread():
+        dw = tr.kernel_gradient(acc.sum(axis=0))
+    return numpy.ascontiguousarray(dw).astype(dtype, copy=False)
