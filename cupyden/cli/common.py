@@ -12,7 +12,8 @@ def run(doc, argv, body, name):
     """Parse ``argv`` with the docopt usage ``doc``, call ``body(args)``, map errors to codes.
 
     An :class:`InputError` prints ``NAME: error: MESSAGE`` on one line to stderr and gives
-    exit code 2; a usage error prints the usage and gives 2.
+    exit code 2; a usage error prints the usage and gives 2. A ``--threads`` option sets
+    the CPU threads before ``body`` runs.
 
     Returns
     -------
@@ -25,6 +26,8 @@ def run(doc, argv, body, name):
         print(exc, file=sys.stderr)
         return 2
     try:
+        if args.get("--threads") is not None:              # once, before any work
+            set_threads(args["--threads"])
         rc = body(args)
     except InputError as exc:
         print("%s: error: %s" % (name, " ".join(str(exc).split())), file=sys.stderr)
@@ -33,6 +36,29 @@ def run(doc, argv, body, name):
         print("%s: interrupted" % name, file=sys.stderr)
         return 130
     return 0 if rc is None else rc
+
+
+def set_threads(value):
+    """``--threads``: "auto" or a count >= 1 for :func:`cupyden.backend.set_cpu_threads`.
+
+    Returns
+    -------
+    int
+        The thread count in use.
+
+    Raises
+    ------
+    InputError
+        For a value that is neither "auto" nor a positive integer.
+    """
+    from ..backend import set_cpu_threads
+    if value == "auto":
+        return set_cpu_threads()
+    try:
+        n = int(value)
+    except ValueError:
+        raise InputError("--threads must be auto or a positive integer, got %r" % value)
+    return set_cpu_threads(n)
 
 
 def as_int(args, key, minimum=None):

@@ -35,6 +35,9 @@ Options:
   --validation F       Fraction of the rows, from the top, used to choose the Gaussian's
                        sigma and left out of every score [default: 0.25]
   -o, --output DIR     Output folder (created) [default: evaluation]
+  --threads N          CPU threads for cupyden's kernels and BLAS; auto = the CPUs this
+                       process may use (affinity, cgroup quota), or OMP_NUM_THREADS or
+                       OPENBLAS_NUM_THREADS when set [default: auto]
   -h, --help           Show this help.
 
 Outputs in DIR: report.md (the numbers and the figures), metrics.json, panels.png (raw,
