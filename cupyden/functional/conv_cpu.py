@@ -79,14 +79,14 @@ FOLD_BELOW = 16
 #: least FFT_AREA pixels with C * F >= FFT_CHANNELS (Topaz's 5 x 5 layers: 1.4-1.9x), and
 #: in the backward pass also for kernels of FFT_AREA_WIDE with C * F >= FFT_CHANNELS_WIDE
 #: (Topaz's 11 x 11 first layer, whose dx by taps is a GEMV per tap); Winograd's
-#: F(2 x 2, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS (1.1-1.5x from
-#: 192 -> 64 up; 0.7-1.0x below 96 -> 96; for dW alone 1.0-1.2x from 32 -> 32 up, within
-#: the noise inside a whole DnCNN step, so one threshold serves all stages).
+#: F(2 x 2, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS[stage]: forward
+#: 1.1-1.5x from 192 -> 64 up (0.7-1.0x below 96 -> 96); dW 1.1-1.4x from 64 -> 64 up
+#: (1.1-1.2x below, within the noise of a whole step); dx 1.1-1.5x from 96 -> 96 up.
 FFT_AREA = 25
 FFT_CHANNELS = 1024
 FFT_AREA_WIDE = 121
 FFT_CHANNELS_WIDE = 32
-WINOGRAD_CHANNELS = 12288
+WINOGRAD_CHANNELS = {"forward": 12288, "wgrad": 4096, "dgrad": 9216}
 
 
 def transform_for(C, F, KH, KW, stride, padding, stage="forward"):
@@ -103,7 +103,7 @@ def transform_for(C, F, KH, KW, stride, padding, stage="forward"):
     if stride != 1 or padding > min(KH, KW) - 1:
         return None
     if KH == KW == 3:
-        return "winograd" if C * F >= WINOGRAD_CHANNELS else None
+        return "winograd" if C * F >= WINOGRAD_CHANNELS[stage] else None
     if KH * KW >= FFT_AREA and (C * F >= FFT_CHANNELS or (
             stage != "forward" and KH * KW >= FFT_AREA_WIDE and C * F >= FFT_CHANNELS_WIDE)):
         return "fft"
