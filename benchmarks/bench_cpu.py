@@ -2,7 +2,7 @@
 
 Usage:
   bench_cpu.py [--threads N] [--repeat N] [--size PX] [--batch N] [--patch PX]
-               [--only TEXT] [--markdown FILE] [--cpu-time]
+               [--only TEXT] [--markdown FILE] [--cpu-time] [--torch-channels-last]
 
 Options:
   --threads N      Threads for both (cupyden's pool and BLAS, torch.set_num_threads);
@@ -18,6 +18,8 @@ Options:
                    thread (both then run in this thread): a time slice lost to another
                    process is charged to neither, so the ratio holds on a busy machine.
                    Per-core efficiency only; the claims are the wall-clock rows.
+  --torch-channels-last  Give PyTorch its inputs in channels_last memory (its default is
+                   NCHW, the layout of the rows' claims).
 
 Rows: the forward pass (inference, no caches / no_grad) of DnCNN-12/32, the U-Net (base 32)
 and Topaz-Denoise's UDenoiseNet (``unet``: nf 48, 11x11 first and 5x5 last convolutions) on
@@ -135,11 +137,21 @@ def alternate(fa, fb, repeat):
     return statistics.median(ta), statistics.median(tb)
 
 
+#: torch.channels_last with --torch-channels-last, else torch.contiguous_format.
+LAYOUT = [None]
+
+
+def as_torch(torch, a):
+    """A copy of the array as a torch tensor; 4-D ones in the memory layout of LAYOUT."""
+    t = torch.from_numpy(a.copy())
+    return t.contiguous(memory_format=LAYOUT[0]) if t.ndim == 4 else t
+
+
 def forward_row(torch, net, size, repeat):
     model = build_model(NETS[net]).to(numpy, numpy.float32).eval()
     x = numpy.random.default_rng(0).standard_normal((1, 1, size, size)).astype(numpy.float32)
-    p = {k: torch.from_numpy(v.copy()) for k, v in model.state().items()}
-    xt = torch.from_numpy(x)
+    p = {k: as_torch(torch, v) for k, v in model.state().items()}
+    xt = torch.from_numpy(x).contiguous(memory_format=LAYOUT[0])
 
     def peer():
         with torch.no_grad():
@@ -159,9 +171,10 @@ def train_row(torch, net, batch, patch, repeat):
     shape = (batch, 1, patch, patch)
     x = rng.standard_normal(shape).astype(numpy.float32)
     t = rng.standard_normal(shape).astype(numpy.float32)
-    p = {k: torch.from_numpy(v.copy()).requires_grad_() for k, v in state0.items()}
+    p = {k: as_torch(torch, v).requires_grad_() for k, v in state0.items()}
     topt = torch.optim.Adam(list(p.values()), lr=1e-3)
-    xt, tt = torch.from_numpy(x), torch.from_numpy(t)
+    xt = torch.from_numpy(x).contiguous(memory_format=LAYOUT[0])
+    tt = torch.from_numpy(t).contiguous(memory_format=LAYOUT[0])
 
     def peer():
         topt.zero_grad(set_to_none=True)
@@ -201,8 +214,10 @@ def main():
     print("cupyden: %d threads; clock: %s" % (threads, CLOCK[0].__name__))
     import torch
     torch.set_num_threads(threads)
-    print("PyTorch %s: %d threads, %s" % (torch.__version__, torch.get_num_threads(),
-                                        torch.backends.cpu.get_cpu_capability()))
+    LAYOUT[0] = torch.channels_last if args["--torch-channels-last"] else torch.contiguous_format
+    print("PyTorch %s: %d threads, %s, inputs %s" % (
+        torch.__version__, torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(),
+        "channels_last" if args["--torch-channels-last"] else "NCHW"))
     rows = []
     for net in NETS:
         for kind in ("forward", "train"):
