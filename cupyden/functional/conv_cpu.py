@@ -1,4 +1,4 @@
-"""2-D convolution on the CPU: channels-last bands of rows, one GEMM per kernel tap.
+"""2-D convolution on the CPU: channels-last tiles, one GEMM per kernel tap.
 
 The same pair as :mod:`cupyden.functional.conv` (formulas and shapes there):
 ``conv2d_forward(x, w, b, stride, padding, slope, keep_cache) -> (y, cache)`` and
@@ -17,13 +17,14 @@ convolution is the sum of KH * KW 1x1 convolutions of shifted inputs:
 
     y[i, j, :] = b + sum_{kh, kw} xpad[i + kh, j + kw, :] @ W[kh, kw]      (C,) @ (C, F)
 
-For a band of R output rows, the padded input rows [r0, r0 + R + KH) are copied into a
-slab of width Wq = OW + KW - 1, (rows, Wq, C). On the slab flattened to (rows * Wq, C) the
-shift (kh, kw) is the offset kh * Wq + kw, so the shifted inputs of all R * Wq grid points
-are one contiguous (R * Wq, C) matrix and each tap is one GEMM (R * Wq, C) @ (C, F)
-accumulated into the band's output (BLAS beta = 1, the bias written first). Grid columns
-j >= OW read across a row's end and are dropped. No column matrix: the input is copied
-once instead of KH * KW times (im2col).
+For a tile of R output rows and TC columns, the padded input it reads, rows
+[r0, r0 + R + KH) and TC + KW - 1 columns, is copied into a slab (rows, Wq, C) with
+Wq = TC + KW - 1. On the slab flattened to (rows * Wq, C) the shift (kh, kw) is the offset
+kh * Wq + kw, so the shifted inputs of all R * Wq grid points are one contiguous
+(R * Wq, C) matrix and each tap is one GEMM (R * Wq, C) @ (C, F) accumulated into the
+tile's output (BLAS beta = 1, the bias written first). Grid columns j >= TC read across a
+row's end and are dropped. No column matrix: the input is copied once instead of KH * KW
+times (im2col).
 
 Few channels (the first layer, C = 1) make a shallow GEMM (depth C); there the KW taps of a
 row are folded into the depth: fold[u, v, kw, :] = slab[u, v + kw, :] (KW copies of the
@@ -45,15 +46,20 @@ Backward, with dz = dy * act'(y) (taken from the output y, as in functional.acti
     dph_ab[u, v] = sum_{qh, qw} dz[u - qh, v - qw] @ W[S qh + a, S qw + b]^T,
     dx[S u + a - P, S v + b - P] = dph_ab[u, v]
 
-with off = qh * Wq + qw and dz_grid the band's dz on the (R, Wq) grid, zero in the dropped
+with off = qh * Wq + qw and dz_grid the tile's dz on the (R, Wq) grid, zero in the dropped
 columns. dph_ab is a stride-1 correlation of the zero-padded dz with the phase's taps
 flipped and transposed, computed by the same slab-and-taps code as the forward pass (the
 gradient of a convolution is a transposed convolution: Dumoulin & Visin 2016, "A guide to
 convolution arithmetic for deep learning", arXiv:1603.07285, sec. 4).
 
-Threads: bands are tasks of :func:`cupyden.backend.cpu_map`. Each thread has its own slab,
-output block and dW accumulator (summed at the end); the GEMMs (``blas_cpu.gemm``), copies
-and ufuncs release the GIL. A band's slab and output block are sized for a core's L2 cache.
+Threads: tiles (bands of rows, split into columns when rows are wide) are tasks of
+:func:`cupyden.backend.cpu_map`. Each thread has its own slab, output block and dW
+accumulator (summed at the end); the GEMMs (``blas_cpu.gemm``), copies and ufuncs release
+the GIL. A tile's slab and output block are sized for a core's L2 cache.
+
+Layers with many channels or large kernels run some stages faster in a transform domain
+(Winograd for 3 x 3, FFT for 5 x 5 and up: :mod:`conv_transform_cpu`); :func:`transform_for`
+chooses per stage (forward, dW, dx) from measurements, and the cache is the same.
 """
 
 from typing import NamedTuple
@@ -65,8 +71,9 @@ from .blas_cpu import gemm
 from .conv import output_size
 
 #: Elements of one tile's slab and output block (2 MiB of float32, a core's L2 cache on
-#: this project's Xeon). Swept on 2026-11-30 (benchmarks/RESULTS.md, "CPU profile"):
-#: 0.5 MiB tiles were up to 1.3x slower than 2 and 4 MiB ones, which were within noise.
+#: this project's Xeon). Swept on 2026-11-30 (benchmarks/RESULTS.md, "CPU path against
+#: PyTorch CPU"): 0.5 MiB tiles were 1.2-1.8x slower than 2 and 4 MiB ones, which were
+#: within noise of each other.
 TILE_ELEMENTS = 512 * 1024
 #: Output rows of a tile at least (when the image has them): a tile's slab holds KH - 1
 #: rows more than its output, copied twice when tiles are few rows high.
@@ -75,7 +82,7 @@ TILE_ROWS = 8
 FOLD_BELOW = 16
 #: Stride-1 convolutions run in a transform domain (:mod:`conv_transform_cpu`) when that
 #: is faster than the GEMM per tap, as measured on this project's Xeon for every layer of
-#: the shipped networks (benchmarks/RESULTS.md, "CPU profile"): FFTs for kernels of at
+#: the shipped networks (benchmarks/RESULTS.md, issue 21): FFTs for kernels of at
 #: least FFT_AREA pixels with C * F >= FFT_CHANNELS (Topaz's 5 x 5 layers: 1.4-1.9x), and
 #: in the backward pass also for kernels of FFT_AREA_WIDE with C * F >= FFT_CHANNELS_WIDE
 #: (Topaz's 11 x 11 first layer, whose dx by taps is a GEMV per tap); Winograd's
@@ -137,7 +144,7 @@ _SCRATCH = {}
 
 
 def _scratch(slot, name, shape, dtype):
-    """A per-thread buffer of ``shape``, reused across calls (no page faults per band)."""
+    """A per-thread buffer of ``shape``, reused across calls (no page faults per tile)."""
     size = int(numpy.prod(shape))
     key = (slot, name, numpy.dtype(dtype).str)
     buf = _SCRATCH.get(key)
@@ -276,7 +283,7 @@ def _correlate_wgrad(acc, slab, grid, fold_buf):
 
 def _activate_into(dst, z, slope, slot):
     """dst = act(z): z for None, max(z, slope * z) for slope <= 1 (ReLU at 0), else
-    min(z, slope * z); one or two passes over a band in cache."""
+    min(z, slope * z); one or two passes over a tile in cache."""
     if slope is None:
         dst[...] = z
     elif slope == 0.0:

@@ -25,7 +25,7 @@ save); each tile gives V x V outputs:
 Per output pixel and (C, F) pair, points / V^2 multiply-adds instead of K^2: Winograd 4
 against 9; FFT (s = 16) 0.74 complex against 9 (K = 3), 1.0 against 25 (K = 5). The
 transforms' copies cost per channel, so the gain is in layers with many channels
-(measured per layer in benchmarks/RESULTS.md, "CPU profile").
+(measured per layer in benchmarks/RESULTS.md, issue 21).
 
 Backward, with dz = dy * act'(y):
 

@@ -14,7 +14,9 @@ On a GPU, a background thread prepares batch k+1 while the model trains on batch
                   -> take the next ready slot -> compute stream waits on copied[s]
 
 Two slots, so host memory is two batches whatever the store's size. On the CPU the same
-interface is a prefetching generator: a thread reads batch k+1 while batch k trains.
+interface is a prefetching generator: a thread reads batch k+1 while batch k trains. Both
+sides wait on queues, never in a polling loop, so a loader whose slots are full takes no
+CPU time from the training threads (or from another job on the same cores).
 (The pattern of PyTorch's DataLoader with pin_memory and a CUDA-stream prefetcher, as in
 NVIDIA's Apex ImageNet example, written out.)
 """
