@@ -153,6 +153,11 @@ def _scratch(slot, name, shape, dtype):
     return buf[:size].reshape(shape)
 
 
+def _fold_buffer(slot, fold, R, I, Wt, J, Cin, dtype):
+    """The folded slab's buffer (R + I - 1, Wt, J, Cin), or None when not folding."""
+    return _scratch(slot, "fold", (R + I - 1, Wt, J, Cin), dtype) if fold and J > 1 else None
+
+
 def _inside(start, step, count, size):
     """[k0, k1): the k in [0, count) with 0 <= start + step * k < size."""
     k0 = max(0, -(start // step))
@@ -362,7 +367,7 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
             I, J = wm.shape[:2]
             slab = _scratch(slot, "slab", (R + I, Wt, C), dtype)
             _fill(slab, xs, n, S * r0 + a - P, S * c0 + bb - P, S)
-            fold_buf = _scratch(slot, "fold", (R + I - 1, Wt, J, C), dtype) if fold and J > 1 else None
+            fold_buf = _fold_buffer(slot, fold, R, I, Wt, J, C, dtype)
             _correlate(out, slab, wm, fold_buf)
         _activate_into(ys[n, r0:r1, c0:c1], out.reshape(R, Wt, F)[:, :c1 - c0], slope, slot)
 
@@ -461,7 +466,7 @@ def weight_gradient_taps(xs, dz, w_shape, S, P):
             a, bb = divmod(k, min(S, KW))
             slab = _scratch(slot, "slab", (R + I, Wt, C), dtype)
             _fill(slab, xs, n, S * r0 + a - P, S * c0 + bb - P, S)
-            fold_buf = _scratch(slot, "fold", (R + I - 1, Wt, J, C), dtype) if fold and J > 1 else None
+            fold_buf = _fold_buffer(slot, fold, R, I, Wt, J, C, dtype)
             _correlate_wgrad(acc[slot], slab, flat, fold_buf)
 
     cpu_map(tile, len(tiles))
@@ -515,7 +520,7 @@ def input_gradient_taps(dz, w, S, P, H, W):
         slab = _scratch(slot, "slab", (R + I, Wg, F), dtype)
         _fill(slab, dz, n, u0 - I + 1, v0 - J + 1, 1)
         out = _scratch(slot, "out", (R * Wg, C), dtype)
-        fold_buf = _scratch(slot, "fold", (R + I - 1, Wg, J, F), dtype) if fold and J > 1 else None
+        fold_buf = _fold_buffer(slot, fold, R, I, Wg, J, F, dtype)
         _correlate(out, slab, wm, fold_buf, overwrite=True)
         h0, w0 = S * u0 + a - P, S * v0 + bb - P
         dxs[n, h0:h0 + S * (R - 1) + 1:S, w0:w0 + S * (nv - 1) + 1:S] = \

@@ -174,11 +174,21 @@ class Winograd:
 TRANSFORMS = {"fft": Fft, "winograd": Winograd}
 
 
-def _tiles_of(slab, t, tw, s, Vh, Vw):
-    """The (t, tw, s, s, C) overlapping tiles of a slab (rows, cols, C), steps Vh, Vw."""
+def _input_tiles(tr, xs, n, r0, r1, tw, padding, slot):
+    """Tile rows [r0, r1) of image n of the zero-padded input, transformed: X, a
+    (points, T, C) array or view.
+
+    The rows they read are copied into a slab, whose (t, tw, s, s, C) overlapping tiles (at
+    steps Vh, Vw) are a strided view of it.
+    """
+    t, C = r1 - r0, xs.shape[3]
+    shape = (t * tr.Vh + tr.KH - 1, tw * tr.Vw + tr.KW - 1, C)
+    slab = _scratch(slot, "tr.slab", shape, xs.dtype)
+    _fill(slab, xs, n, r0 * tr.Vh - padding, -padding, 1)
     r, c, ch = slab.strides
-    return as_strided(slab, (t, tw, s, s, slab.shape[2]), (r * Vh, c * Vw, r, c, ch),
-                      writeable=False)
+    tiles = as_strided(slab, (t, tw, tr.s, tr.s, C), (r * tr.Vh, c * tr.Vw, r, c, ch),
+                       writeable=False)
+    return tr.tiles(tiles, slot)
 
 
 def _tasks(N, th, tw, points, channels, spread):
@@ -212,7 +222,7 @@ def correlate(xs, w, b, padding, slope, method):
     F, _, KH, KW = w.shape
     dtype = xs.dtype
     tr = TRANSFORMS[method](KH, KW, dtype)
-    s, Vh, Vw = tr.s, tr.Vh, tr.Vw
+    Vh, Vw = tr.Vh, tr.Vw
     OH, OW = H + 2 * padding - KH + 1, W + 2 * padding - KW + 1
     th, tw = -(-OH // Vh), -(-OW // Vw)
     with one_blas_thread():
@@ -223,9 +233,7 @@ def correlate(xs, w, b, padding, slope, method):
     def task(i, slot):
         n, r0, r1 = tasks[i]
         t = r1 - r0
-        slab = _scratch(slot, "tr.slab", (t * Vh + KH - 1, tw * Vw + KW - 1, C), dtype)
-        _fill(slab, xs, n, r0 * Vh - padding, -padding, 1)
-        x = tr.tiles(_tiles_of(slab, t, tw, s, Vh, Vw), slot)          # (points, T, C)
+        x = _input_tiles(tr, xs, n, r0, r1, tw, padding, slot)         # (points, T, C)
         y = tr.product(t * tw, F, slot)
         numpy.matmul(x, u, out=y)                                       # per point
         out = tr.outputs(y, b, t, tw)                                   # (t, tw, Vh, Vw, F)
@@ -251,7 +259,7 @@ def weight_gradient(xs, dz, KH, KW, padding, method):
     F = dz.shape[3]
     dtype = xs.dtype
     tr = TRANSFORMS[method](KH, KW, dtype)
-    s, Vh, Vw = tr.s, tr.Vh, tr.Vw
+    Vh, Vw = tr.Vh, tr.Vw
     th, tw = dz.shape[1] // Vh, dz.shape[2] // Vw
     acc = numpy.zeros((get_cpu_threads(), tr.points, C, F), tr.pdtype)
     tasks = _tasks(N, th, tw, tr.points, max(C, F), False)
@@ -259,9 +267,7 @@ def weight_gradient(xs, dz, KH, KW, padding, method):
     def task(i, slot):
         n, r0, r1 = tasks[i]
         t = r1 - r0
-        slab = _scratch(slot, "tr.slab", (t * Vh + KH - 1, tw * Vw + KW - 1, C), dtype)
-        _fill(slab, xs, n, r0 * Vh - padding, -padding, 1)
-        x = tr.tiles(_tiles_of(slab, t, tw, s, Vh, Vw), slot)          # (points, T, C)
+        x = _input_tiles(tr, xs, n, r0, r1, tw, padding, slot)         # (points, T, C)
         z = tr.gradient_tiles(dz[n, r0 * Vh:r1 * Vh].reshape(t, Vh, tw, Vw, F)
                               .transpose(0, 2, 1, 3, 4), slot)          # (points, T, F)
         acc[slot] += numpy.matmul(x.transpose(0, 2, 1), z)             # (points, C, F)
