@@ -11,10 +11,25 @@ A device is a GPU ordinal ``N >= 0`` or ``-1`` for the CPU. Command-line tools t
 when neither is set, ``auto`` picks GPU 0 if CuPy sees one and the CPU otherwise, and
 says which. Asking for a GPU that cannot be used raises :class:`~cupyden.errors.InputError`
 with the reason: cupyden never falls back to the CPU when a GPU was asked for.
+
+CPU threads
+-----------
+:func:`set_cpu_threads` (called once when a command starts, ``--threads``) chooses how
+many threads the CPU work uses: the CPUs this process may run on (its affinity mask and its
+cgroup's CPU quota, not the machine's core count), or ``OMP_NUM_THREADS`` /
+``OPENBLAS_NUM_THREADS`` / ``MKL_NUM_THREADS`` when set. cupyden's CPU kernels run their
+blocks on a pool of that many threads (:func:`cpu_map`) whose idle threads sleep on a queue;
+while they run, every BLAS library runs one thread per caller (through threadpoolctl), so
+no BLAS worker thread busy-waits beside them (benchmarks/RESULTS.md, "Two jobs at once").
 """
 
+import contextlib
 import functools
+import itertools
 import os
+import queue
+import sys
+import threading
 
 import numpy
 
@@ -486,3 +501,384 @@ def gpu_time_ms(fn, repeats=3):
     stop.record()
     stop.synchronize()
     return cupy.cuda.get_elapsed_time(start, stop) / repeats
+
+
+# ---------------------------------------------------------------------------------------
+# CPU threads
+
+
+def _cgroup_cpu_quota(cgroup_file="/proc/self/cgroup", root="/sys/fs/cgroup"):
+    """CPUs granted by the cgroup CPU quota of this process (a float), or None if unlimited.
+
+    cgroup v2: ``cpu.max`` ("max 100000" or "QUOTA PERIOD"); v1: ``cpu.cfs_quota_us`` (-1 =
+    unlimited) over ``cpu.cfs_period_us``. The process's cgroup and each of its ancestors
+    are read (a parent's quota bounds its children); the smallest quota wins.
+
+    Parameters
+    ----------
+    cgroup_file : str
+        The process's cgroup membership (``/proc/self/cgroup``).
+    root : str
+        Where the cgroup file systems are mounted.
+
+    Returns
+    -------
+    float or None
+    """
+    try:
+        with open(cgroup_file) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    quotas = []
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            bases, v2 = [root, os.path.join(root, "unified")], True
+        elif "cpu" in controllers.split(","):
+            bases, v2 = [os.path.join(root, controllers), os.path.join(root, "cpu")], False
+        else:
+            continue
+        chain = [path]
+        while chain[-1] not in ("/", ""):
+            chain.append(os.path.dirname(chain[-1]))
+        for base in bases:
+            for p in chain:
+                d = os.path.join(base, p.lstrip("/"))
+                try:
+                    if v2:
+                        with open(os.path.join(d, "cpu.max")) as f:
+                            quota, period = (f.read().split() + ["100000"])[:2]
+                        if quota != "max":
+                            quotas.append(int(quota) / int(period))
+                    else:
+                        with open(os.path.join(d, "cpu.cfs_quota_us")) as f:
+                            quota = int(f.read())
+                        with open(os.path.join(d, "cpu.cfs_period_us")) as f:
+                            period = int(f.read())
+                        if quota > 0 and period > 0:
+                            quotas.append(quota / period)
+                except (OSError, ValueError):
+                    continue
+    return min(quotas) if quotas else None
+
+
+def cpu_threads():
+    """CPUs this process may use: its affinity mask, bounded by its cgroup CPU quota.
+
+    ``os.cpu_count()`` counts the host's cores, which a container, a batch scheduler
+    (``taskset``, Slurm's cpusets) or a quota may not grant; a BLAS sized by it
+    oversubscribes the CPUs it has. The quota is rounded down (at least 1): 1.5 CPUs of
+    quota run one thread.
+
+    Returns
+    -------
+    int
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n, max(1, int(quota)))
+    return max(1, n)
+
+
+#: Environment variables that set a thread count for BLAS / OpenMP, respected when set.
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def env_threads():
+    """The smallest positive thread count in :data:`THREAD_VARIABLES`, or None."""
+    counts = []
+    for name in THREAD_VARIABLES:
+        try:
+            v = int(os.environ.get(name, "").split(",")[0])
+        except ValueError:
+            continue
+        if v > 0:
+            counts.append(v)
+    return min(counts) if counts else None
+
+
+_CPU = {"threads": None, "pool": None, "blas": None}
+_CPU_LOCK = threading.Lock()
+
+
+def _blas_libraries():
+    """threadpoolctl's controllers of the BLAS/OpenMP libraries loaded in this process,
+    SciPy's BLAS (the one cupyden's CPU kernels call) loaded first."""
+    if _CPU["blas"] is None:
+        import scipy.linalg.cython_blas  # noqa: F401  (loads SciPy's BLAS)
+        from threadpoolctl import ThreadpoolController
+        _CPU["blas"] = ThreadpoolController().lib_controllers
+    return _CPU["blas"]
+
+
+def set_cpu_threads(n=None):
+    """Set the threads of cupyden's CPU work and of every BLAS; return the count.
+
+    Parameters
+    ----------
+    n : int or None
+        None: :func:`env_threads` when one of its variables is set, else
+        :func:`cpu_threads`.
+
+    Returns
+    -------
+    int
+        The thread count now in use.
+
+    Raises
+    ------
+    InputError
+        For n < 1.
+    """
+    if n is None:
+        n = env_threads() or cpu_threads()
+    n = int(n)
+    if n < 1:
+        raise InputError("--threads must be at least 1, got %d" % n)
+    with _CPU_LOCK:
+        for lib in _blas_libraries():
+            lib.set_num_threads(n)
+        if _CPU["pool"] is not None and _CPU["pool"].n != n:
+            _CPU["pool"].close()
+            _CPU["pool"] = None
+        if _CPU["pool"] is None:
+            _CPU["pool"] = _CpuPool(n)
+        _CPU["threads"] = n
+    return n
+
+
+def get_cpu_threads():
+    """The thread count of cupyden's CPU work (choosing it by :func:`set_cpu_threads`'s
+    rules on first use)."""
+    if _CPU["threads"] is None:
+        set_cpu_threads()
+    return _CPU["threads"]
+
+
+_ONE_BLAS = {"depth": 0, "lock": threading.Lock()}
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """Inside, every BLAS library runs on its calling thread only (nested use is fine).
+
+    cupyden's kernels parallelise over tiles themselves; a BLAS call that wakes BLAS
+    worker threads costs more than the call: OpenBLAS's idle workers busy-wait for about
+    2^28 cycles (0.1 s) before they sleep, on the cores that cupyden's threads (or another
+    job) need. Measured: 12% more CPU time in a 2-thread U-Net training step from a few
+    small matrix products per layer outside the pool (benchmarks/RESULTS.md).
+    """
+    with _ONE_BLAS["lock"]:
+        _ONE_BLAS["depth"] += 1
+        if _ONE_BLAS["depth"] == 1:
+            for lib in _blas_libraries():
+                lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        with _ONE_BLAS["lock"]:
+            _ONE_BLAS["depth"] -= 1
+            if _ONE_BLAS["depth"] == 0:
+                for lib in _blas_libraries():
+                    lib.set_num_threads(get_cpu_threads())
+
+
+class _CpuPool:
+    """n - 1 worker threads plus the caller, taking tasks from one shared counter.
+
+    Dynamic scheduling: a thread takes the next task when it finishes one, so a thread that
+    the OS deschedules (another job on the same cores) takes fewer tasks instead of holding
+    the others at a barrier. Idle workers block on their queue (no polling).
+    """
+
+    def __init__(self, n):
+        self.n = n
+        self.inbox = [queue.SimpleQueue() for _ in range(n - 1)]
+        self.done = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.local = threading.local()
+        self.threads = [threading.Thread(target=self._work, args=(s,), daemon=True,
+                                         name="cupyden-cpu-%d" % s) for s in range(1, n)]
+        for t in self.threads:
+            t.start()
+
+    def _drain(self, job, slot):
+        fn, counter, n_tasks = job
+        self.local.inside = True
+        try:
+            for i in iter(counter.__next__, None):
+                if i >= n_tasks:
+                    return None
+                fn(i, slot)
+        except BaseException as exc:      # handed to the caller
+            return exc
+        finally:
+            self.local.inside = False
+
+    def _work(self, slot):
+        while True:
+            job = self.inbox[slot - 1].get()
+            if job is None:
+                return
+            self.done.put(self._drain(job, slot))
+
+    def map(self, fn, n_tasks):
+        if n_tasks <= 1 or self.n == 1 or getattr(self.local, "inside", False):
+            for i in range(n_tasks):             # inline (also for a call made by a task)
+                fn(i, 0)
+            return
+        helpers = min(self.n - 1, n_tasks - 1)
+        with self.lock, one_blas_thread():       # one BLAS thread per calling thread
+            job = (fn, itertools.count(), n_tasks)
+            for s in range(helpers):
+                self.inbox[s].put(job)
+            errors = [self._drain(job, 0)] + [self.done.get() for _ in range(helpers)]
+        for e in errors:
+            if e is not None:
+                raise e
+
+    def close(self):
+        for q in self.inbox:
+            q.put(None)
+
+
+def cpu_map(fn, n_tasks):
+    """Call ``fn(i, slot)`` for every task ``i`` in ``range(n_tasks)`` on the CPU threads.
+
+    ``slot`` (0 .. threads - 1) names the thread running the task, so that a task can use
+    per-thread scratch buffers and accumulators without locks; slot 0 is the caller. Tasks
+    run in any order and must not write the same memory. NumPy copies and ufuncs and the
+    BLAS calls of :mod:`cupyden.functional.blas_cpu` release the GIL, so the threads run
+    at once. Returns when all tasks are done; the first exception a task raised is
+    re-raised here.
+
+    Parameters
+    ----------
+    fn : callable (int, int) -> None
+    n_tasks : int
+    """
+    get_cpu_threads()
+    _CPU["pool"].map(fn, n_tasks)
+
+
+#: Accumulators of :func:`cpu_map_sum`: a fixed number, so that sums do not depend on
+#: which thread ran which task.
+SUM_CHUNKS = 8
+
+
+def cpu_map_sum(fn, n_tasks, acc):
+    """Call ``fn(i, slot, part)`` for every task ``i``, where ``part`` is a row of ``acc``
+    that task ``i`` may add into; return ``acc.sum(axis=0)``: a sum over tasks that gives
+    the same bits on every run with the same tasks, whichever thread runs which.
+
+    Tasks are cut into ``len(acc)`` runs of consecutive tasks; each run is one
+    :func:`cpu_map` task that calls ``fn`` in task order and adds into its own row, and the
+    rows are summed in order at the end. (Adding into one row per *thread* made every
+    weight gradient depend on which thread happened to take which tile: two identical
+    training runs ended with different weights.)
+
+    Parameters
+    ----------
+    fn : callable (int, int, array) -> None
+        ``fn(i, slot, part)``; ``slot`` names the thread (for scratch buffers).
+    n_tasks : int
+    acc : numpy.ndarray (runs, ...)
+        Zeroed accumulators, e.g. ``numpy.zeros((SUM_CHUNKS,) + shape)``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``acc.sum(axis=0)``.
+    """
+    runs = len(acc)
+
+    def run(k, slot):
+        for i in range(k * n_tasks // runs, (k + 1) * n_tasks // runs):
+            fn(i, slot, acc[k])
+
+    cpu_map(run, runs)
+    return acc.sum(axis=0)
+
+
+#: Elements per band of :func:`cpu_map_rows` (1 MiB of float32: a band stays in L2).
+CPU_BAND_ELEMENTS = 256 * 1024
+
+
+def cpu_map_rows(fn, N, H, row_elements):
+    """Call ``fn(n, r0, r1, slot)`` over bands of rows [r0, r1) of N images of H rows.
+
+    Bands hold about :data:`CPU_BAND_ELEMENTS` elements (``row_elements`` per row), and
+    there are at least four per thread when the images allow; they run as
+    :func:`cpu_map` tasks.
+
+    Parameters
+    ----------
+    fn : callable (n, r0, r1, slot) -> None
+    N, H : int
+    row_elements : int
+        Elements a row of a band touches (for the band size).
+    """
+    rows = max(1, CPU_BAND_ELEMENTS // max(1, row_elements))
+    rows = max(1, min(rows, H, -(-N * H // (4 * get_cpu_threads()))))
+    tasks = [(n, r0, min(H, r0 + rows)) for n in range(N) for r0 in range(0, H, rows)]
+    cpu_map(lambda i, slot: fn(*tasks[i], slot), len(tasks))
+
+
+#: Host arrays of at least this many bytes come from :func:`cpu_empty`'s pool.
+CPU_POOL_MIN_BYTES = 1 << 20
+#: Free pooled bytes kept for reuse at most (the oldest free buffers beyond are released).
+CPU_POOL_BYTES = 1 << 30
+_POOL = {"buffers": [], "lock": threading.Lock()}
+
+
+def cpu_empty(shape, dtype):
+    """An uninitialised host array, its memory reused from an earlier array once that one
+    (and every view of it) is gone.
+
+    A fresh large array costs page faults on first touch: the kernel zeroes and maps each
+    page (measured: 10-20% of a CPU training step, as system time). Like CuPy's memory
+    pool on the GPU, buffers are kept and handed out again; a buffer is free when only the
+    pool refers to it (its reference count: every view of it refers to it through
+    ``.base``). At most :data:`CPU_POOL_BYTES` of free buffers are kept.
+
+    Parameters
+    ----------
+    shape : tuple of int
+    dtype : numpy dtype
+
+    Returns
+    -------
+    numpy.ndarray
+        C-contiguous.
+    """
+    dtype = numpy.dtype(dtype)
+    nbytes = int(numpy.prod(shape)) * dtype.itemsize
+    if nbytes < CPU_POOL_MIN_BYTES:
+        return numpy.empty(shape, dtype)
+    with _POOL["lock"]:
+        buffers = _POOL["buffers"]
+        # free: referred to by the list and getrefcount's argument only
+        free = [i for i in range(len(buffers)) if sys.getrefcount(buffers[i]) == 2]
+        pick = next((i for i in free if buffers[i].size == nbytes), None)
+        if pick is not None:
+            buf = buffers.pop(pick)
+            buffers.append(buf)                        # most recently used last
+        else:
+            spare = sum(buffers[i].size for i in free) + nbytes - CPU_POOL_BYTES
+            for i in free:                             # oldest free buffers first
+                if spare <= 0:
+                    break
+                spare -= buffers[i].size
+                buffers[i] = None
+            buffers[:] = [b for b in buffers if b is not None]
+            buf = numpy.empty(nbytes, numpy.uint8)
+            buffers.append(buf)
+    return buf.view(dtype).reshape(shape)

@@ -21,6 +21,10 @@ import numpy
 #: GPU convolution paths: "auto" (cuDNN when it passes its probe, else im2col), "cudnn"
 #: (an error when unusable) or "im2col" (CuPy's im2col + cuBLAS, the readable path).
 CONV_PATHS = ("auto", "cudnn", "im2col")
+#: CPU convolution paths: "taps" (``functional/conv_cpu.py``: channels-last tiles, one
+#: matrix product per kernel tap, Winograd or FFT where they measured faster) or "im2col"
+#: (``functional/conv.py``'s readable path).
+CPU_CONV_PATHS = ("taps", "im2col")
 #: Numerical precisions of the convolutions (``--precision``).
 PRECISIONS = ("fp32", "tf32", "fp16")
 
@@ -36,6 +40,10 @@ class Settings:
     conv : str
         One of :data:`CONV_PATHS`; decided for each convolution in one predicate
         (``functional.conv_cudnn.usable``).
+    cpu_conv : str
+        One of :data:`CPU_CONV_PATHS`: how NumPy arrays are convolved (the predicate
+        ``functional.conv.use_conv_cpu``). The CPU threads are
+        ``backend.set_cpu_threads``'s (``--threads``).
     precision : str
         One of :data:`PRECISIONS`. fp32: float32, strict (cuDNN's TF32 engines
         deselected). tf32: float32 data, cuDNN may round the convolutions' inputs to TF32
@@ -51,6 +59,7 @@ class Settings:
     def __init__(self):
         self.device = None
         self.conv = "auto"
+        self.cpu_conv = "taps"
         self.precision = "fp32"
         self.tune_plans = 8
 
@@ -62,7 +71,8 @@ class Settings:
     def as_dict(self):
         """The settings as a plain dict (for reports)."""
         return {"device": getattr(self.device, "name", None), "conv": self.conv,
-                "precision": self.precision, "tune_plans": self.tune_plans}
+                "cpu_conv": self.cpu_conv, "precision": self.precision,
+                "tune_plans": self.tune_plans}
 
 
 #: The one settings object of the process.
@@ -82,6 +92,8 @@ def configure(**values):
             raise ValueError("unknown setting %r" % name)
         if name == "conv" and value not in CONV_PATHS:
             raise ValueError("GPU convolution must be auto, cudnn or im2col, got %r" % value)
+        if name == "cpu_conv" and value not in CPU_CONV_PATHS:
+            raise ValueError("CPU convolution must be taps or im2col, got %r" % value)
         if name == "precision" and value not in PRECISIONS:
             raise ValueError("precision must be one of %s, got %r" % (", ".join(PRECISIONS),
                                                                      value))

@@ -272,3 +272,16 @@ def test_simulate_then_evaluate_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert evaluate.main([str(tmp_path / "even.mrc"), str(tmp_path / "small.mrc"), "-o", out]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_threads_option_sets_the_cpu_threads_and_rejects_junk(capsys):
+    from cupyden import backend
+    from cupyden.cli.gradcheck import main
+    old = backend.get_cpu_threads()
+    try:
+        assert main(["-d", "-1", "--threads", "1", "--only", "model dncnn-4"]) == 0
+        assert backend.get_cpu_threads() == 1
+        assert main(["-d", "-1", "--threads", "many"]) == 2
+        assert "--threads must be auto or a positive integer" in capsys.readouterr().err
+    finally:
+        backend.set_cpu_threads(old)

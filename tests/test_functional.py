@@ -32,7 +32,9 @@ def test_conv_equals_loop_reference(xp, kernel, stride, hw):
 @pytest.mark.parametrize("keep_columns", [True, False])
 def test_conv_blocks_of_rows_equal_one_block(xp, monkeypatch, keep_columns):
     """Row bands (the CPU path) and whole-batch blocks give the same result, with the
-    columns kept for the backward pass or rebuilt there."""
+    columns kept for the backward pass or rebuilt there (the readable im2col path)."""
+    from cupyden.settings import SETTINGS
+    monkeypatch.setattr(SETTINGS, "cpu_conv", "im2col")
     rng = numpy.random.default_rng(1)
     x = xp.asarray(rng.standard_normal((2, 3, 17, 13)))
     w = xp.asarray(rng.standard_normal((5, 3, 3, 3)))

@@ -183,3 +183,25 @@ def test_count_movie_keeps_int16_labels_and_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_cpu_loader_thread_blocks_while_its_slots_are_full(tmp_path):
+    """The CPU loader's prefetching thread waits on a queue, not in a polling loop: with
+    both slots full and no consumer it takes (almost) no CPU time. A behaviour check on
+    the thread's own CPU clock, not a speed claim: a polling thread would use the whole
+    wait."""
+    import time
+    a = numpy.random.default_rng(0).standard_normal((64, 64)).astype(numpy.float32)
+    path = str(tmp_path / "p.h5")
+    with PatchStoreWriter(path, 16) as w:
+        w.append("train", *cut_patches(a, -a, 16, 8, rows=(0, 64)))
+    loader = Loader(PatchStore(path), 4, numpy, seed=0)
+    try:
+        next(loader)                                  # running, and refilling its slots
+        time.sleep(0.3)
+        clock = time.pthread_getcpuclockid(loader.thread.ident)
+        t0 = time.clock_gettime(clock)
+        time.sleep(0.5)
+        assert time.clock_gettime(clock) - t0 < 0.05
+    finally:
+        loader.close()

@@ -23,6 +23,9 @@ Options:
   --seed N            Seed of pairs, weights and k-means [default: 0]
   -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
+  --threads N         CPU threads for cupyden's kernels and BLAS; auto = the CPUs this
+                      process may use (affinity, cgroup quota), or OMP_NUM_THREADS or
+                      OPENBLAS_NUM_THREADS when set [default: auto]
   -o, --output DIR    Output folder (created) [default: clusters]
   --no-progress       No progress bar.
   -h, --help          Show this help.

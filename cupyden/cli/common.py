@@ -17,7 +17,8 @@ def run(doc, argv, body, name):
     exit code 2; a usage error prints the usage and gives 2. Progress bars still on the
     screen are cleared before the message. While ``body`` runs, every Python warning is
     shown as one line, ``NAME: warning: MESSAGE (file.py:line)``, never with the source
-    line Python prints by default.
+    line Python prints by default. A ``--threads`` option sets the CPU threads before
+    ``body`` runs.
 
     Returns
     -------
@@ -32,6 +33,8 @@ def run(doc, argv, body, name):
     shown = warnings.showwarning
     warnings.showwarning = _warning_line(name)
     try:
+        if args.get("--threads") is not None:              # once, before any work
+            set_threads(args["--threads"])
         rc = body(args)
     except InputError as exc:
         _clear_progress_bars()
@@ -63,6 +66,29 @@ def _clear_progress_bars():
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.leave = False
         bar.close()
+
+
+def set_threads(value):
+    """``--threads``: "auto" or a count >= 1 for :func:`cupyden.backend.set_cpu_threads`.
+
+    Returns
+    -------
+    int
+        The thread count in use.
+
+    Raises
+    ------
+    InputError
+        For a value that is neither "auto" nor a positive integer.
+    """
+    from ..backend import set_cpu_threads
+    if value == "auto":
+        return set_cpu_threads()
+    try:
+        n = int(value)
+    except ValueError:
+        raise InputError("--threads must be auto or a positive integer, got %r" % value)
+    return set_cpu_threads(n)
 
 
 def as_int(args, key, minimum=None):

@@ -71,6 +71,9 @@ Options:
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
   -v, --verbose       A line per micrograph and, at the end, the seconds per micrograph
                       of each stage (read, h2d, bin+norm, network, d2h, write, wait).
+  --threads N         CPU threads for cupyden's kernels and BLAS; auto = the CPUs this
+                      process may use (affinity, cgroup quota), or OMP_NUM_THREADS or
+                      OPENBLAS_NUM_THREADS when set [default: auto]
   --no-progress       No progress bar.
   -h, --help          Show this help.
 """

@@ -39,6 +39,9 @@ Options:
   --angpix A           RAW's pixel size in Å/px (before binning); auto = from RAW's
                        header [default: auto]
   -o, --output DIR     Output folder (created) [default: evaluation]
+  --threads N          CPU threads for cupyden's kernels and BLAS; auto = the CPUs this
+                       process may use (affinity, cgroup quota), or OMP_NUM_THREADS or
+                       OPENBLAS_NUM_THREADS when set [default: auto]
   -h, --help           Show this help.
 
 Outputs in DIR: report.md (the numbers and the figures), metrics.json, panels.png (raw,

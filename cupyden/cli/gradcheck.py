@@ -7,6 +7,9 @@ Usage:
 Options:
   -d, --device N   GPU number, -1 for the CPU, or auto (first GPU if any); when not
                    given, the environment variable CUPYDEN_DEVICE, else auto.
+  --threads N      CPU threads for cupyden's kernels and BLAS; auto = the CPUs this
+                   process may use (affinity, cgroup quota), or OMP_NUM_THREADS or
+                   OPENBLAS_NUM_THREADS when set [default: auto]
   --tier TIER      elementwise, directional or both [default: both]
   --only TEXT      Check only the cases whose name contains TEXT.
   --seed N         Seed of the inputs and directions [default: 0]

@@ -112,6 +112,9 @@ multiple of 32):
   --seed N            Seed of the split, patches, batches and weights [default: 0]
   -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
+  --threads N         CPU threads for cupyden's kernels and BLAS; auto = the CPUs this
+                      process may use (affinity, cgroup quota), or OMP_NUM_THREADS or
+                      OPENBLAS_NUM_THREADS when set [default: auto]
   -o, --output DIR    Output folder (created) [default: cupyden-out]
   --resume CKPT       Continue from a checkpoint.h5 of an earlier run (same options).
   --overwrite         Replace the model of an earlier run in DIR (refused otherwise).

@@ -27,31 +27,45 @@ less memory than the columns).
 A fused activation (ReLU or LeakyReLU) may follow the bias, as cuDNN's fused
 conv + bias + activation graph does; its backward uses the output y.
 
-On a GPU, :func:`conv2d_forward` first asks ``conv_cudnn.usable(x)`` (the one predicate
-that picks the implementation, from ``cupyden.settings``: "auto", "cudnn" or "im2col"):
-when true the cuDNN sibling (``functional/conv_cudnn.py``) runs, else the im2col path
-below. The caches differ (``CudnnConvCache`` keeps the unpadded input), and
+Which implementation runs is decided in two predicates at the top of
+:func:`conv2d_forward`, from ``cupyden.settings``: on the CPU ``use_conv_cpu(x)`` picks the
+faster NumPy sibling (``functional/conv_cpu.py``: channels-last tiles, one matrix product
+per kernel tap, Winograd or FFT where they measured faster; ``SETTINGS.cpu_conv``), on a
+GPU ``conv_cudnn.usable(x)`` picks the cuDNN sibling (``functional/conv_cudnn.py``;
+``SETTINGS.conv``); otherwise the im2col path below runs. The caches differ, and
 :func:`conv2d_backward` follows the cache; the results agree to rounding
-(tests/test_cudnn.py).
+(tests/test_conv_cpu.py, tests/test_cudnn.py).
 """
 
 from typing import NamedTuple
 
 import numpy
 
-from ..backend import dense_order, get_array_module
-from ..settings import PRECISIONS, cudnn_problem, set_precision, using
+from ..backend import dense_order, get_array_module, is_gpu_array
+from ..settings import PRECISIONS, SETTINGS, cudnn_problem, set_precision, using
 from . import conv_cudnn
 from .activation import activate_, activation_backward
 
-__all__ = ["PRECISIONS", "set_precision", "cudnn_problem", "gpu_conv", "channel_sum",
-           "conv2d_forward", "conv2d_backward", "conv2d_forward_naive", "conv2d_backward_naive"]
+__all__ = ["PRECISIONS", "set_precision", "cudnn_problem", "gpu_conv", "cpu_conv",
+           "channel_sum", "conv2d_forward", "conv2d_backward", "conv2d_forward_naive", "conv2d_backward_naive"]
 
 
 def gpu_conv(name):
     """Context manager: the GPU convolution path ("auto", "cudnn" or "im2col") inside the
     block (``settings.using(conv=name)``), the previous one after."""
     return using(conv=name)
+
+
+def cpu_conv(name):
+    """Context manager: the CPU convolution path ("taps" or "im2col") inside the block
+    (``settings.using(cpu_conv=name)``), the previous one after."""
+    return using(cpu_conv=name)
+
+
+def use_conv_cpu(x):
+    """True when a convolution of ``x`` runs :mod:`conv_cpu` (NumPy arrays, unless the
+    im2col path was chosen: ``SETTINGS.cpu_conv``)."""
+    return not is_gpu_array(x) and SETTINGS.cpu_conv == "taps"
 
 
 def channel_sum(dz):
@@ -243,6 +257,9 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
     F, Cw, KH, KW = w.shape
     if Cw != C:
         raise ValueError("conv2d: input has %d channels, filters expect %d" % (C, Cw))
+    if use_conv_cpu(x):
+        from . import conv_cpu
+        return conv_cpu.conv2d_forward(x, w, b, stride, padding, slope, keep_cache)
     if conv_cudnn.usable(x):
         out = conv_cudnn.conv_forward(x, w, b, stride, padding, slope, keep_cache)
         if out is not None:
@@ -285,6 +302,9 @@ def conv2d_backward(dy, cache):
     dw : array (F, C, KH, KW)
     db : array (F,)
     """
+    from . import conv_cpu
+    if isinstance(cache, conv_cpu.Conv2dCpuCache):
+        return conv_cpu.conv2d_backward(dy, cache)
     if isinstance(cache, conv_cudnn.CudnnConvCache):
         out = conv_cudnn.conv_backward(dy, cache._replace(bias=True))
         if out is not None:

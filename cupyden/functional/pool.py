@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import channels_last_gpu, get_array_module
+from ..backend import channels_last_gpu, get_array_module, is_gpu_array
 
 
 class MaxPoolCache(NamedTuple):
@@ -44,6 +44,9 @@ def maxpool2d_forward(x, kernel=2):
         from ..kernels import layout
         y, argmax = layout.maxpool_forward(x, kernel)
         return y, MaxPoolCache(argmax, x.shape, kernel)
+    if not is_gpu_array(x):                     # channels-last bands (pool_cpu.py)
+        from . import pool_cpu
+        return pool_cpu.maxpool2d_forward(x, kernel)
     N, C, H, W = x.shape
     K = kernel
     OH, OW = H // K, W // K
@@ -67,6 +70,9 @@ def maxpool2d_backward(dy, cache):
     -------
     dx : array (N, C, H, W)
     """
+    if not isinstance(cache, MaxPoolCache):
+        from . import pool_cpu
+        return pool_cpu.maxpool2d_backward(dy, cache)
     if cache.argmax.dtype == numpy.uint8:
         from ..kernels import layout
         return layout.maxpool_backward(dy, cache.argmax, cache.x_shape, cache.kernel)

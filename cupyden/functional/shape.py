@@ -10,7 +10,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import empty_like_memory, get_array_module, in_memory_order
+from ..backend import empty_like_memory, get_array_module, in_memory_order, is_gpu_array
 
 
 def _assign(dst, src):
@@ -28,6 +28,9 @@ def concat_forward(a, b):
     cache : int
         Ca, where backward splits.
     """
+    if a.ndim == 4 and not is_gpu_array(a):      # channels-last bands (shape_cpu.py)
+        from . import shape_cpu
+        return shape_cpu.concat_forward(a, b)
     Ca = a.shape[1]
     y = empty_like_memory(a, (a.shape[0], Ca + b.shape[1]) + a.shape[2:])
     _assign(y[:, :Ca], a)

@@ -18,7 +18,9 @@ global batch size; rank r takes the contiguous share [r B / world, (r + 1) B / w
 each batch, augmented as the one-process run augments those samples.
 
 Two slots, so host memory is two batches whatever the store's size. On the CPU the same
-interface is a prefetching generator: a thread reads batch k+1 while batch k trains.
+interface is a prefetching generator: a thread reads batch k+1 while batch k trains. Both
+sides wait on queues, never in a polling loop, so a loader whose slots are full takes no
+CPU time from the training threads (or from another job on the same cores).
 (The pattern of PyTorch's DataLoader with pin_memory and a CUDA-stream prefetcher, as in
 NVIDIA's Apex ImageNet example, written out.)
 """
