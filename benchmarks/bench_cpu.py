@@ -41,7 +41,7 @@ from docopt import docopt
 from cupyden import backend
 from cupyden.models import build_model
 from cupyden.optim import Adam, Parameters
-from cupyden.train import train_step
+from cupyden.training import train_step
 
 NETS = {"dncnn-12/32": {"arch": "dncnn", "depth": 12, "width": 32, "seed": 0},
         "unet": {"arch": "unet", "base": 32, "seed": 0},

@@ -33,7 +33,7 @@ from cupyden import backend
 from cupyden.functional import conv, conv_cpu, conv_transform_cpu
 from cupyden.models import build_model
 from cupyden.optim import Adam, Parameters
-from cupyden.train import train_step
+from cupyden.training import train_step
 
 NETS = {"dncnn": {"arch": "dncnn"}, "unet": {"arch": "unet"},
         "topaz-unet": {"arch": "topaz-unet", "base_width": 11, "top_width": 5}}
