@@ -20,8 +20,8 @@ _CTYPES = {"int64": ("long long", ctypes.c_longlong), "float64": ("double", ctyp
 _ELEM = {"T": None, "uint8": "unsigned char"}
 
 
-def _compile(tmp_path, name, ctype):
-    from cupyden.kernels.layout import SOURCES
+def _compile(tmp_path, name, ctype, bits):
+    from cupyden.kernels.layout import PREAMBLE, SOURCES
     ins, outs, body = SOURCES[name]
     params, kinds = [], []
     for p in (ins + ", " + outs).split(","):
@@ -33,17 +33,21 @@ def _compile(tmp_path, name, ctype):
         else:
             params.append("%s %s" % (_CTYPES[words[0]][0], words[1]))
             kinds.append(words[0])
-    src = ("typedef %s T;\nvoid run(%s, long long size) {\n"
+    src = ("typedef %s T;\n%svoid run(%s, long long size) {\n"
            "  for (long long i = 0; i < size; ++i) {\n%s\n  }\n}\n"
-           % (ctype, ", ".join(params), body))
-    c = tmp_path / ("%s_%s.c" % (name, ctype))
-    so = tmp_path / ("%s_%s.so" % (name, ctype))
+           % (ctype, PREAMBLE[bits], ", ".join(params), body))
+    c = tmp_path / ("%s_%s_%d.c" % (name, ctype, bits))
+    so = tmp_path / ("%s_%s_%d.so" % (name, ctype, bits))
     c.write_text(src)
     subprocess.run(["cc", "-O1", "-shared", "-fPIC", "-Wall", "-Werror", "-o", str(so),
                     str(c)], check=True)
     fn = ctypes.CDLL(str(so)).run
 
-    def call(*args, size):
+    def call(*args, C, pixels):
+        from cupyden.kernels.layout import PER_THREAD, lanes
+        L, LS = lanes(C, PER_THREAD[name])
+        args = args[:-len(outs.split(","))] + (L, LS) + args[-len(outs.split(",")):]
+        size = pixels * L
         conv = []
         for a, kind in zip(args, kinds):
             conv.append(a.ctypes.data_as(ctypes.c_void_p) if kind == "array"
@@ -71,15 +75,18 @@ def _dhw(shape):
 def kernels(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("layout_kernels")
     from cupyden.kernels.layout import SOURCES
-    return {(n, t): _compile(tmp, n, t) for n in SOURCES for t in ("float", "double")}
+    return {(n, t, b): _compile(tmp, n, t, b) for n in SOURCES for t in ("float", "double")
+            for b in (32, 64)}
 
 
-SHAPES = [(2, 3, 6, 7), (1, 5, 9, 8), (2, 4, 5, 6, 7), (1, 2, 4, 4, 5)]
+SHAPES = [(2, 3, 6, 7), (1, 5, 9, 8), (2, 4, 5, 6, 7), (1, 2, 4, 4, 5),
+          (1, 40, 5, 6), (1, 70, 3, 5, 4)]          # the last two: several lanes per pixel
 
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-def test_maxpool_kernels_equal_numpy(kernels, shape, dtype):
+@pytest.mark.parametrize("bits", [32, 64])
+def test_maxpool_kernels_equal_numpy(kernels, shape, dtype, bits):
     from cupyden.functional.pool import maxpool2d_backward, maxpool2d_forward
     from cupyden.functional.volume import maxpool3d_backward, maxpool3d_forward
     ctype = "float" if dtype == numpy.float32 else "double"
@@ -100,24 +107,29 @@ def test_maxpool_kernels_equal_numpy(kernels, shape, dtype):
     OD, OH, OW = D // KD, H // K, W // K
     y = channels_last(numpy.full(y_ref.shape, numpy.nan, dtype))
     am = channels_last(numpy.full(y_ref.shape, 255, numpy.uint8))
-    kernels["maxpool_forward", ctype](xf, xs, C, D, H, W, KD, K, OD, OH, OW, _flat(y)[0],
-                                      _flat(am)[0], size=y.size)
+    kernels["maxpool_forward", ctype, bits](xf, xs, C, D, H, W, KD, K, OD, OH, OW,
+                                            _flat(y)[0], _flat(am)[0], C=C,
+                                            pixels=N * OD * OH * OW)
     assert numpy.array_equal(y, y_ref)
     dy = rng.standard_normal(y_ref.shape).astype(dtype)
     dx_ref = bwd(dy, cache)
     dycl = channels_last(dy)
     dx = channels_last(numpy.full(shape, numpy.nan, dtype))
-    kernels["maxpool_backward", ctype](_flat(dycl)[0], C, _flat(am)[0], C, D, H, W, KD, K,
-                                       OD, OH, OW, _flat(dx)[0], size=dx.size)
+    kernels["maxpool_backward", ctype, bits](_flat(dycl)[0], C, _flat(am)[0], C, D, H, W,
+                                             KD, K, OD, OH, OW, _flat(dx)[0], C=C,
+                                             pixels=N * D * H * W)
     assert numpy.array_equal(dx, dx_ref)
 
 
 @pytest.mark.parametrize("shape,size", [((2, 3, 3, 4), (6, 8)), ((1, 2, 3, 4), (7, 9)),
                                         ((2, 3, 2, 3, 2), (4, 6, 4)),
                                         ((1, 2, 2, 3, 2), (5, 7, 3)),
-                                        ((1, 2, 4, 5), (3, 5))])
+                                        ((1, 2, 4, 5), (3, 5)),
+                                        ((1, 33, 3, 4), (6, 9)),       # several lanes per pixel
+                                        ((1, 70, 2, 3, 2), (4, 6, 3))])
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype):
+@pytest.mark.parametrize("bits", [32, 64])
+def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype, bits):
     from cupyden.functional.shape import concat_backward, concat_forward
     from cupyden.functional.upsample import upsample2d_backward, upsample2d_forward
     from cupyden.functional.volume import upsample3d_backward, upsample3d_forward
@@ -137,8 +149,8 @@ def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype):
     y = channels_last(numpy.full(y_ref.shape, numpy.nan, dtype))
     xf, xs = _flat(x)
     sf, ss = _flat(skip)
-    kernels["upsample_concat", ctype](xf, xs, sf, ss, Cx, C, D, H, W, OD, OH, OW,
-                                      _flat(y)[0], size=y.size)
+    kernels["upsample_concat", ctype, bits](xf, xs, sf, ss, Cx, C, D, H, W, OD, OH, OW,
+                                            _flat(y)[0], C=C, pixels=N * OD * OH * OW)
     assert numpy.array_equal(y, y_ref)
     dy = channels_last(rng.standard_normal(y_ref.shape).astype(dtype))
     du, _ = concat_backward(dy, Cx)                          # a channel slice of dy
@@ -146,8 +158,8 @@ def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype):
     dx = channels_last(numpy.full(shape, numpy.nan, dtype))
     df, ds = _flat(du)
     assert ds == C
-    kernels["upsample_backward", ctype](df, ds, Cx, D, H, W, OD, OH, OW, _flat(dx)[0],
-                                        size=dx.size)
+    kernels["upsample_backward", ctype, bits](df, ds, Cx, D, H, W, OD, OH, OW,
+                                              _flat(dx)[0], C=Cx, pixels=N * D * H * W)
     tol = 1e-6 if dtype == numpy.float32 else 1e-14
     assert numpy.abs(dx - dx_ref).max() <= tol * numpy.abs(dx_ref).max()
 
