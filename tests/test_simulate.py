@@ -1,5 +1,7 @@
 """The simulator's physics: counts, noise, scattering, CTF zeros, determinism."""
 
+import os
+
 import numpy
 import pytest
 
@@ -256,3 +258,33 @@ def test_tilt_series_of_particles_recovers_the_potential(xp):
     assert numpy.corrcoef(le.ravel(), lo.ravel())[0, 1] > 0.3
     again = sim.simulate_tilt_series(xyz, z, (40, 64, 64), 8.0, **kw)
     assert numpy.array_equal(r.even, again.even) and r.particles == again.particles
+
+
+def test_cli_tilt_series_writes_tomograms_with_the_voxel_size_and_a_relion5_star(tmp_path, capsys):
+    import mrcfile
+    starfile = pytest.importorskip("starfile", reason="the star extra (starfile) is not installed")
+
+    from cupyden.cli import simulate as cli
+    out = str(tmp_path / "ts")
+    assert cli.main(["tilt-series", out, "--volume", "32x48x40", "--voxel-size", "10",
+                     "--tilts", "-45:45:15", "--particles", "1", "--frames", "2", "--star",
+                     "--no-progress", "-d", "-1"]) == 0
+    for suffix in ("half1", "half2", "full", "clean"):
+        with mrcfile.open(str(tmp_path / "ts" / ("sim_00000_%s.mrc" % suffix))) as m:
+            assert m.data.shape == (32, 48, 40) and m.data.dtype == numpy.float32
+            assert float(m.voxel_size.x) == pytest.approx(10.0)
+    with mrcfile.open(str(tmp_path / "ts" / "sim_00000_even.mrcs")) as m:
+        assert m.data.shape == (7, 48, 40)
+    assert open(str(tmp_path / "ts" / "sim_00000.tlt")).read().split() == [
+        "-45.00", "-30.00", "-15.00", "0.00", "15.00", "30.00", "45.00"]
+    star = starfile.read(str(tmp_path / "ts" / "tomograms.star"), always_dict=True)["global"]
+    row = star.iloc[0]
+    assert row["rlnTomoName"] == "sim_00000"
+    assert row["rlnTomoTiltSeriesPixelSize"] == pytest.approx(10.0)
+    assert os.path.samefile(row["rlnTomoReconstructedTomogramHalf1"],
+                            str(tmp_path / "ts" / "sim_00000_half1.mrc"))
+    assert row["rlnTomoReconstructedTomogramHalf2"].endswith("sim_00000_half2.mrc")
+    assert (row["rlnTomoSizeX"], row["rlnTomoSizeY"], row["rlnTomoSizeZ"]) == (40, 48, 32)
+    # a bad tilt list is one line and exit status 2
+    assert cli.main(["tilt-series", out, "--tilts", "-95:95:5"]) == 2
+    assert "--tilts" in capsys.readouterr().err
