@@ -807,10 +807,7 @@ def simulate_tomogram(xyz, z, shape=(256, 256, 256), voxel_size=5.0, particles=N
         Voxels (D along the beam).
     voxel_size : float
         Å/voxel.
-    particles : int or None
-        Copies wanted; None fills about 15% of the slab's volume.
-    slab_thickness : float or None
-        Å; None = 60% of the volume's depth.
+    particles, slab_thickness : as :func:`place_in_slab`
     counts : float
         Expected counts per voxel in the ice.
     contrast : float
