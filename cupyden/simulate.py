@@ -50,6 +50,7 @@ import numpy
 from .backend import get_array_module, to_host
 from .errors import InputError
 from .fourier import rfft_k2
+from .io.movies import even_odd_sums
 
 #: The default specimen: the GroEL 14-mer (PDB 1MNF), shipped in cupyden/data.
 DEFAULT_MODEL = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
@@ -719,6 +720,59 @@ def simulate_micrograph(xyz, z, shape, pixel_size, optics=Optics(), particles=No
     return SimulatedMicrograph(movie, clean, table, shifts, params)
 
 
+class Slab(NamedTuple):
+    """Copies of a model placed in a slab (:func:`place_in_slab`).
+
+    centres : float64 (n, 3), (z, row, column) in voxels; quaternions : float64 (n, 4),
+    (w, x, y, z); thickness : float, Å, the slab the centres lie in; requested : int,
+    copies asked for; radius : float, Å, the model's; depth : int, voxels along z of the
+    layer the copies occupy (centres' slab plus one diameter, at most the volume's D).
+    """
+    centres: numpy.ndarray
+    quaternions: numpy.ndarray
+    thickness: float
+    requested: int
+    radius: float
+    depth: int
+
+
+def place_in_slab(xyz, shape, voxel_size, particles, slab_thickness, rng):
+    """Random non-overlapping copies of a model, uniformly oriented, in a slab of ice.
+
+    The centres lie in a slab of ``slab_thickness`` Å around the middle z of the volume
+    (:func:`place_particles` in a layer of that thickness plus one particle diameter);
+    orientations are Shoemake's (:func:`random_quaternions`).
+
+    Parameters
+    ----------
+    xyz : float array (A, 3)
+        The model, Å.
+    shape : (D, H, W)
+        Volume, voxels (D along the beam).
+    voxel_size : float
+        Å/voxel.
+    particles : int or None
+        Copies wanted; None fills about 15% of the slab's volume.
+    slab_thickness : float or None
+        Å; None = 60% of the volume's depth.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    Slab
+    """
+    D, H, W = shape
+    radius = model_radius(xyz)
+    slab = 0.6 * D * voxel_size if slab_thickness is None else float(slab_thickness)
+    depth = min(D, int(round(slab / voxel_size)) + int(2 * numpy.ceil(radius / voxel_size)))
+    if particles is None:
+        particles = int(0.15 * slab * H * W * voxel_size ** 2 / (4 / 3 * numpy.pi * radius ** 3))
+    centres = place_particles(particles, (depth, H, W), voxel_size, radius, rng)
+    centres[:, 0] += (D - depth) / 2
+    quats = random_quaternions(len(centres), rng)
+    return Slab(centres, quats, slab, particles, radius, depth)
+
+
 class SimulatedTomogram(NamedTuple):
     """noisy : float32 (D, H, W) Poisson counts; clean : float32 (D, H, W) their
     expectation; particles : list of dict (z, row, column in voxels, quaternion w, x, y,
@@ -741,9 +795,10 @@ def simulate_tomogram(xyz, z, shape=(256, 256, 256), voxel_size=5.0, particles=N
         clean = counts * max(1 - contrast * V, 0),   noisy ~ Poisson(clean)
 
     (at 5 Å/voxel GroEL's voxels hold V of 1.6 V (median) to 2.9 V, so the default 0.2/V
-    darkens protein by about a third). Copies sit at random non-overlapping positions (:func:`place_particles` in 3-D)
+    darkens protein by about a third). Copies sit at random non-overlapping positions
     with uniformly random orientations, their centres in a slab of ``slab_thickness`` Å
-    around the middle z.
+    around the middle z (:func:`place_in_slab`). :func:`simulate_tilt_series` is the
+    realistic model (tilt series, CTF, missing wedge, correlated noise).
 
     Parameters
     ----------
@@ -752,10 +807,7 @@ def simulate_tomogram(xyz, z, shape=(256, 256, 256), voxel_size=5.0, particles=N
         Voxels (D along the beam).
     voxel_size : float
         Å/voxel.
-    particles : int or None
-        Copies wanted; None fills about 15% of the slab's volume.
-    slab_thickness : float or None
-        Å; None = 60% of the volume's depth.
+    particles, slab_thickness : as :func:`place_in_slab`
     counts : float
         Expected counts per voxel in the ice.
     contrast : float
@@ -777,18 +829,11 @@ def simulate_tomogram(xyz, z, shape=(256, 256, 256), voxel_size=5.0, particles=N
     InputError
         Non-positive sizes, counts or contrast.
     """
-    D, H, W = shape
     if min(shape) < 1 or voxel_size <= 0 or counts <= 0 or contrast <= 0:
         raise InputError("size, voxel size, counts and contrast must be positive")
     rng = numpy.random.default_rng(seed)
-    radius = model_radius(xyz)
-    slab = 0.6 * D * voxel_size if slab_thickness is None else float(slab_thickness)
-    depth = min(D, int(round(slab / voxel_size)) + int(2 * numpy.ceil(radius / voxel_size)))
-    if particles is None:
-        particles = int(0.15 * slab * H * W * voxel_size ** 2 / (4 / 3 * numpy.pi * radius ** 3))
-    centres = place_particles(particles, (depth, H, W), voxel_size, radius, rng)
-    centres[:, 0] += (D - depth) / 2
-    quats = random_quaternions(len(centres), rng)
+    centres, quats, slab, particles, radius, _ = place_in_slab(
+        xyz, shape, voxel_size, particles, slab_thickness, rng)
     if len(centres):
         v = coulomb_potential(xyz, z, centres, quaternion_matrices(quats), shape, voxel_size,
                               bfactor, ice_potential, xp)
@@ -799,10 +844,463 @@ def simulate_tomogram(xyz, z, shape=(256, 256, 256), voxel_size=5.0, particles=N
     table = [{"z": float(c[0]), "row": float(c[1]), "column": float(c[2]), "qw": float(q[0]),
               "qx": float(q[1]), "qy": float(q[2]), "qz": float(q[3])}
              for c, q in zip(centres, quats)]
-    params = {"shape": [D, H, W], "voxel_size_A": voxel_size, "particles_requested": particles,
+    params = {"shape": list(shape), "voxel_size_A": voxel_size, "particles_requested": particles,
               "particles": len(centres), "particle_radius_A": radius, "slab_thickness_A": slab,
               "counts_per_voxel": counts, "contrast_per_V": contrast, "bfactor_A2": bfactor,
               "potential_max_V": float(v.max()), "ice_potential_V": ice_potential, "seed": seed,
               "scattering_factors": "Peng et al. 1996, Acta Cryst. A52:257, Table 1"}
     return SimulatedTomogram(to_host(noisy).astype(numpy.float32),
                              to_host(clean).astype(numpy.float32), table, params)
+
+
+# --------------------------------------------------------------------------------------
+# Tilt series and their tomograms (the physics is in simulate_tilt_series' docstring)
+# --------------------------------------------------------------------------------------
+
+#: Grant & Grigorieff (2015), eLife 4:e06980, eq. 3 and its fit at 300 kV: the critical
+#: exposure N_e(k) = a k^b + c (e-/Å^2, k in 1/Å) at which the amplitude at k has fallen
+#: to exp(-1/2); (a, b, c).
+CRITICAL_EXPOSURE_300KV = (0.245, -1.665, 2.81)
+
+#: Columns per strip of constant defocus when the defocus gradient of a tilted
+#: specimen is simulated (at 8 Å/px and 60 degrees the defocus changes by 110 Å across
+#: half a strip).
+GRADIENT_STRIP = 16
+
+
+def tilt_angles(low=-60.0, high=60.0, step=3.0):
+    """Tilt angles low, low + step, ..., high in degrees (float64 array; 41 by default)."""
+    n = int(round((high - low) / step)) + 1
+    return low + step * numpy.arange(n)
+
+
+def dose_symmetric_order(angles):
+    """Acquisition order of the grouped dose-symmetric scheme (Hagen, Wan & Briggs 2017,
+    J. Struct. Biol. 197:191): the tilt nearest 0 first, the next one on the positive
+    side, then groups of two alternating sides: 0, +3, -3, -6, +6, +9, -9, -12, ...
+
+    Parameters
+    ----------
+    angles : float array (T,), degrees
+
+    Returns
+    -------
+    int array (T,)
+        Indices into ``angles`` in acquisition order.
+    """
+    angles = numpy.asarray(angles, numpy.float64)
+    start = int(numpy.argmin(abs(angles)))
+    pos = sorted((i for i in range(len(angles)) if angles[i] > angles[start]),
+                 key=lambda i: angles[i])
+    neg = sorted((i for i in range(len(angles)) if angles[i] <= angles[start] and i != start),
+                 key=lambda i: -angles[i])
+    order, sides, take = [start], [pos, neg], 1
+    while pos or neg:
+        for side in sides:
+            order += side[:take]
+            del side[:take]
+            take = 2
+    return numpy.array(order)
+
+
+def exposure_filter(shape, pixel_size, exposure, xp=numpy):
+    """Amplitude left at each frequency after an exposure (Grant & Grigorieff 2015, eq. 5):
+    q(k) = exp(-N / (2 N_e(k))), N_e from :data:`CRITICAL_EXPOSURE_300KV` (1 at k = 0).
+
+    Parameters
+    ----------
+    shape : (H, W)
+    pixel_size : float
+        Å/px.
+    exposure : float
+        N, e-/Å^2 received before (the middle of) the image.
+    xp : module
+
+    Returns
+    -------
+    float64 array (H, W // 2 + 1) of xp, on the ``rfft2`` grid
+    """
+    a, b, c = CRITICAL_EXPOSURE_300KV
+    k = xp.sqrt(rfft_k2(shape, pixel_size, xp))
+    k[0, 0] = 1.0                                      # replaced by 1 below
+    q = xp.exp(-exposure / (2 * (a * k ** b + c)))
+    q[0, 0] = 1.0
+    return q
+
+
+def tilt_matrix(angle):
+    """Rotation of the specimen by ``angle`` degrees about the y axis, on (x, y, z):
+    x' = x cos + z sin, y' = y, z' = -x sin + z cos. float64 (3, 3)."""
+    c, s = numpy.cos(numpy.deg2rad(angle)), numpy.sin(numpy.deg2rad(angle))
+    return numpy.array([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+
+
+def tilted_projection(xyz, z, centres, rotations, angle, shape, voxel_size, bfactor=0.0,
+                      ice_potential=4.5, xp=numpy):
+    """Projected potential of the copies of a volume's specimen tilted by ``angle``.
+
+    The volume's voxel (k, i, j) sits at x = (j - W/2) p, y = (i - H/2) p, z = (k - D/2) p;
+    tilting about y (:func:`tilt_matrix`) sends it to the image column
+    u = ((j - W/2) cos + (k - D/2) sin) + W/2, row i. Each copy's centre moves so and its
+    rotation becomes tilt @ rotation; :func:`projected_potential` does the rest (so at 0
+    degrees the image is the sum of :func:`coulomb_potential` along z times p).
+
+    Parameters
+    ----------
+    xyz, z : the atomic model (:func:`read_atoms`), Å
+    centres : array (n, 3)
+        (z, row, column) of each copy in the volume, voxels.
+    rotations : array (n, 3, 3)
+    angle : float
+        Degrees.
+    shape : (D, H, W)
+        The volume; the image is (H, W).
+    voxel_size : float
+        Å/voxel = Å/px.
+    bfactor, ice_potential, xp : as :func:`projected_potential`
+
+    Returns
+    -------
+    float64 array (H, W) of xp
+        V_z in V Å.
+    """
+    D, H, W = shape
+    tilt = tilt_matrix(angle)
+    c = numpy.asarray(centres, numpy.float64)
+    rel = numpy.stack([c[:, 2] - W / 2, c[:, 1] - H / 2, c[:, 0] - D / 2], 1)   # (n, 3) x y z
+    moved = rel @ tilt.T
+    centres2 = numpy.stack([moved[:, 1] + H / 2, moved[:, 0] + W / 2], 1)      # (row, column)
+    return projected_potential(xyz, z, centres2, tilt @ numpy.asarray(rotations), (H, W),
+                               voxel_size, bfactor, ice_potential, xp)
+
+
+def ramp_filter(images):
+    """R-weighting of single-axis tilt images (Radermacher 1988, J. Electron Microsc.
+    Tech. 9:359): multiply by |k_x| (cycles/px) along x, the axis normal to the tilt
+    axis, in each row; zero-padded to twice the width so the filter does not wrap.
+    |0| = 0 removes each row's mean.
+
+    Parameters
+    ----------
+    images : float array (..., H, W), NumPy or CuPy
+
+    Returns
+    -------
+    array like ``images`` (its float dtype)
+    """
+    xp = get_array_module(images)
+    W = images.shape[-1]
+    k = xp.sqrt(rfft_k2((2 * W,), 1.0, xp)).astype(images.dtype)         # (W + 1,)
+    return xp.fft.irfft(xp.fft.rfft(images, n=2 * W, axis=-1) * k, n=2 * W,
+                        axis=-1)[..., :W].astype(images.dtype)
+
+
+def _tilt_weights(angles):
+    """Angular width (rad) each tilt stands for: half the gaps to its neighbours (the
+    outer tilts count their one gap), so a sum over tilts approximates the integral over
+    the angle of the filtered back-projection."""
+    a = numpy.deg2rad(numpy.asarray(angles, numpy.float64))
+    if len(a) == 1:
+        return numpy.ones(1)
+    rank = numpy.argsort(a)
+    gaps = numpy.diff(a[rank])
+    weights = numpy.empty(len(a))
+    weights[rank] = 0.5 * (numpy.concatenate([gaps[:1], gaps]) +
+                           numpy.concatenate([gaps, gaps[-1:]]))
+    return weights
+
+
+def back_project(images, angles, depth, weights=None):
+    """Back-projection of single-axis tilt images into a volume, linear interpolation.
+
+    Each voxel (k, i, j) adds, for each tilt, the image value at row i and column
+    u = (j - W/2) cos + (k - D/2) sin + W/2 (:func:`tilted_projection`'s geometry),
+    interpolated linearly between the two nearest columns (0 outside the image), times
+    the tilt's weight. Vectorised over voxels and over leading axes, one tilt at a
+    time; :func:`back_project_loop` is the loop reference.
+
+    Parameters
+    ----------
+    images : float array (..., T, H, W), NumPy or CuPy
+        Tilt images, leading axes (e.g. two halves) reconstructed together.
+    angles : sequence of float (T,)
+        Degrees, one per image.
+    depth : int
+        D, voxels along z.
+    weights : sequence of float (T,) or None
+        Per-tilt factors (None: 1).
+
+    Returns
+    -------
+    array (..., D, H, W) of the images' module and dtype
+    """
+    xp = get_array_module(images)
+    T, H, W = images.shape[-3:]
+    lead = images.shape[:-3]
+    weights = numpy.ones(T) if weights is None else numpy.asarray(weights, numpy.float64)
+    out = xp.zeros(lead + (H, depth, W), images.dtype)                 # rows outermost
+    x = xp.arange(W, dtype=numpy.float64)[None, :] - W / 2               # (1, W)
+    zc = xp.arange(depth, dtype=numpy.float64)[:, None] - depth / 2      # (D, 1)
+    for t in range(T):
+        a = numpy.deg2rad(float(angles[t]))
+        u = x * numpy.cos(a) + zc * numpy.sin(a) + W / 2                 # (D, W) columns
+        u0 = xp.floor(u)
+        f = u - u0
+        u0 = u0.astype(numpy.int64)
+        image = images[..., t, :, :]                                     # (..., H, W)
+        for col, w in ((u0, 1 - f), (u0 + 1, f)):
+            inside = (col >= 0) & (col < W)
+            w = (w * inside * weights[t]).astype(images.dtype)
+            out += image[..., xp.clip(col, 0, W - 1)] * w                # (..., H, D, W)
+    return xp.moveaxis(out, -3, -2)                                      # (..., D, H, W)
+
+
+def back_project_loop(images, angles, depth, weights=None):
+    """Loop reference of :func:`back_project` (NumPy; one voxel column at a time)."""
+    T, H, W = images.shape[-3:]
+    weights = numpy.ones(T) if weights is None else numpy.asarray(weights, numpy.float64)
+    out = numpy.zeros(images.shape[:-3] + (depth, H, W))
+    for t in range(T):
+        a = numpy.deg2rad(float(angles[t]))
+        for k in range(depth):
+            for j in range(W):
+                u = (j - W / 2) * numpy.cos(a) + (k - depth / 2) * numpy.sin(a) + W / 2
+                u0 = int(numpy.floor(u))
+                for col, w in ((u0, 1 - (u - u0)), (u0 + 1, u - u0)):
+                    if 0 <= col < W:
+                        out[..., k, :, j] += weights[t] * w * images[..., t, :, col]
+    return out
+
+
+def weighted_back_projection(images, angles, depth):
+    """Filtered (R-weighted) back-projection: :func:`ramp_filter` then
+    :func:`back_project` with each tilt weighted by its angular width in radians, the
+    discrete form of f(x, z) = integral over theta of (P_theta * h)(u) d theta, h the ramp
+    (Radermacher 1988). Over +-90 degrees it inverts the projection (up to the mean);
+    over a smaller range the volume lacks the missing wedge of Fourier space: the
+    directions within 90 - max|angle| degrees of the beam axis z.
+
+    Parameters
+    ----------
+    images : float array (..., T, H, W)
+    angles : sequence of float (T,), degrees
+    depth : int
+
+    Returns
+    -------
+    array (..., D, H, W)
+        The volume whose projections are the images (each voxel one pixel of path).
+    """
+    return back_project(ramp_filter(images), angles, depth, _tilt_weights(angles))
+
+
+def _tilt_intensity(potential, pixel_size, optics, angle, ice, inelastic_mfp, gradient):
+    """Image intensity of one tilt: the ice's path grows as 1 / cos(angle); with
+    ``gradient`` the defocus varies across x' (strips of :data:`GRADIENT_STRIP` columns)."""
+    thickness = ice / numpy.cos(numpy.deg2rad(angle))
+    if not gradient or angle == 0:
+        return image_intensity(potential, pixel_size, optics, thickness, inelastic_mfp)
+    xp = get_array_module(potential)
+    W = potential.shape[1]
+    slope = numpy.tan(numpy.deg2rad(angle))
+    out = xp.empty_like(potential)
+    for c0 in range(0, W, GRADIENT_STRIP):
+        c1 = min(c0 + GRADIENT_STRIP, W)
+        x = ((c0 + c1 - 1) / 2 - W / 2) * pixel_size              # Å, the strip's centre
+        strip = optics._replace(defocus=optics.defocus + x * slope)
+        out[:, c0:c1] = image_intensity(potential, pixel_size, strip, thickness,
+                                        inelastic_mfp)[:, c0:c1]
+    return out
+
+
+class SimulatedTiltSeries(NamedTuple):
+    """A simulated tilt series, its tomograms and the truth (:func:`simulate_tilt_series`).
+
+    clean : float32 (D, H, W)
+        The truth: the Coulomb potential, V (no CTF, no noise, no missing wedge).
+    even, odd, full : float32 (D, H, W)
+        Weighted back-projections of the even-frame half, of the odd-frame half and of
+        all frames, in image contrast (:func:`simulate_tilt_series`, step 6);
+        full = (n_even even + n_odd odd) / frames, the mean of the halves for an even
+        number of frames.
+    tilts_even, tilts_odd : float32 (T, H, W)
+        Electron counts of each tilt's even and odd frame sums, tilts in ``angles`` order.
+    angles : float64 (T,)
+        Degrees, ascending.
+    order : int (T,)
+        Acquisition order: indices into ``angles``.
+    pixel_size : float
+        Å/px of the images, Å/voxel of the volumes.
+    particles : list of dict
+        z, row, column (voxels), qw, qx, qy, qz of each copy.
+    params : dict
+        Every parameter, the dose before each tilt, the defocus at each tilt's centre.
+    """
+    clean: numpy.ndarray
+    even: numpy.ndarray
+    odd: numpy.ndarray
+    full: numpy.ndarray
+    tilts_even: numpy.ndarray
+    tilts_odd: numpy.ndarray
+    angles: numpy.ndarray
+    order: numpy.ndarray
+    pixel_size: float
+    particles: list
+    params: dict
+
+
+ORDERS = ("dose-symmetric", "sequential")
+
+
+def simulate_tilt_series(xyz, z, shape=(96, 256, 256), voxel_size=8.0, angles=None,
+                         order="dose-symmetric", optics=None, particles=None,
+                         slab_thickness=None, dose=120.0, frames=8, defocus_gradient=False,
+                         damage=True, truth_bfactor=None, ice_potential=4.5,
+                         inelastic_mfp=3500.0, seed=0, xp=numpy):
+    """A single-axis tilt series of copies of an atomic model in ice, its even/odd
+    tomograms, and the clean volume.
+
+    1. Specimen: copies at random non-overlapping positions and orientations, centres in
+       a slab of ``slab_thickness`` Å around the middle z (:func:`place_in_slab`); the
+       ice layer holding them is that slab plus one particle diameter, t Å.
+    2. Truth: the Coulomb potential V of the copies on the volume's grid
+       (:func:`coulomb_potential`, B-factor ``truth_bfactor``).
+    3. Tilt theta (about the y axis, :func:`tilted_projection`): the projected potential
+       of the tilted copies, computed from the atoms (no interpolation of the volume);
+       with ``damage``, attenuated for the dose received before the middle of the tilt's
+       exposure (:func:`exposure_filter`, Grant & Grigorieff 2015; the acquisition
+       ``order`` sets that dose: "dose-symmetric", :func:`dose_symmetric_order`, or
+       "sequential" from the lowest angle).
+    4. Image: :func:`image_intensity` (projection approximation, CTF at the defocus of
+       ``optics`` at the tilt's centre, zero-loss attenuation through t / cos(theta) Å of
+       ice); with ``defocus_gradient`` the defocus changes across the image by
+       x' tan(theta) (x' the distance from the tilt axis in Å; larger on the +x' side at
+       positive tilts, a convention), in strips of :data:`GRADIENT_STRIP` columns. The
+       beam sees only the volume's specimen (nothing outside the box at high tilt).
+    5. Exposure: dose / T e-/Å^2 per tilt in ``frames`` Poisson frames (:func:`expose`,
+       no drift); the even and the odd frames are summed into two halves.
+    6. Tomograms: each half's counts become contrast, counts / b - 1 with b the half's
+       expected counts in the ice (dose, pixel area, attenuation), and are
+       reconstructed by weighted back-projection (:func:`weighted_back_projection`,
+       Radermacher 1988). Protein is dark (negative) at underfocus, as in IMOD's
+       reconstructions. The noise of a tomogram is correlated between voxels and has
+       the missing wedge; the two halves' noises are independent.
+
+    The images are formed at the voxel size (no oversampling: detail beyond its Nyquist
+    frequency aliases; choose ``optics.bfactor`` to damp it).
+
+    Parameters
+    ----------
+    xyz, z : the atomic model (:func:`read_atoms`), Å
+    shape : (D, H, W)
+        Volume in voxels (D along the beam at 0 degrees); the images are (H, W).
+    voxel_size : float
+        Å/voxel, also the images' Å/px.
+    angles : sequence of float or None
+        Tilts in degrees, |angle| < 90; None: -60 to +60 in steps of 3 (41 tilts).
+    order : str
+        "dose-symmetric" or "sequential".
+    optics : Optics or None
+        None: :class:`Optics` with 30000 Å of defocus.
+    particles : int or None
+        Copies wanted; None fills about 15% of the slab's volume.
+    slab_thickness : float or None
+        Å; None = 60% of the volume's depth.
+    dose : float
+        Total e-/Å^2 over the tilt series.
+    frames : int
+        Frames per tilt, at least 2.
+    defocus_gradient : bool
+    damage : bool
+        Radiation damage by the accumulated dose (300 kV curve whatever the voltage).
+    truth_bfactor : float or None
+        Å^2 of the clean volume; None: ``optics.bfactor``.
+    ice_potential, inelastic_mfp : see :func:`projected_potential`, :func:`image_intensity`
+    seed : int
+    xp : module
+        numpy or cupy (the arrays returned are on the host).
+
+    Returns
+    -------
+    SimulatedTiltSeries
+
+    Raises
+    ------
+    InputError
+        Non-positive sizes or dose, fewer than 2 frames, a tilt of 90 degrees or more, an
+        unknown order, or more than 1000 counts per pixel and frame.
+    """
+    D, H, W = shape
+    optics = Optics(defocus=30000.0) if optics is None else optics
+    angles = tilt_angles() if angles is None else numpy.asarray(angles, numpy.float64)
+    angles = numpy.sort(angles)
+    T = len(angles)
+    if min(shape) < 1 or voxel_size <= 0 or dose <= 0 or frames < 2 or T < 1:
+        raise InputError("volume size, voxel size, dose, tilts and frames (at least 2) must "
+                         "be positive")
+    if abs(angles).max() >= 90:
+        raise InputError("tilt angles must lie within (-90, 90) degrees, got %g"
+                         % abs(angles).max())
+    if order not in ORDERS:
+        raise InputError("order must be one of %s, got %r" % (", ".join(ORDERS), order))
+    acquisition = dose_symmetric_order(angles) if order == "dose-symmetric" else numpy.arange(T)
+    rng = numpy.random.default_rng(seed)
+    slab = place_in_slab(xyz, shape, voxel_size, particles, slab_thickness, rng)
+    rotations = quaternion_matrices(slab.quaternions)
+    n = len(slab.centres)
+    ice = slab.depth * voxel_size
+    truth_b = optics.bfactor if truth_bfactor is None else float(truth_bfactor)
+    clean = (coulomb_potential(xyz, z, slab.centres, rotations, shape, voxel_size, truth_b,
+                               ice_potential, xp) if n else xp.zeros(shape))
+    per_tilt = dose / T
+    dose_before = numpy.empty(T)
+    dose_before[acquisition] = per_tilt * numpy.arange(T)
+    seeds = numpy.empty(T, numpy.int64)
+    seeds[acquisition] = rng.integers(2 ** 63, size=T)
+    n_even, n_odd = (frames + 1) // 2, frames // 2
+    counts = xp.zeros((2, T, H, W), numpy.float32)
+    contrast = xp.zeros((2, T, H, W), numpy.float32)
+    for t in acquisition:
+        if n:
+            v = tilted_projection(xyz, z, slab.centres, rotations, angles[t], shape,
+                                  voxel_size, optics.bfactor, ice_potential, xp)
+        else:
+            v = xp.zeros((H, W))
+        if damage:
+            q = exposure_filter((H, W), voxel_size, dose_before[t] + per_tilt / 2, xp)
+            v = xp.fft.irfft2(xp.fft.rfft2(v) * q, s=(H, W))
+        intensity = _tilt_intensity(v, voxel_size, optics, angles[t], ice, inelastic_mfp,
+                                    defocus_gradient)
+        movie = expose(intensity, voxel_size, per_tilt, frames, numpy.zeros((frames, 2)),
+                       int(seeds[t]), xp)
+        even, odd, _ = even_odd_sums(movie, xp=xp)
+        # expected counts of all frames in the ice: dose, pixel area, zero-loss share
+        blank = per_tilt * voxel_size ** 2 * (
+            numpy.exp(-ice / numpy.cos(numpy.deg2rad(angles[t])) / inelastic_mfp)
+            if inelastic_mfp else 1.0)
+        counts[0, t], counts[1, t] = even, odd
+        contrast[0, t] = even / (blank * n_even / frames) - 1
+        contrast[1, t] = odd / (blank * n_odd / frames) - 1
+    halves = weighted_back_projection(contrast, angles, D)              # (2, D, H, W)
+    full = (n_even * halves[0] + n_odd * halves[1]) / frames
+    table = [{"z": float(c[0]), "row": float(c[1]), "column": float(c[2]), "qw": float(q[0]),
+              "qx": float(q[1]), "qy": float(q[2]), "qz": float(q[3])}
+             for c, q in zip(slab.centres, slab.quaternions)]
+    params = {"shape": list(shape), "voxel_size_A": voxel_size, "angles_deg": angles.tolist(),
+              "order": order, "acquisition": acquisition.tolist(),
+              "dose_e_per_A2": dose, "dose_per_tilt_e_per_A2": per_tilt,
+              "dose_before_tilt_e_per_A2": dose_before.tolist(), "frames_per_tilt": frames,
+              "defocus_A": [optics.defocus] * T, "defocus_gradient": defocus_gradient,
+              "damage": damage, "particles_requested": slab.requested, "particles": n,
+              "particle_radius_A": slab.radius, "slab_thickness_A": slab.thickness,
+              "ice_thickness_A": ice, "truth_bfactor_A2": truth_b,
+              "ice_potential_V": ice_potential, "inelastic_mfp_A": inelastic_mfp,
+              "optics": optics._asdict(), "seed": seed,
+              "wavelength_A": electron_wavelength(optics.voltage),
+              "reconstruction": "R-weighted back-projection (Radermacher 1988), linear "
+                                "interpolation; image contrast units",
+              "scattering_factors": "Peng et al. 1996, Acta Cryst. A52:257, Table 1",
+              "radiation_damage": "Grant & Grigorieff 2015, eLife 4:e06980 (300 kV)"}
+    volumes = [to_host(a).astype(numpy.float32)
+               for a in (clean, halves[0], halves[1], full, counts[0], counts[1])]
+    return SimulatedTiltSeries(*volumes, angles, acquisition, float(voxel_size), table, params)

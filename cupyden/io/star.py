@@ -191,5 +191,38 @@ def write_denoised_star(source, outputs, path, columns=("rlnMicrographName",), b
     return len(table)
 
 
+#: RELION 5's columns of a tomograms STAR file (``data_global``) that name files.
+TOMOGRAM_FILE_COLUMNS = ("rlnTomoReconstructedTomogram", "rlnTomoReconstructedTomogramHalf1",
+                         "rlnTomoReconstructedTomogramHalf2",
+                         "rlnTomoReconstructedTomogramDenoised")
+
+
+def write_tomograms_star(path, rows):
+    """Write a RELION 5 tomograms STAR file: one ``data_global`` row per tomogram.
+
+    File columns (:data:`TOMOGRAM_FILE_COLUMNS`) are written relative to the current
+    directory (RELION's project folder) when the file lies under it, else absolute.
+
+    Parameters
+    ----------
+    path : str
+        The STAR file to write (atomically).
+    rows : list of dict
+        Column (``rlnTomoName``, ``rlnTomoTiltSeriesPixelSize`` in Å/px,
+        ``rlnTomoReconstructedTomogramHalf1``, ...) -> value; every row has the same keys.
+
+    Raises
+    ------
+    InputError
+        starfile not installed, or the folder is not writable.
+    """
+    starfile = _starfile()
+    import pandas
+    table = pandas.DataFrame([{k: _star_name(v) if k in TOMOGRAM_FILE_COLUMNS else v
+                               for k, v in row.items()} for row in rows])
+    with atomic_output(path, ".star") as tmp:
+        starfile.write({"global": table}, tmp)
+
+
 def _star_name(path):
     return os.path.relpath(path) if _under_cwd(path) else os.path.abspath(path)

@@ -1,0 +1,217 @@
+"""Noise2Noise on even/odd tomograms of a simulated tilt series, beside raw, Gaussian and F2Fd.
+
+One tilt series is simulated (cupyden.simulate.simulate_tilt_series, seeded: GroEL 1MNF
+copies in a slab, -60..+60 degrees in steps of 3, dose-symmetric, 120 e/Å^2 in 8 frames
+per tilt, 30000 Å defocus with its gradient across tilted images, radiation damage;
+weighted back-projection of the even frames (half1), the odd frames (half2) and all
+frames (full)). The truth is the Coulomb potential of the copies.
+
+Rows:
+  raw       the full tomogram
+  Gaussian  the full tomogram low-passed, sigma chosen against the truth (an oracle:
+            the strongest Gaussian there is)
+  F2Fd      cupyden.train([full], pairs="f2fd"): one volume, no second view; its
+            wall time includes its own K x T denoising of the volume
+  N2N       cupyden.train([half1], pairs="halves", odd=[half2]) for the training budget,
+            then cupyden.denoise of each half and their mean (as cryoCARE does); the
+            row "N2N on full" denoises the full tomogram with the same model
+
+Scores: the central 9 z slices (z = D/2 - 4 .. D/2 + 4, the xy planes through the
+middle of the slab). Each estimate is first matched to the truth by least squares,
+a * estimate + b (the tomogram is image contrast with protein dark, the truth a potential
+in V: the sign and the scale are arbitrary), over those slices; PSNR (range of the truth
+there) over the slices, SSIM (cupyden.metrics.ssim) averaged over them. Training uses
+the tomograms only, never the truth.
+
+Writes OUT/sim/{half1,half2,full,clean}/tomo.mrc, OUT/results.json, OUT/central_slices.png
+(z and y central slices of every row).
+
+Usage:
+  tomo_n2n.py [options]
+
+Options:
+  -o DIR            Output folder [default: tomo-n2n-run]
+  -d, --device N    GPU number, -1 for the CPU, or auto [default: auto]
+  --minutes M       Training budget of each method (N2N, F2Fd), minutes [default: 10]
+  --methods LIST    Learned methods to run: n2n, f2fd [default: n2n,f2fd]
+  --volume DxHxW    Tomogram size, voxels [default: 96x256x256]
+  --voxel-size A    Å/voxel [default: 8]
+  --seed S          Simulation and training seed [default: 0]
+  --arch NAME       N2N network (cupyden.train's arch) [default: unet]
+  --patch-size PX   Training patch side, voxels [default: 64]
+  --batch-size N    Patches per step [default: 4]
+  --quick           A tiny CPU-sized case (32x64x64 voxels, 0.2 minutes each, 32^3
+                    patches, validation every 5 steps, F2Fd with 8 features and
+                    K x T = 1 x 1): checks that everything runs, scores mean little.
+"""
+
+import json
+import os
+import time
+
+import numpy
+from docopt import docopt
+
+import cupyden
+from cupyden import backend
+from cupyden.baselines import gaussian_lowpass
+from cupyden.io.mrc import read_mrc, write_mrc
+from cupyden.metrics import psnr, ssim
+from cupyden.simulate import DEFAULT_MODEL, Optics, read_atoms, simulate_tilt_series
+
+SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
+HALF_WIDTH = 4                       # scored slices: D/2 - 4 .. D/2 + 4
+
+
+def central(volume):
+    k = volume.shape[0] // 2
+    return numpy.asarray(volume[k - HALF_WIDTH:k + HALF_WIDTH + 1], numpy.float64)
+
+
+def affine_match(estimate, truth):
+    """a * estimate + b closest to truth in the least-squares sense (a = cov / var)."""
+    e = estimate - estimate.mean()
+    a = float((e * (truth - truth.mean())).sum() / max((e * e).sum(), 1e-300))
+    return a * e + truth.mean()
+
+
+def score(volume, truth_slices):
+    est = affine_match(central(volume), truth_slices)
+    r = float(truth_slices.max() - truth_slices.min())
+    return {"psnr": psnr(est, truth_slices, r),
+            "ssim": float(numpy.mean([ssim(e, t, r) for e, t in zip(est, truth_slices)]))}
+
+
+def simulate(out, shape, voxel_size, seed, xp):
+    xyz, z = read_atoms(DEFAULT_MODEL)
+    t0 = time.perf_counter()
+    sim = simulate_tilt_series(xyz, z, shape, voxel_size, optics=Optics(defocus=30000.0),
+                               dose=120.0, frames=8, defocus_gradient=True, seed=seed, xp=xp)
+    seconds = time.perf_counter() - t0
+    os.makedirs(out, exist_ok=True)
+    paths = {}
+    # the halves share a basename in two folders: cupyden.train pairs halves by basename
+    for name, volume in (("half1", sim.even), ("half2", sim.odd), ("full", sim.full),
+                         ("clean", sim.clean)):
+        os.makedirs(os.path.join(out, name), exist_ok=True)
+        paths[name] = os.path.join(out, name, "tomo.mrc")
+        write_mrc(paths[name], volume, voxel_size)
+    return sim, paths, seconds
+
+
+def run_f2fd(paths, out, o):
+    t0 = time.perf_counter()
+    cupyden.train([paths["full"]], out, pairs="f2fd", steps=10 ** 7, max_minutes=o["minutes"],
+                  batch_size=o["batch"], patch_size=o["patch"], val_every=o["val_every"],
+                  seed=o["seed"], device=o["device"], overwrite=True, progress=False,
+                  log=lambda line: None, f2fd=o["f2fd"])
+    seconds = time.perf_counter() - t0
+    return {"F2Fd": read_mrc(os.path.join(out, "denoised.mrc")).data}, {"train_s": seconds}
+
+
+def run_n2n(paths, out, o):
+    t0 = time.perf_counter()
+    cupyden.train([paths["half1"]], out, pairs="halves", odd=[paths["half2"]], arch=o["arch"],
+                  steps=10 ** 7, max_minutes=o["minutes"], batch_size=o["batch"],
+                  patch_size=o["patch"], val_every=o["val_every"], seed=o["seed"],
+                  device=o["device"], overwrite=True, progress=False, log=lambda line: None)
+    seconds = time.perf_counter() - t0
+    model = cupyden.load_model(os.path.join(out, "model.h5"), device=o["device"])
+    t1 = time.perf_counter()
+    halves = [cupyden.denoise(model, read_mrc(paths[h]).data) for h in ("half1", "half2")]
+    t_den = time.perf_counter() - t1
+    full = cupyden.denoise(model, read_mrc(paths["full"]).data)
+    return ({"N2N (mean of denoised halves)": (halves[0] + halves[1]) / 2,
+             "N2N on full": full}, {"train_s": seconds, "denoise_both_halves_s": t_den})
+
+
+def panel(volumes, truth, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["truth"] + list(volumes)
+    D, H, W = truth.shape
+    fig, axes = plt.subplots(2, len(names), figsize=(3 * len(names), 3 * (1 + D / H)),
+                             gridspec_kw={"height_ratios": [H, D]}, squeeze=False)
+    for i, name in enumerate(names):
+        v = truth if name == "truth" else volumes[name]
+        for row, image in enumerate((v[D // 2], v[:, H // 2])):
+            lo, hi = numpy.percentile(image, (1, 99))
+            axes[row, i].imshow(image, cmap="gray", vmin=lo, vmax=hi)
+            axes[row, i].set_xticks([])
+            axes[row, i].set_yticks([])
+        axes[0, i].set_title(name, fontsize=9)
+    axes[0, 0].set_ylabel("z = %d (xy)" % (D // 2))
+    axes[1, 0].set_ylabel("y = %d (xz)" % (H // 2))
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv=None):
+    args = docopt(__doc__, argv=argv)
+    quick = args["--quick"]
+    o = {"minutes": 0.2 if quick else float(args["--minutes"]),
+         "patch": 32 if quick else int(args["--patch-size"]),
+         "batch": 2 if quick else int(args["--batch-size"]),
+         "seed": int(args["--seed"]), "arch": args["--arch"],
+         "val_every": 5 if quick else 50,
+         "f2fd": {"samples": 1, "passes": 1, "features": 8} if quick else None}
+    shape = (32, 64, 64) if quick else tuple(int(v) for v in args["--volume"].split("x"))
+    voxel = float(args["--voxel-size"])
+    methods = [m for m in args["--methods"].split(",") if m]
+    device = backend.select_device(args["--device"])
+    o["device"] = device.ordinal
+    out = args["-o"]
+    os.makedirs(out, exist_ok=True)
+    print("device: %s; volume %s voxels at %g Å; training budget %.2f min per method"
+          % (device.name, "x".join(map(str, shape)), voxel, o["minutes"]))
+
+    sim, paths, t_sim = simulate(os.path.join(out, "sim"), shape, voxel, o["seed"], device.xp)
+    print("simulated %d copies, %d tilts, in %.1f s" % (sim.params["particles"],
+                                                      len(sim.angles), t_sim))
+    truth = central(sim.clean)
+    volumes = {"raw (full tomogram)": sim.full}
+    rows = {"raw (full tomogram)": {}}
+    best = max(SIGMAS, key=lambda s: score(gaussian_lowpass(sim.full, s, 3), truth)["psnr"])
+    name = "Gaussian (oracle sigma %.2f voxels)" % best
+    volumes[name] = gaussian_lowpass(sim.full, best, 3).astype(numpy.float32)
+    rows[name] = {"sigma": best}
+    runners = {"f2fd": run_f2fd, "n2n": run_n2n}
+    for method in methods:
+        try:
+            got, info = runners[method](paths, os.path.join(out, method), o)
+        except Exception as exc:        # a method that cannot run yet is a row, not a crash
+            rows["%s: failed" % method] = {"error": "%s: %s" % (type(exc).__name__, exc)}
+            continue
+        for key, volume in got.items():
+            volumes[key] = numpy.asarray(volume, numpy.float32)
+            rows[key] = info
+
+    print("\n| method | PSNR (dB) | SSIM | training s | notes |\n|---|---|---|---|---|")
+    results = {"params": sim.params, "simulation_s": t_sim, "device": device.name,
+               "scored": "z slices %d..%d, affine least-squares match to the potential"
+                         % (shape[0] // 2 - HALF_WIDTH, shape[0] // 2 + HALF_WIDTH),
+               "rows": {}}
+    for key, info in rows.items():
+        if key in volumes:
+            s = score(volumes[key], truth)
+            info = dict(info, **s)
+            print("| %s | %.2f | %.3f | %s | %s |" % (
+                key, s["psnr"], s["ssim"],
+                "%.0f" % info["train_s"] if "train_s" in info else "",
+                ", ".join("%s %.1f" % (k, v) for k, v in info.items()
+                          if k.endswith("_s") and k != "train_s")))
+        else:
+            print("| %s | | | | %s |" % (key, info["error"]))
+        results["rows"][key] = info
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    panel(volumes, sim.clean, os.path.join(out, "central_slices.png"))
+    print("\n%s, %s" % (os.path.join(out, "results.json"), os.path.join(out, "central_slices.png")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
