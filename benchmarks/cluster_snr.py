@@ -13,7 +13,7 @@ Options:
   --steps N           Training steps per round [default: 300]
   --box PX            Side the network sees, px (images are 64 px) [default: 32]
   --pixel-size A      Pixel size of the 64-px images, Å/px [default: 4.0]
-  --defocus A         Defocus of the micrograph, Å (underfocus > 0) [default: 15000]
+  --defocus A         Defocus of the micrograph, Å, underfocus positive [default: 15000]
   --max-shift PX      Particle shifts are uniform in a disc of this radius, px [default: 3]
   --seed N            Seed of the simulation and of the clustering [default: 0]
   --quick             The small CPU case: --snrs 0.1 --per-class 60 --steps 150 (other
@@ -23,8 +23,8 @@ Options:
   -h, --help          Show this help.
 
 Particles: cupyden.simulate.particle_stack (each image at a uniformly random in-plane
-angle and a shift in a disc of --max-shift px, through the CTF of one micrograph at
---defocus, 300 kV, Cs 2.7 mm, amplitude contrast 0.07; white Gaussian noise at the SNR).
+angle and a shift in a disc of --max-shift px, through the CTF of one micrograph at the
+given defocus, 300 kV, Cs 2.7 mm, amplitude contrast 0.07; white Gaussian noise at the SNR).
 Round 0 is k-means on principal components; rounds 1.. train the Siamese embedding on
 augmented views (cupyden.cluster). Per SNR and round it prints purity and NMI against the
 true orientations, and the PSNR of the class averages against the clean, aligned
