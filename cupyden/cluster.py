@@ -1,9 +1,21 @@
-"""Clustering particle images with a Siamese network and k-means, over rounds.
+"""Clustering particle images seen at any in-plane angle: a Siamese network and k-means,
+over rounds.
 
-Round 0: k-means on the principal components of the normalised images. Each later round:
-sample pairs of images from the same cluster (y = 0) and from different clusters (y = 1),
-train the Siamese embedding on them with the contrastive loss, embed every image, run
-k-means on the embeddings, relabel. Averaging each class gives a denoised view of it.
+Round 0: k-means on the principal components of the normalised images (the baseline; it
+sees two copies of one view at different in-plane angles as different images). Each
+later round trains the Siamese embedding with the contrastive loss on pairs of augmented
+views (:func:`augment_views`: random in-plane rotation, shift and added noise):
+
+* positives (y = 0): two views of one image, so the embedding learns to ignore the
+  in-plane angle and shift (SimCLR's two augmented views of one image: Chen, Kornblith,
+  Norouzi & Hinton 2020, ICML); from round 2 on, every other positive is two images of
+  one current cluster (pairs mined from the clusters, as the seed did);
+* negatives (y = 1): two different images in round 1, two images of different clusters
+  from round 2 on;
+
+then embeds every image, averaged over ``turns`` in-plane rotations
+(:func:`invariant_embedding`), and reclusters by k-means. Class averages of particles at
+random angles blur unless the members are aligned first: :func:`cupyden.align.align_classes`.
 
 Metrics against known labels (simulations): purity (the share of images whose cluster's
 majority class is their own class) and normalised mutual information
@@ -13,6 +25,7 @@ NMI = I(U; V) / sqrt(H(U) H(V)) (Strehl & Ghosh 2002).
 import numpy
 import scipy.cluster.vq
 
+from .align import transform
 from .backend import get_array_module, to_device, to_host
 from .losses.contrastive import contrastive_backward, contrastive_forward
 from .models import Siamese
@@ -133,9 +146,85 @@ def sample_pairs(labels, n, rng):
     return numpy.array(i), numpy.array(j), numpy.array(y, numpy.float32)
 
 
+def augment_views(x, rng, max_shift, noise):
+    """Augmented views of images for contrastive training: each turned by a uniformly
+    random in-plane angle, moved by a random shift in a disc of ``max_shift`` px and given
+    independent white noise of standard deviation ``noise`` (SimCLR's two views of one
+    image: Chen, Kornblith, Norouzi & Hinton 2020; the added noise keeps two views of one
+    particle from matching on their shared noise alone).
+
+    Parameters
+    ----------
+    x : float array (n, 1, H, W) (NumPy or CuPy)
+    rng : numpy.random.Generator
+    max_shift : float
+        px.
+    noise : float
+        Standard deviation of the added noise, in units of the images' (normalised) values.
+
+    Returns
+    -------
+    array like ``x``
+    """
+    xp = get_array_module(x)
+    n = len(x)
+    r, phi = max_shift * numpy.sqrt(rng.random(n)), rng.uniform(0, 2 * numpy.pi, n)
+    shifts = numpy.stack([r * numpy.cos(phi), r * numpy.sin(phi)], -1)
+    out = transform(x[:, 0], rng.uniform(0, 360, n), shifts)[:, None]
+    if noise:
+        out = out + xp.asarray(rng.standard_normal(out.shape) * noise, out.dtype)
+    return out
+
+
+def invariant_embedding(model, xd, turns=8, chunk=256):
+    """The embedding averaged over ``turns`` in-plane rotations of each image: (N, D).
+
+    Averaging a function over the rotation group makes it invariant to the group's
+    rotations (here the ``turns`` multiples of 360 / turns degrees exactly, others
+    approximately)."""
+    xp = get_array_module(xd)
+    N = len(xd)
+    out = 0
+    for t in range(turns):
+        angle = numpy.full(N, 360.0 * t / turns)
+        turned = xp.concatenate([transform(xd[s:s + chunk, 0], angle[s:s + chunk],
+                                           numpy.zeros((len(xd[s:s + chunk]), 2)))[:, None]
+                                 for s in range(0, N, chunk)])
+        out = out + xp.concatenate([model.forward(turned[s:s + chunk]) for s in range(0, N, chunk)])
+    return out / turns
+
+
+def view_pairs(labels, n, rng, mined):
+    """Pairs for one step: half positives (y = 0), half negatives (y = 1).
+
+    Positives are two views of one image; with ``mined`` every other positive is two
+    images of one cluster. Negatives are two images from different clusters when
+    ``mined``, else two different images.
+
+    Returns
+    -------
+    i, j : int arrays (n,)
+    y : float32 array (n,)
+    """
+    N = len(labels)
+    half = n // 2
+    i = rng.integers(N, size=half)
+    j = i.copy()
+    if mined:
+        ci, cj, _ = sample_pairs(labels, 2 * half, rng)
+        same = numpy.arange(half) % 2 == 1
+        i[same], j[same] = ci[0::2][same], cj[0::2][same]
+        ni, nj = ci[1::2][:n - half], cj[1::2][:n - half]
+    else:
+        ni = rng.integers(N, size=n - half)
+        nj = (ni + rng.integers(1, N, size=n - half)) % N
+    y = numpy.concatenate([numpy.zeros(half), numpy.ones(n - half)]).astype(numpy.float32)
+    return numpy.concatenate([i, ni]), numpy.concatenate([j, nj]), y
+
+
 def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, truth=None,
-            log=print, progress=False):
-    """Cluster particle images (see the module docstring).
+            log=print, progress=False, view_shift=1.5, view_noise=0.5, turns=8):
+    """Cluster particle images seen at any in-plane angle (see the module docstring).
 
     Parameters
     ----------
@@ -152,24 +241,32 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
     batch_size : int
         Pairs per step.
     lr : float
+        Adam learning rate.
     seed : int
     truth : int array (N,) or None
         True classes, for purity and NMI per round.
     log : callable
     progress : bool
         Show a tqdm progress bar over the training steps of all rounds.
+    view_shift : float
+        Largest shift of an augmented view, px (:func:`augment_views`).
+    view_noise : float
+        Standard deviation of the noise added to each view (images have unit variance).
+    turns : int
+        In-plane rotations the embedding is averaged over (:func:`invariant_embedding`).
 
     Returns
     -------
     labels : int array (N,)
     history : list of dict
-        Per round: "round", "losses" (per step), and with ``truth`` "purity", "nmi".
+        Per round: "round", "labels" (N,), "losses" (per step), and with ``truth``
+        "purity", "nmi".
     """
     rng = numpy.random.default_rng(seed)
     x = normalize_images(images)
     N, box = x.shape[0], x.shape[-1]
     labels = kmeans(principal_components(x.reshape(N, -1), min(50, N - 1)), k, seed)
-    history = [{"round": 0, "losses": []}]
+    history = [{"round": 0, "labels": labels, "losses": []}]
 
     def record(h):
         if truth is not None:
@@ -188,8 +285,10 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
         losses = []
         bar.set_description("round %d of %d" % (r, rounds))
         for _ in range(steps):
-            i, j, y = sample_pairs(labels, batch_size, rng)
-            e1, e2 = model.forward_pair(xd[i], xd[j])
+            # round 1 knows no clusters worth trusting (round 0 ignores rotations): views only
+            i, j, y = view_pairs(labels, batch_size, rng, mined=r > 1)
+            e1, e2 = model.forward_pair(augment_views(xd[i], rng, view_shift, view_noise),
+                                        augment_views(xd[j], rng, view_shift, view_noise))
             loss, cache = contrastive_forward(e1, e2, xp.asarray(y))
             params.zero_grad()
             model.backward_pair(*contrastive_backward(cache))
@@ -198,9 +297,8 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
             bar.update(1)
         bar.set_postfix(loss="%.4g" % numpy.mean(losses))
         model.eval()
-        emb = xp.concatenate([model.forward(xd[s:s + 256]) for s in range(0, N, 256)])
-        labels = kmeans(emb, k, seed + r)
-        history.append({"round": r, "losses": losses})
+        labels = kmeans(invariant_embedding(model, xd, turns), k, seed + r)
+        history.append({"round": r, "labels": labels, "losses": losses})
         record(history[-1])
     bar.close()
     return labels, history

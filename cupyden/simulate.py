@@ -161,10 +161,7 @@ def random_rotations(n, rng):
 def project(xyz, z, rotation, box, pixel_size, sigma=1.5):
     """Projection along z of the rotated model: a sum of 2-D Gaussians, one per atom.
 
-    Atoms are centred on their centroid, rotated, and their (x, y) positions deposited on
-    the grid with bilinear weights (total weight Z each); the Gaussian of standard
-    deviation ``sigma`` Å (B = 8 pi^2 sigma^2) is then applied in Fourier space. The
-    bilinear deposit adds its own blur of under a pixel.
+    One image of :func:`projections` (no shift).
 
     Parameters
     ----------
@@ -183,21 +180,68 @@ def project(xyz, z, rotation, box, pixel_size, sigma=1.5):
     float64 array (box, box)
         Projected potential (arbitrary units, proportional to the sum of Z).
     """
-    p = (xyz - xyz.mean(axis=0)) @ rotation.T
-    u = p[:, 0] / pixel_size + box / 2          # column
-    v = p[:, 1] / pixel_size + box / 2          # row
-    i0, j0 = numpy.floor(v).astype(int), numpy.floor(u).astype(int)
-    fv, fu = v - i0, u - j0
-    img = numpy.zeros((box + 1, box + 1))
-    for di, wi in ((0, 1 - fv), (1, fv)):
-        for dj, wj in ((0, 1 - fu), (1, fu)):
-            ii, jj = i0 + di, j0 + dj
-            ok = (ii >= 0) & (ii <= box) & (jj >= 0) & (jj <= box)
-            numpy.add.at(img, (ii[ok], jj[ok]), (z * wi * wj)[ok])
-    img = img[:box, :box]
-    k2 = numpy.fft.fftfreq(box)[:, None] ** 2 + numpy.fft.rfftfreq(box)[None, :] ** 2
+    return projections(xyz, z, numpy.asarray(rotation)[None], box, pixel_size, sigma)[0]
+
+
+def projections(xyz, z, rotations, box, pixel_size, sigma=1.5, shifts=None, xp=numpy):
+    """Projections along z of the model in several orientations, each a sum of 2-D
+    Gaussians, one per atom.
+
+    Atoms are centred on their centroid, rotated, and their (x, y) positions deposited on
+    the grid with bilinear weights (total weight Z each; atoms outside the box are lost);
+    the Gaussian of standard deviation ``sigma`` Å (B = 8 pi^2 sigma^2) is then applied in
+    Fourier space. The bilinear deposit adds its own blur of under a pixel. The centroid
+    lands on pixel (row, column) = (box / 2 + shift_y, box / 2 + shift_x); x runs along
+    columns, y along rows.
+
+    Parameters
+    ----------
+    xyz : array (A, 3), Å
+    z : array (A,)
+    rotations : array (n, 3, 3)
+    box : int
+        Image side in pixels.
+    pixel_size : float
+        Å/px.
+    sigma : float
+        Atom width in Å.
+    shifts : array (n, 2) or None
+        (x, y) offset of each projection's centre, px (None = 0).
+    xp : module
+        numpy or cupy (the result is on the host).
+
+    Returns
+    -------
+    float64 numpy array (n, box, box)
+        Projected potential (arbitrary units, proportional to the sum of Z).
+    """
+    n = len(rotations)
+    shifts = numpy.zeros((n, 2)) if shifts is None else numpy.asarray(shifts, numpy.float64)
+    local = xp.asarray(xyz - xyz.mean(axis=0))
+    weight = xp.asarray(numpy.asarray(z, numpy.float64))
+    out = numpy.empty((n, box, box))
     s = sigma / pixel_size
-    return numpy.fft.irfft2(numpy.fft.rfft2(img) * numpy.exp(-2 * numpy.pi ** 2 * s * s * k2), s=(box, box))
+    blur = xp.exp(-2 * numpy.pi ** 2 * s * s * rfft_k2((box, box), 1.0, xp))
+    chunk = max(1, 2 ** 22 // max(len(xyz), 1))             # ~4 M atoms per deposit
+    for c0 in range(0, n, chunk):
+        rot = xp.asarray(rotations[c0:c0 + chunk])
+        m = len(rot)
+        p = xp.einsum("nij,aj->nai", rot[:, :2], local)      # (m, A, 2): rotated x, y in Å
+        u = p[..., 0] / pixel_size + box / 2 + xp.asarray(shifts[c0:c0 + chunk, 0])[:, None]
+        v = p[..., 1] / pixel_size + box / 2 + xp.asarray(shifts[c0:c0 + chunk, 1])[:, None]
+        i0, j0 = xp.floor(v).astype(numpy.int64), xp.floor(u).astype(numpy.int64)
+        fv, fu = v - i0, u - j0
+        image = xp.arange(m)[:, None] * (box * box)          # (m, 1): offset of each image
+        grid = xp.zeros(m * box * box)
+        for di, wi in ((0, 1 - fv), (1, fv)):
+            for dj, wj in ((0, 1 - fu), (1, fu)):
+                ii, jj = i0 + di, j0 + dj
+                ok = (ii >= 0) & (ii < box) & (jj >= 0) & (jj < box)
+                index = (image + ii * box + jj)[ok]
+                grid += xp.bincount(index, weights=(weight * wi * wj)[ok], minlength=m * box * box)
+        img = xp.fft.irfft2(xp.fft.rfft2(grid.reshape(m, box, box)) * blur, s=(box, box))
+        out[c0:c0 + m] = to_host(img)
+    return out
 
 
 def particle_set(xyz, z, k, per_class, box, pixel_size, snr, rng, sigma=1.5):
@@ -405,6 +449,105 @@ def ctf_zeros(optics, n, theta=0.0):
     else:
         u = (qb - numpy.sqrt(qb * qb - 4 * qa * target)) / (2 * qa)
     return numpy.sqrt(u)
+
+
+class ParticleStack(NamedTuple):
+    """Simulated particle images of known orientation, in-plane angle and shift.
+
+    images : float32 (N, box, box)
+        CTF-modulated projections plus white Gaussian noise.
+    labels : int (N,)
+        Orientation (true class) of each image, 0 .. k - 1.
+    angles : float64 (N,)
+        In-plane rotation, degrees in [0, 360).
+    shifts : float64 (N, 2)
+        (x, y) offset of the particle's centre from the box centre, px.
+    clean : float32 (k, box, box)
+        Each orientation's CTF-modulated projection at angle 0 and shift 0, on the images'
+        scale (the noise-free, aligned image: what a perfect class average is).
+    """
+    images: numpy.ndarray
+    labels: numpy.ndarray
+    angles: numpy.ndarray
+    shifts: numpy.ndarray
+    clean: numpy.ndarray
+
+
+def in_plane(angles):
+    """Rotations about the beam axis z by ``angles`` degrees: float64 (n, 3, 3), taking
+    (x, y) to (x cos a - y sin a, x sin a + y cos a)."""
+    a = numpy.deg2rad(numpy.asarray(angles, numpy.float64))
+    c, s, zero, one = numpy.cos(a), numpy.sin(a), numpy.zeros_like(a), numpy.ones_like(a)
+    return numpy.stack([numpy.stack([c, -s, zero], -1), numpy.stack([s, c, zero], -1),
+                        numpy.stack([zero, zero, one], -1)], 1)
+
+
+def particle_stack(xyz, z, k, per_class, box, pixel_size, snr, rng, optics=Optics(),
+                   max_shift=3.0, sigma=1.5, xp=numpy):
+    """Particle images as picked from one micrograph: ``k`` orientations, each image at a
+    uniformly random in-plane angle and shift, through the micrograph's CTF, in white noise.
+
+    Image n is the projection of the model rotated by R_z(angle_n) R_{label_n}
+    (:func:`in_plane`, :func:`random_rotations`), centred at box / 2 + shift_n, so that
+    image_n(r) = ref_{label_n}(R(-angle_n)(r - shift_n)) for the aligned projection ref
+    (r = (x, y) from the box centre). Each projection is multiplied in Fourier space by the
+    weak-object CTF of ``optics`` (:func:`ctf`; the sign makes protein dark at underfocus)
+    and scaled so that the signal has unit variance over the stack; white Gaussian noise of
+    variance 1 / ``snr`` is added (a counting detector's noise is white shot noise: DATA.md,
+    "Facts measured on the K2 micrograph").
+
+    Parameters
+    ----------
+    xyz, z : the atomic model (:func:`read_atoms`), Å
+    k : int
+        Orientations (true classes).
+    per_class : int
+        Images per orientation.
+    box : int
+        Image side, px.
+    pixel_size : float
+        Å/px.
+    snr : float
+        Per-pixel SNR: signal variance / noise variance.
+    rng : numpy.random.Generator
+    optics : Optics
+        The micrograph's microscope and CTF (one defocus for every particle).
+    max_shift : float
+        Shifts are uniform in the disc of this radius, px.
+    sigma : float
+        Atom width, Å.
+    xp : module
+        Where the projections are computed (the result is on the host).
+
+    Returns
+    -------
+    ParticleStack
+
+    Raises
+    ------
+    InputError
+        Non-positive k, per_class, SNR or pixel size.
+    """
+    if k < 1 or per_class < 1 or snr <= 0 or pixel_size <= 0:
+        raise InputError("k, images per class, SNR and pixel size must be positive")
+    rots = random_rotations(k, rng)
+    labels = numpy.repeat(numpy.arange(k), per_class)
+    N = len(labels)
+    angles = rng.uniform(0, 360, N)
+    radius, phi = max_shift * numpy.sqrt(rng.random(N)), rng.uniform(0, 2 * numpy.pi, N)
+    shifts = numpy.stack([radius * numpy.cos(phi), radius * numpy.sin(phi)], -1)
+    transfer = to_host(ctf((box, box), pixel_size, optics))          # full DFT grid
+
+    def through_ctf(p):                                                # (n, box, box)
+        return numpy.fft.ifft2(numpy.fft.fft2(p) * transfer).real
+
+    clean = through_ctf(projections(xyz, z, rots, box, pixel_size, sigma, xp=xp))
+    signal = through_ctf(projections(xyz, z, in_plane(angles) @ rots[labels], box,
+                                     pixel_size, sigma, shifts, xp))
+    scale = 1 / signal.std()
+    noise = rng.standard_normal((N, box, box)) / numpy.sqrt(snr)
+    return ParticleStack((signal * scale + noise).astype(numpy.float32), labels, angles,
+                         shifts, (clean * scale).astype(numpy.float32))
 
 
 def model_radius(xyz):

@@ -1,10 +1,14 @@
-"""cupyden-cluster: group particle images with a Siamese network and k-means; class averages.
+"""cupyden-cluster: group particle images seen at any in-plane angle with a Siamese network
+and k-means; aligned class averages.
 
 Round 0 clusters the normalised images by k-means on their principal components; each of
-the --rounds rounds trains the Siamese embedding on pairs from the same and from different
-clusters (contrastive loss, margin 2), embeds every image and reclusters. The images are
-resampled to --box pixels for the network (Fourier cropping: a low-pass that helps at low
-SNR); class averages are made from the images at their own size.
+the --rounds rounds trains the Siamese embedding with the contrastive loss on augmented
+views (random in-plane rotation, shift and added noise: two views of one image are a
+positive pair; from round 2 on also two images of one cluster, and images of different
+clusters are negatives), embeds every image averaged over in-plane rotations and
+reclusters. The images are resampled to --box pixels for the network (Fourier cropping: a
+low-pass that helps at low SNR). Each class's members are then aligned (in-plane angle and
+shift) to the class average at the images' own size, iteratively, and averaged.
 
 Usage:
   cupyden-cluster [options] STACK -k K
@@ -20,6 +24,10 @@ Options:
   --steps N           Training steps per round [default: 150]
   --batch-size N      Pairs per step [default: 32]
   --lr LR             Adam learning rate [default: 0.001]
+  --max-shift PX      Largest shift searched when aligning, in pixels of the stack
+                      [default: 4]
+  --align-iterations N  Rounds of aligning the members to their class average and
+                      averaging again; 0 = plain averages [default: 3]
   --seed N            Seed of pairs, weights and k-means [default: 0]
   -d, --device N      GPU number, -1 for the CPU, or auto; when not given,
                       CUPYDEN_DEVICE, else auto (the first GPU if any).
@@ -30,8 +38,12 @@ Options:
   --no-progress       No progress bar.
   -h, --help          Show this help.
 
-Outputs in DIR: class_averages.mrcs (K images, the stack's pixel size), labels.csv
-(image index, class), montage.png (the class averages with their sizes), losses.png (the
+Outputs in DIR: class_averages.mrcs (K aligned averages, the stack's pixel size),
+labels.csv (image index, class, in-plane angle in degrees, shift x and y in pixels),
+particles.star (RELION 3.1: rlnImageName n@STACK, rlnClassNumber from 1, rlnAnglePsi,
+rlnOriginXAngst/rlnOriginYAngst, or rlnOriginX/rlnOriginY in pixels when the stack has no
+pixel size; needs the star extra, pip install 'cupyden[star]', and is skipped with a note
+without it), montage.png (the class averages with their sizes), losses.png (the
 contrastive loss of each round).
 """
 
@@ -41,11 +53,13 @@ import os
 import numpy
 
 from .. import backend, report
+from ..align import align_classes
 from ..cluster import class_averages, cluster
 from ..errors import InputError
 from ..io.atomic import atomic_output
 from ..io.mrc import read_mrc, write_mrc
 from ..io.patches import fourier_resize
+from ..io.star import star_available, write_particles_star
 from .common import as_float, as_int, output_folder, run
 
 
@@ -73,6 +87,8 @@ def _body(args):
     rounds, box = as_int(args, "--rounds", 0), as_int(args, "--box", 8)
     steps, batch = as_int(args, "--steps", 1), as_int(args, "--batch-size", 2)
     lr, seed = as_float(args, "--lr", 0), as_int(args, "--seed", 0)
+    max_shift = as_float(args, "--max-shift", 0)
+    iterations = as_int(args, "--align-iterations", 0)
     stack = read_mrc(args["STACK"], ndim=3)
     images = numpy.asarray(stack.data, numpy.float32)
     if len(images) < 2 * k:
@@ -85,13 +101,24 @@ def _body(args):
     small = fourier_resize(images, (box, box))
     labels, history = cluster(small, k, rounds, device.xp, steps, batch, lr, seed,
                               progress=not args["--no-progress"])
+    angles, shifts = numpy.zeros(len(images)), numpy.zeros((len(images), 2))
     averages = class_averages(images, labels, k)
+    if iterations:
+        averages, angles, shifts = align_classes(backend.to_device(images, device.xp), labels,
+                                                 k, iterations, max_shift, seed)
     counts = numpy.bincount(labels, minlength=k)
     write_mrc(os.path.join(out, "class_averages.mrcs"), averages, stack.pixel_size)
     with atomic_output(os.path.join(out, "labels.csv"), ".csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["image", "class"])
-        w.writerows(enumerate(labels.tolist()))
+        w.writerow(["image", "class", "angle_deg", "shift_x_px", "shift_y_px"])
+        w.writerows([n, int(c), "%.2f" % a, "%.2f" % t[0], "%.2f" % t[1]]
+                    for n, (c, a, t) in enumerate(zip(labels, angles, shifts)))
+    if star_available():
+        write_particles_star(os.path.join(out, "particles.star"), args["STACK"], labels, angles,
+                             shifts, stack.pixel_size, images.shape[-1])
+    else:
+        print("particles.star not written: it needs the starfile package "
+              "(pip install 'cupyden[star]')")
     montage(averages, counts, os.path.join(out, "montage.png"), stack.pixel_size)
     fig, ax = report._figure(figsize=(6, 4))
     for h in history[1:]:

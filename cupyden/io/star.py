@@ -12,11 +12,19 @@ pandas tables; cupyden has no STAR parser of its own.
 
 import os
 
+import numpy
+
 from ..errors import InputError
 from .atomic import atomic_output
 
 #: The file ``cupyden-denoise`` writes beside the denoised micrographs.
 DENOISED_STAR = "denoised_micrographs.star"
+
+
+def star_available():
+    """Whether the starfile package (the ``star`` extra) is installed."""
+    import importlib.util
+    return importlib.util.find_spec("starfile") is not None
 
 
 def _starfile():
@@ -226,3 +234,67 @@ def write_tomograms_star(path, rows):
 
 def _star_name(path):
     return os.path.relpath(path) if _under_cwd(path) else os.path.abspath(path)
+
+
+def write_particles_star(path, stack, labels, angles, shifts, pixel_size, image_size):
+    """Write a RELION 3.1 particles STAR file: class, in-plane angle and origin per image.
+
+    Conventions (cupyden.align's module docstring): image n is its class average turned
+    by ``angles[n]`` degrees counter-clockwise about the box centre and moved by
+    ``shifts[n]`` = (x, y) px. RELION forms an image from a reference sampled at
+    A^T r with A = R_z(psi) of its Euler convention (Scheres 2012), which turns the
+    reference clockwise by psi, so rlnAnglePsi = -angle; its origin is the shift that
+    re-centres the particle (the particle's centre is at the box centre minus the origin),
+    so rlnOriginX = -shift_x. Classes are numbered from 1, images as ``n@stack`` from 1.
+
+    Parameters
+    ----------
+    path : str
+        The STAR file to write (atomically).
+    stack : str
+        The particle stack the images came from (written relative to the current
+        folder, RELION's project folder, when it lies under it, else absolute).
+    labels : int array (N,)
+        Class of each image, from 0.
+    angles : float array (N,)
+        Degrees.
+    shifts : float array (N, 2)
+        (x, y) px.
+    pixel_size : float
+        Å/px; 0 when unknown, and then the origins are written in pixels
+        (rlnOriginX, rlnOriginY, RELION 3.0's labels) and the optics table has no
+        rlnImagePixelSize.
+    image_size : int
+        Box side, px.
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    InputError
+        starfile not installed, or the folder is not writable.
+    """
+    starfile = _starfile()
+    import pandas                                      # starfile's own dependency
+
+    psi = numpy.mod(-numpy.asarray(angles, numpy.float64), 360.0)
+    origin = -numpy.asarray(shifts, numpy.float64) * (pixel_size if pixel_size else 1.0)
+    name = _star_name(stack)
+    optics = {"rlnOpticsGroup": [1], "rlnOpticsGroupName": ["opticsGroup1"],
+              "rlnImageSize": [int(image_size)], "rlnImageDimensionality": [2]}
+    if pixel_size:
+        optics["rlnImagePixelSize"] = [float(pixel_size)]
+    suffix = "Angst" if pixel_size else ""
+    particles = pandas.DataFrame({
+        "rlnImageName": ["%06d@%s" % (n + 1, name) for n in range(len(psi))],
+        "rlnClassNumber": numpy.asarray(labels, int) + 1,
+        "rlnAnglePsi": psi,
+        "rlnOriginX" + suffix: origin[:, 0],
+        "rlnOriginY" + suffix: origin[:, 1],
+        "rlnOpticsGroup": 1})
+    with atomic_output(path, ".star") as tmp:
+        starfile.write({"optics": pandas.DataFrame(optics), "particles": particles}, tmp)
+    return len(particles)
