@@ -61,8 +61,15 @@ def _reference_and_model(cp, name, dtype):
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16"])
 def test_cudnn_equals_im2col(name, precision):
     """Forward pass and every gradient of the DnCNN-12/32, the U-Net and Topaz's
-    UDenoiseNet (the model of --arch topaz), cuDNN against im2col (strict float32): rel < 1e-5 in fp32; in TF32 and float16, the forward pass
-    < 3e-3 and the gradients < 0.1.
+    UDenoiseNet (the model of --arch topaz) through cuDNN. In fp32 against the same network
+    in float64 (im2col): the forward pass < 1e-5, dx and the parameter gradients < 2e-4; in
+    TF32 and float16 against im2col in strict float32: the forward pass < 3e-3 and the
+    gradients < 0.1.
+
+    Why float64 for fp32: im2col in float32 is itself 4e-3..6e-3 away from float64 in every
+    parameter gradient of Topaz's network, while cuDNN's float32 is 1.1e-5 away (dx 7.9e-5,
+    forward 4.3e-6; H200, 2026-11-30, benchmarks/RESULTS.md): comparing the two float32
+    paths measured the reference's error, not cuDNN's.
 
     Why not 3e-3 for the gradients at reduced precision: a rounding of 3e-4 moves a few
     pre-activations across 0, which flips their ReLU gates; the gradient of a random
@@ -76,16 +83,21 @@ def test_cudnn_equals_im2col(name, precision):
     dtype = set_precision(precision, cp)
     try:
         ref, ref_params, model, params, x, dy = _reference_and_model(cp, name, dtype)
+        ref_dtype = numpy.float64 if precision == "fp32" else numpy.float32
+        if ref_dtype == numpy.float64:
+            ref = build_model(MODELS[name]).to(cp, numpy.float64).train()
+            ref_params = Parameters(ref)
+            ref.load_state(model.state())
         with gpu_conv("im2col"):
-            expected = _forward_backward(ref, ref_params, x.astype(numpy.float32),
-                                         dy.astype(numpy.float32))
+            expected = _forward_backward(ref, ref_params, x.astype(ref_dtype),
+                                         dy.astype(ref_dtype))
         with gpu_conv("cudnn"):
             got = _forward_backward(model, params, x, dy)
     finally:
         set_precision("fp32", cp)
     errors = [rel(g, e) for g, e in zip(got, expected)]
     if precision == "fp32":
-        assert max(errors) < 1e-5, errors
+        assert errors[0] < 1e-5 and max(errors[1:]) < 2e-4, errors
     else:
         assert errors[0] < 3e-3 and max(errors[1:]) < 0.1, errors
     assert not IM2COL_FALLBACKS, IM2COL_FALLBACKS
