@@ -106,3 +106,195 @@ def test_volume_normalisation_samples_large_volumes():
         patches.VOLUME_SAMPLES = old
     assert sampled != whole
     assert abs(sampled.loc - whole.loc) < 0.1 and abs(sampled.scale / whole.scale - 1) < 0.1
+
+
+# ----------------------------------------------------------------------------- store, loader
+
+def test_subvolume_store_and_loader_round_trip(tmp_path):
+    from cupyden.io.patches import cut_patches
+    from cupyden.io.store import PatchStore, PatchStoreWriter
+
+    a = smooth3((20, 24, 18), seed=4)
+    pa, pb = cut_patches(a, -a, 8, 8, rows=(0, 16))
+    # origins: z 0, 8, 12; y 0, 8; x 0, 8, 10
+    assert pa.shape == (3 * 2 * 3, 1, 8, 8, 8)
+    assert numpy.array_equal(pa[1, 0], a[0:8, 0:8, 8:16])
+    assert numpy.array_equal(pa[-1, 0], a[12:20, 8:16, 10:18])
+    path = str(tmp_path / "sub.h5")
+    with PatchStoreWriter(path, 8, attrs={"pairs": "halves"}, ndim=3) as w:
+        w.append("train", pa, pb)
+        w.append("val", pa[:2], pb[:2])
+    store = PatchStore(path)
+    assert store.ndim == 3 and store.sample_shape == (1, 8, 8, 8)
+    x, y = store.read("train", [4, 0])
+    assert numpy.array_equal(x[1], pa[0]) and numpy.array_equal(y[0], pb[4])
+    loader = store.loader(4, numpy, seed=1)
+    try:
+        bx, by = next(loader)
+        assert bx.shape == (4, 1, 8, 8, 8)
+        assert numpy.array_equal(bx, -by)                  # pairs stay aligned
+    finally:
+        loader.close()
+        store.close()
+
+
+def test_volume_augmentation_rotates_about_the_tilt_axis():
+    """16 distinct transforms (k x 90 degrees about y, x flip, y flip), the same on both
+    views; a sample's y profile is kept or reversed (y stays the tilt axis)."""
+    from cupyden.io.patches import augment
+
+    rng = numpy.random.default_rng(0)
+    base = rng.standard_normal((1, 1, 6, 6, 6))
+    x = numpy.repeat(base, 256, axis=0)
+    y = x.copy()
+    augment(x, y, numpy.random.default_rng(3))
+    assert numpy.array_equal(x, y)                          # the same transform, swap or not
+    distinct = {x[i].tobytes() for i in range(len(x))}
+    assert len(distinct) == 16
+    profile = base[0, 0].sum(axis=(0, 2))                   # sum over z and x, per y
+    for i in range(len(x)):
+        p = x[i, 0].sum(axis=(0, 2))
+        assert numpy.allclose(p, profile) or numpy.allclose(p, profile[::-1])
+
+
+# ----------------------------------------------------------------------------- train, denoise
+
+def _write_halves(folder, shape=(24, 48, 24), seed=0, tiff_odd=False):
+    """Even and odd half tomograms: one smooth volume plus independent noise each."""
+    import mrcfile
+    import tifffile
+
+    folder.mkdir(exist_ok=True)
+    rng = numpy.random.default_rng(seed)
+    clean = smooth3(shape, seed=seed + 1, scale=60)
+    paths = []
+    for half in ("half1", "half2"):
+        data = (clean + rng.standard_normal(shape)).astype(numpy.float32)
+        if half == "half2" and tiff_odd:
+            path = str(folder / ("TS_01_%s.tif" % half))
+            tifffile.imwrite(path, data, imagej=True)
+        else:
+            path = str(folder / ("TS_01_%s.mrc" % half))
+            with mrcfile.new(path) as m:
+                m.set_data(data)
+                m.voxel_size = 13.5
+        paths.append(path)
+    return paths
+
+
+TINY = ["--patch-size", "8", "--batch-size", "2", "--steps", "4", "--val-every", "2",
+        "--val-fraction", "0.25", "--holdout-fraction", "0.25", "--base", "2", "-d", "-1",
+        "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """cupyden-train --pairs halves on an MRC even and a TIFF odd half tomogram."""
+    from cupyden.cli import train
+
+    tmp = tmp_path_factory.mktemp("tomo")
+    even, odd = _write_halves(tmp / "halves", tiff_odd=True)
+    out = str(tmp / "run")
+    assert train.main(["--pairs", "halves", even, "--odd", odd, "-o", out] + TINY) == 0
+    return tmp, even, odd, out
+
+
+def test_train_on_half_tomograms(trained):
+    import json
+
+    from cupyden.io.checkpoint import load_checkpoint
+    from cupyden.io.store import PatchStore
+
+    tmp, even, odd, out = trained
+    ck = load_checkpoint(out + "/model.h5")
+    assert ck["config"]["model"] == {"arch": "unet3d", "base": 2, "depth": 3, "seed": 0}
+    store = PatchStore(out + "/patches.h5")
+    # y: training rows [0, 24) at stride 8 (3 x 3 x 3 subvolumes); validation rows
+    # [24, 36): origins 24 and 28 (flush with the slab's end), 3 x 2 x 3
+    assert store.ndim == 3 and store.size("train") == 27 and store.size("val") == 18
+    info = store.micrographs()[0]
+    assert info["shape"] == [24, 48, 24] and info["heldout_rows"] == [36, 48]
+    store.close()
+    ev = json.load(open(out + "/evaluation.json"))
+    assert ev["rows"] == [36, 48] and ev["rows_are"].startswith("held out")
+    assert 0.5 < ev["cc_raw"] < 1 and numpy.isfinite(ev["cc_denoised"])
+
+
+@pytest.fixture(scope="module")
+def halves_denoised(trained):
+    """The trained model (CPU) and cupyden.denoise of each half tomogram."""
+    import cupyden
+    from cupyden.io.tiff import read_image
+
+    _, even, odd, out = trained
+    model = cupyden.load_model(out + "/model.h5", device=-1)
+    a, b = read_image(even).data, read_image(odd).data
+    return model, a, b, cupyden.denoise(model, a), cupyden.denoise(model, b)
+
+
+def test_denoise_a_tomogram_and_the_mean_of_its_halves(trained, halves_denoised, tmp_path):
+    """cupyden-denoise on one volume equals cupyden.denoise; with --odd the output is the
+    mean of the two denoised halves, under the name the halves share."""
+    import mrcfile
+
+    import cupyden
+    from cupyden.cli import denoise
+    from cupyden.errors import InputError
+
+    _, even, odd, out = trained
+    model, a, b, den_a, den_b = halves_denoised
+    assert den_a.shape == a.shape and den_a.dtype == numpy.float32
+    assert rel(cupyden.denoise(model, a, odd=b), (den_a + den_b) / 2) < 1e-6
+    args = ["-d", "-1", "--no-progress", "-o", str(tmp_path)]
+    assert denoise.main([out + "/model.h5", even] + args) == 0
+    assert rel(mrcfile.read(str(tmp_path / "TS_01_half1.mrc")), den_a) < 1e-6
+    assert denoise.main([out + "/model.h5", even, "--odd", odd] + args) == 0
+    with mrcfile.open(str(tmp_path / "TS_01.mrc")) as m:
+        assert rel(m.data, (den_a + den_b) / 2) < 1e-6 and abs(m.voxel_size.x - 13.5) < 1e-4
+    with pytest.raises(InputError, match="volumes"):
+        cupyden.denoise(model, a[0])                       # a micrograph for a 3-D model
+
+
+def _tomograms_star(path, halves):
+    """A RELION 5 tomograms STAR file: data_global (one row per tilt series) and a
+    per-tilt-series block."""
+    import pandas
+    import starfile
+
+    glob = pandas.DataFrame({"rlnTomoName": ["TS_01"], "rlnVoltage": [300.0],
+                             "rlnTomoTiltSeriesPixelSize": [1.35],
+                             "rlnTomoReconstructedTomogramHalf1": [halves[0]],
+                             "rlnTomoReconstructedTomogramHalf2": [halves[1]]})
+    tilts = pandas.DataFrame({"rlnTomoNominalStageTiltAngle": [-3.0, 0.0, 3.0],
+                              "rlnMicrographName": ["t1.mrc", "t2.mrc", "t3.mrc"]})
+    starfile.write({"global": glob, "TS_01": tilts}, str(path))
+
+
+def test_relion5_tomograms_star_in_and_out(trained, halves_denoised, tmp_path):
+    """A tomograms STAR file as training input (its pairs of halves) and as denoising
+    input: DIR/TS_01.mrc and denoised_tomograms.star with the denoised column, the other
+    block kept."""
+    pytest.importorskip("starfile")
+    import mrcfile
+    import starfile
+
+    from cupyden.cli import denoise
+    from cupyden.pipeline.train import recipe, sources
+
+    _, even, odd, out = trained
+    star = tmp_path / "tomograms.star"
+    _tomograms_star(star, [even, odd])
+    o = recipe([str(star)], pairs="halves")
+    assert o["volumes"] and o["arch"] == "unet3d" and o["stride"] == o["patch_size"]
+    assert sources(o) == [(even, odd)]
+    dest = tmp_path / "den"
+    assert denoise.main([out + "/model.h5", str(star), "-o", str(dest), "-d", "-1",
+                         "--no-progress"]) == 0
+    den_a, den_b = halves_denoised[3:]
+    assert rel(mrcfile.read(str(dest / "TS_01.mrc")), (den_a + den_b) / 2) < 1e-6
+    blocks = starfile.read(str(dest / "denoised_tomograms.star"), always_dict=True)
+    assert list(blocks) == ["global", "TS_01"]
+    g = blocks["global"]
+    assert g["rlnTomoReconstructedTomogramDenoised"].tolist() == [str(dest / "TS_01.mrc")]
+    assert g["rlnTomoReconstructedTomogramHalf1"].tolist() == [even]
+    assert len(blocks["TS_01"]) == 3

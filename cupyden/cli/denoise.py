@@ -162,7 +162,7 @@ def _log(line):
 
 def _said(job):
     from tqdm import tqdm
-    tqdm.write("%s -> %s" % job)
+    tqdm.write("%s -> %s" % (job.source, job.target))
 
 
 def main(argv=None):
