@@ -414,6 +414,9 @@ def training_config(o, store):
         raise InputError("%s holds %d-D patches; --arch %s needs %s" % (
             store.path, store.ndim, o["arch"], "subvolumes" if o["arch"] in VOLUME_ARCHS
             else "micrograph patches"))
+    if o["arch"] == "unet3d" and store.patch < 8:
+        raise InputError("--patch-size %d is smaller than the 3-D U-Net's pooling grid (8 "
+                         "voxels); use 64 (or at least 8)" % store.patch)
     if o["init"]:                                   # the architecture is the weights'
         model_cfg = initial_weights(o["init"])[0]
     weights = _loss_weights(o)
