@@ -37,7 +37,7 @@ Options:
   --volume DxHxW    Tomogram size, voxels [default: 96x256x256]
   --voxel-size A    Å/voxel [default: 8]
   --seed S          Simulation and training seed [default: 0]
-  --arch NAME       N2N network (cupyden.train's arch) [default: unet]
+  --arch NAME       N2N network (cupyden.train's arch) [default: unet3d]
   --patch-size PX   Training patch side, voxels [default: 64]
   --batch-size N    Patches per step [default: 4]
   --quick           A tiny CPU-sized case (32x64x64 voxels, 0.2 minutes each, 32^3

@@ -29,11 +29,11 @@ import numpy
 
 from .backend import get_array_module
 from .layers import (BatchNorm2d, BatchNorm3d, Concat, Conv2d, Conv3d, Dropout, Flatten,
-                     LeakyReLU, Linear, MaxPool2d, MaxPool3d, ReflectionPad2d, ReLU, Upsample2d,
-                     Upsample3d, UpsampleConcat)
+                     LeakyReLU, Linear, MaxPool2d, MaxPool3d, ReflectionPad2d, ReflectionPad3d,
+                     ReLU, Upsample2d, Upsample3d, UpsampleConcat)
 from .losses import LOSSES, Objective
 from .losses.contrastive import contrastive_backward, contrastive_forward
-from .models import DnCNN, F2FdUNet, Siamese, TopazUNet, UNet
+from .models import DnCNN, F2FdUNet, Siamese, TopazUNet, UNet, UNet3d
 from .models.base import Model
 from .optim.params import Parameters
 
@@ -344,6 +344,7 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     cases.append(case._replace(forward=lambda xs: up3.forward(xs[0], (5, 7, 3))))
     add("upsample+concat 3-D to 5x4x6", UpsampleConcat(), [r((1, 2, 2, 2, 3)),
                                                            r((1, 2, 5, 4, 6))])
+    add("reflection_pad3d", ReflectionPad3d(((1, 2), (0, 3), (2, 1))), [r((1, 2, 3, 4, 5))])
     add("batchnorm3d train", BatchNorm3d(2), [r((2, 2, 3, 2, 3))])
     add("dropout 0.3 on a volume", Dropout(0.3, seed=2), [r((1, 2, 3, 4, 3))], reseed=True)
     for name in sorted(LOSSES):
@@ -372,4 +373,6 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
     add("model f2fd-unet 3-D depth 1, dropout 0.3",
         F2FdUNet(ndim=3, nf=2, depth=1, dropout_p=0.3, seed=seed), [r((1, 1, 4, 2, 6))],
         reseed=True)
+    add("model unet3d base 2 depth 2 (padded, residual)", UNet3d(base=2, depth=2, seed=seed),
+        [r((1, 1, 5, 6, 7))])
     return cases

@@ -1,11 +1,11 @@
-"""Tiled inference on micrographs of any size.
+"""Tiled inference on micrographs and tomograms of any size: one tiler for every model.
 
-The image is cut into cores of ``tile`` x ``tile`` pixels that cover it exactly; each
-core is processed with a halo of ``halo`` pixels on every side, and only the core of each
+The image (H, W) or volume (D, H, W) is cut into cores that cover it exactly; each core is
+processed with a halo of ``halo`` pixels (voxels) on every side, and only the core of each
 output is kept. With halo >= (receptive field - 1) / 2 every output pixel sees exactly
 the input it would see in one whole-image pass, so tiled output equals untiled output (to
 float32 rounding), while memory stays bounded by the tile. Normalisation is one statistic
-for the whole micrograph, never per tile.
+for the whole micrograph or volume, never per tile.
 
 At the image's own borders the halo is the image mirrored (``numpy.pad`` mode "reflect"),
 not the networks' zero padding: with zeros, the outermost 1-2 rows and columns of a
@@ -16,8 +16,14 @@ Pixels processed: sum over tiles of (core + 2 halo)^2; for a 4096 x 4096 microgr
 2048 px cores and the DnCNN's 12 px halo give 1.012x the image's pixels plus the mirrored
 border, 1.023x in all (Topaz-Denoise's default 1024 px tiles with 500 px padding process
 ~3x).
+
+Volumes: the core is chosen from a GPU memory budget (:func:`volume_tile`). For the 3-D
+U-Net (``models.UNet3d``: halo 48 voxels, 16 channels at full resolution) and a
+512 x 1024 x 1024 tomogram in float16: cores of 256^3, windows of 352^3, 32 windows,
+2.6x the tomogram's voxels processed (arithmetic in :data:`TILE_BUDGET`).
 """
 
+import itertools
 import math
 from typing import NamedTuple
 
@@ -28,7 +34,7 @@ from .io.patches import normalization
 
 
 class Tile(NamedTuple):
-    """One tile: the input window [y0, y1) x [x0, x1) and its core [cy0, cy1) x [cx0, cx1)."""
+    """One 2-D tile: the input window [y0, y1) x [x0, x1) and its core [cy0, cy1) x [cx0, cx1)."""
     y0: int
     y1: int
     x0: int
@@ -38,17 +44,69 @@ class Tile(NamedTuple):
     cx0: int
     cx1: int
 
+    @property
+    def pixels(self):
+        """Input pixels of the window."""
+        return (self.y1 - self.y0) * (self.x1 - self.x0)
+
+
+class Box(NamedTuple):
+    """One tile of any number of axes: per axis, the input window [start, stop) and its
+    core [start, stop).
+
+    window, core : tuples of (int, int), one per axis
+    """
+    window: tuple
+    core: tuple
+
+    @property
+    def pixels(self):
+        """Input pixels (voxels) of the window."""
+        return int(numpy.prod([b - a for a, b in self.window]))
+
 
 def halo_for(model):
     """Halo in pixels: half the receptive field, rounded up to the model's size multiple
-    (8 for the U-Net, whose pooling grid must line up with the whole image's)."""
+    (8 for the U-Nets, whose pooling grid must line up with the whole image's)."""
     m = getattr(model, "multiple", 1)
     h = model.receptive_field // 2                   # = ceil((rf - 1) / 2)
     return int(math.ceil(h / m) * m)
 
 
+def plan_boxes(shape, tile, halo, multiple=1):
+    """Tiles covering an array of ``shape`` (any number of axes).
+
+    Along each axis of length n, cores start at 0, t, 2t, ... (t = the tile's side rounded
+    down to ``multiple``); the last core ends at n. Each window is its core widened by
+    ``halo`` on both sides and clipped to [0, n).
+
+    Parameters
+    ----------
+    shape : tuple of int
+    tile : int or tuple of int
+        Core side in pixels, one for all axes or one per axis.
+    halo : int
+        Pixels of context on each side.
+    multiple : int
+        Core origins are multiples of this.
+
+    Returns
+    -------
+    list of Box
+        In row-major order of the cores.
+    """
+    tiles = (tile,) * len(shape) if numpy.isscalar(tile) else tuple(tile)
+    axes = []
+    for n, t in zip(shape, tiles):
+        t = max(multiple, int(t) // multiple * multiple)
+        axes.append([((max(0, c0 - halo), min(n, min(n, c0 + t) + halo)), (c0, min(n, c0 + t)))
+                     for c0 in range(0, n, t)])
+    return [Box(tuple(w for w, _ in combo), tuple(c for _, c in combo))
+            for combo in itertools.product(*axes)]
+
+
 def plan_tiles(H, W, tile, halo, multiple=1):
-    """Tiles covering an H x W image.
+    """Tiles covering an H x W image (:func:`plan_boxes` in 2-D).
 
     Parameters
     ----------
@@ -64,19 +122,14 @@ def plan_tiles(H, W, tile, halo, multiple=1):
     -------
     list of Tile
     """
-    tile = max(multiple, tile // multiple * multiple)
-    out = []
-    for cy0 in range(0, H, tile):
-        for cx0 in range(0, W, tile):
-            cy1, cx1 = min(H, cy0 + tile), min(W, cx0 + tile)
-            out.append(Tile(max(0, cy0 - halo), min(H, cy1 + halo), max(0, cx0 - halo),
-                            min(W, cx1 + halo), cy0, cy1, cx0, cx1))
-    return out
+    return [Tile(b.window[0][0], b.window[0][1], b.window[1][0], b.window[1][1],
+                 b.core[0][0], b.core[0][1], b.core[1][0], b.core[1][1])
+            for b in plan_boxes((H, W), tile, halo, multiple)]
 
 
 def pixels_processed(tiles):
-    """Total input pixels over all tiles."""
-    return sum((t.y1 - t.y0) * (t.x1 - t.x0) for t in tiles)
+    """Total input pixels (voxels) over all tiles (Tile or Box)."""
+    return sum(t.pixels for t in tiles)
 
 
 #: At most this many pixels per forward pass (whatever --batch-size says): four 2072 px
@@ -84,9 +137,61 @@ def pixels_processed(tiles):
 #: micrograph on an H200; one tile per pass keeps it under 16 GB.
 PASS_PIXELS = 1 << 23
 
+#: Bytes of activations one 3-D forward pass may hold (:func:`volume_tile`). A U-Net in
+#: evaluation mode keeps no caches; its peak is at the top decoder level, where the skip
+#: (c channels), the upsampled-and-concatenated input (3c) and a convolution's output (c)
+#: are alive at once, plus cuDNN's workspace: about 6c channels per window voxel, c being
+#: the first level's width (16 for UNet3d: 192 bytes per voxel in float16, 384 in
+#: float32). 10 GiB: 352^3 windows in float16. With the volume's own buffers on the GPU
+#: (the raw input, the mirrored normalised copy, the output: 3 x 2 GiB plus the halo for
+#: 512 x 1024 x 1024 float32), the memory pool of a 512 x 1024 x 1024 tomogram stays under
+#: 24 GB (``benchmarks/tomo_large.py`` measures it).
+TILE_BUDGET = 10 << 30
 
-def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
-    """Denoise one micrograph.
+
+def first_width(model):
+    """Output channels of the model's first convolution (its full-resolution width)."""
+    for _, layer in model.named_layers():
+        if "w" in layer.params:
+            return int(layer.params["w"].shape[0])
+    return 1
+
+
+def volume_tile(shape, model, itemsize=4, budget=TILE_BUDGET):
+    """Core sides (D, H, W) for a volume, from a memory budget.
+
+    The largest cube side s (a multiple of the model's ``multiple``) whose window
+    (s + 2 halo)^3 holds ``6 x first_width x itemsize`` bytes per voxel within ``budget``
+    (:data:`TILE_BUDGET`); then each axis of length n is split into ceil(n / s) equal
+    cores (rounded up to the multiple), so no window is a sliver.
+
+    Parameters
+    ----------
+    shape : (int, int, int)
+    model : Model
+    itemsize : int
+        Bytes per activation value (2 for float16, 4 for float32).
+    budget : int
+        Bytes.
+
+    Returns
+    -------
+    tuple of int
+    """
+    m = getattr(model, "multiple", 1)
+    halo = halo_for(model)
+    per_voxel = 6 * first_width(model) * itemsize
+    side = int((budget / per_voxel) ** (1 / 3)) - 2 * halo
+    side = max(m, side // m * m)
+    out = []
+    for n in shape:
+        count = -(-n // side)
+        out.append(-(-(-(-n // count)) // m) * m)          # ceil(n / count), up to m
+    return tuple(out)
+
+
+def denoise_array(model, image, xp, tile=None, batch_size=4, norm=None):
+    """Denoise one micrograph or one volume.
 
     The tiles are cut from, and the output assembled in, ``xp``'s memory: an image already
     on the GPU is never copied to the host, and the result stays where the input was.
@@ -94,13 +199,14 @@ def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
     Parameters
     ----------
     model : Model
-        In evaluation mode, on ``xp``.
-    image : numpy or cupy array (H, W)
+        In evaluation mode, on ``xp``; 2-D for (H, W), 3-D for (D, H, W).
+    image : numpy or cupy array (H, W) or (D, H, W)
         Raw values (any real dtype).
     xp : module
         The model's array module.
-    tile : int
-        Core size in pixels.
+    tile : int, tuple of int or None
+        Core side in pixels (voxels), or one per axis; None: 2048 for a micrograph,
+        :func:`volume_tile` for a volume.
     batch_size : int
         Tiles of the same shape per forward pass, at most ``PASS_PIXELS`` pixels.
     norm : Normalization or None
@@ -108,34 +214,43 @@ def denoise_array(model, image, xp, tile=2048, batch_size=4, norm=None):
 
     Returns
     -------
-    denoised : float32 array (H, W), of the input's array module (NumPy or CuPy)
+    denoised : float32 array, the image's shape, of the input's array module (NumPy or
+        CuPy)
         In the input's units (normalisation inverted).
     stats : dict
-        "tiles", "pixels_processed", "ratio" (processed / image pixels), "halo".
+        "tiles", "pixels_processed", "ratio" (processed / image pixels), "halo", "tile"
+        (the core sides).
     """
-    H, W = image.shape
+    shape = tuple(image.shape)
     norm = norm or normalization(image)
     halo = halo_for(model)
-    # (H + 2 halo, W + 2 halo): the image mirrored into a halo at its borders (module
+    if tile is None:
+        tile = 2048 if image.ndim == 2 else volume_tile(
+            shape, model, numpy.dtype(getattr(model, "dtype", numpy.float32)).itemsize)
+    # (n + 2 halo) per axis: the image mirrored into a halo at its borders (module
     # docstring); tile windows in these coordinates are the cores widened by the halo
     x = xp.pad(to_device(norm.apply(image), xp), halo, mode="reflect")
-    tiles = [t._replace(y0=t.cy0, y1=t.cy1 + 2 * halo, x0=t.cx0, x1=t.cx1 + 2 * halo)
-             for t in plan_tiles(H, W, tile, halo, getattr(model, "multiple", 1))]
-    out = xp.empty((H, W), numpy.float32)
+    boxes = [b._replace(window=tuple((c0, c1 + 2 * halo) for c0, c1 in b.core))
+             for b in plan_boxes(shape, tile, halo, getattr(model, "multiple", 1))]
+    out = xp.empty(shape, numpy.float32)
     groups = {}
-    for t in tiles:                                   # batch tiles of equal shape
-        groups.setdefault((t.y1 - t.y0, t.x1 - t.x0), []).append(t)
-    for shape, group in groups.items():
-        per_pass = max(1, min(batch_size, PASS_PIXELS // (shape[0] * shape[1])))
+    for b in boxes:                                   # batch tiles of equal shape
+        groups.setdefault(tuple(w1 - w0 for w0, w1 in b.window), []).append(b)
+    for wshape, group in groups.items():
+        per_pass = max(1, min(batch_size, PASS_PIXELS // int(numpy.prod(wshape))))
         for i in range(0, len(group), per_pass):
             chunk = group[i:i + per_pass]
-            batch = xp.stack([x[t.y0:t.y1, t.x0:t.x1] for t in chunk])[:, None]
+            batch = xp.stack([x[tuple(slice(*w) for w in b.window)] for b in chunk])[:, None]
             batch = batch.astype(getattr(model, "dtype", x.dtype), copy=False)   # fp16 model
-            y = model.forward(batch)                  # (n, 1, h, w), on xp
-            for t, yt in zip(chunk, y[:, 0]):
-                out[t.cy0:t.cy1, t.cx0:t.cx1] = yt[halo:halo + t.cy1 - t.cy0,
-                                                   halo:halo + t.cx1 - t.cx0]
-    n = pixels_processed(tiles)
-    stats = {"tiles": len(tiles), "pixels_processed": n, "ratio": n / (H * W), "halo": halo}
-    den = norm.invert(out).astype(numpy.float32, copy=False)
-    return (den if get_array_module(image) is xp else to_host(den)), stats
+            y = model.forward(batch)                  # (n, 1, *window), on xp
+            for b, yb in zip(chunk, y[:, 0]):
+                out[tuple(slice(*c) for c in b.core)] = yb[tuple(
+                    slice(halo, halo + c1 - c0) for c0, c1 in b.core)]
+            del batch, y
+    del x
+    n = pixels_processed(boxes)
+    stats = {"tiles": len(boxes), "pixels_processed": n, "ratio": n / int(numpy.prod(shape)),
+             "halo": halo, "tile": tuple(c1 - c0 for c0, c1 in boxes[0].core)}
+    out *= norm.scale                                 # norm.invert, in place (no copy of a
+    out += norm.loc                                   # volume)
+    return (out if get_array_module(image) is xp else to_host(out)), stats

@@ -21,6 +21,7 @@ import math
 
 import numpy
 
+from .fourier import rfft_k2
 from .losses.ssim import ssim_map
 
 
@@ -32,18 +33,19 @@ def gaussian_highpass(image, cutoff):
 
     Parameters
     ----------
-    image : array (H, W)
+    image : array (H, W), or a volume (D, H, W)
     cutoff : float
         In 1/px (DATA.md uses 1/200).
 
     Returns
     -------
-    float64 array (H, W)
+    float64 array, the image's shape
     """
     x = numpy.asarray(image, numpy.float64)
-    H, W = x.shape
-    k2 = numpy.fft.fftfreq(H)[:, None] ** 2 + numpy.fft.rfftfreq(W)[None, :] ** 2
-    return numpy.fft.irfft2(numpy.fft.rfft2(x) * (1 - numpy.exp(-k2 / (2 * cutoff ** 2))), s=(H, W))
+    k2 = rfft_k2(x.shape)
+    axes = tuple(range(x.ndim))
+    return numpy.fft.irfftn(numpy.fft.rfftn(x) * (1 - numpy.exp(-k2 / (2 * cutoff ** 2))),
+                            s=x.shape, axes=axes)
 
 
 def pearson(a, b):
@@ -66,7 +68,7 @@ def halves_gain(denoised_a, raw_a, raw_b, cutoff=1 / 200):
 
     Parameters
     ----------
-    denoised_a, raw_a, raw_b : arrays (H, W)
+    denoised_a, raw_a, raw_b : arrays (H, W), or volumes (D, H, W)
         f(A), A and B on a region the denoiser was not trained on.
     cutoff : float
         Gaussian high-pass cutoff in 1/px.

@@ -29,6 +29,18 @@ A model trained with --pairs f2fd denoises tomograms (3-D) or micrographs (2-D),
 TIFF, as F2Fd does: the mean over K Fourier-sample inputs x T passes with dropout on, in
 overlapping tiles averaged where they overlap (cupyden/f2fd.py).
 
+A model trained with --pairs halves on half tomograms (3-D U-Net) denoises tomograms (MRC
+or TIFF) in tiles with the receptive field's halo, one normalisation per volume, the
+tile from a GPU memory budget (512 x 1024 x 1024 in 256^3 cores in float16):
+    cupyden-denoise MODEL tomo.mrc -o DIR                     # the volume alone
+    cupyden-denoise MODEL 'even/*.mrc' --odd 'odd/*.mrc' -o DIR
+      # each pair of half tomograms denoised and averaged, as cryoCARE does, written
+      # under the name the halves share (TS_01_half1.mrc -> DIR/TS_01.mrc)
+    cupyden-denoise MODEL Tomograms/job009/tomograms.star -o DIR
+      # RELION 5: each row's two halves (rlnTomoReconstructedTomogramHalf1/Half2)
+      # averaged into DIR/<rlnTomoName>.mrc, and DIR/denoised_tomograms.star: the same
+      # tables with rlnTomoReconstructedTomogramDenoised added
+
 Usage:
   cupyden-denoise [options] MODEL INPUT...
   cupyden-denoise -h | --help
@@ -39,17 +51,19 @@ Arguments:
                       (NAME: unet, unet-small, unet-v0.2.1, fcnn; needs the topaz-em
                       package installed; its micrographs are normalised by mean and
                       standard deviation, as Topaz does).
-  INPUT               Micrographs (tomograms for a 3-D F2Fd model): MRC files (or
-                      TIFF for F2Fd), folders, globs, or RELION STAR files.
+  INPUT               Micrographs (tomograms for a 3-D model): MRC files (or TIFF for
+                      3-D models), folders, globs, or RELION STAR files.
 
 Options:
   -o, --output DIR    Output folder (created) [default: denoised]
   --suffix S          Text added to each output's basename before .mrc [default: ]
   --format F          mrc, or png for an 8-bit preview per micrograph (binned to at
                       most 1024 px, 0.5-99.5 percentile contrast) [default: mrc]
-  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, or for an
-                      F2Fd model its training patch (tiles overlap by a quarter)
-                      [default: auto]
+  --odd PATTERN       Odd half tomograms (files, folder or glob), paired with INPUT by
+                      name: each pair is denoised and averaged (3-D U-Net models).
+  --patch-size PX     Tile core size in pixels (after binning); auto = 2048, for an
+                      F2Fd model its training patch (tiles overlap by a quarter), for a
+                      3-D U-Net from the GPU memory budget [default: auto]
   --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
   --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
@@ -100,6 +114,8 @@ def _parse(args):
         "passes": as_int(args, "--passes", 1), "float16": args["--float16"],
         "only_unfinished": args["--only-unfinished"],
         "star_columns": (args["--star-column"],)}
+    if args["--odd"]:
+        o["options"]["odd"] = args["--odd"]
     if args["--gpus"] is not None:
         try:
             o["gpus"] = [int(g) for g in args["--gpus"].split(",")]
@@ -116,6 +132,8 @@ def _body(args):
     from ..pipeline.denoise import denoise_files, load_model
 
     o = _parse(args)
+    if (o["gpus"] is not None or o["scheduler"]) and "odd" in o["options"]:
+        raise InputError("--odd runs on one device; drop --gpus/--scheduler")
     if o["gpus"] is not None or o["scheduler"]:
         from ..pipeline.dask_workers import denoise_files_dask
         result = denoise_files_dask(o["model"], o["inputs"], o["output"], gpus=o["gpus"],
@@ -144,7 +162,7 @@ def _log(line):
 
 def _said(job):
     from tqdm import tqdm
-    tqdm.write("%s -> %s" % job)
+    tqdm.write("%s -> %s" % (job.source, job.target))
 
 
 def main(argv=None):

@@ -14,7 +14,12 @@ Pair sources (--pairs), INPUT being MRC files, folders or globs:
                 binomially into two halves (needs Poisson-like noise; see --dose)
   movie         each INPUT is a movie, an MRC stack (.mrc, .mrcs) or a TIFF (.tif,
                 .tiff; LZW needs 'cupyden[movies]'): even/odd frame sums (--gain)
-  halves        INPUT are the even half micrographs, --odd the odd ones, paired by name
+  halves        INPUT are the even half micrographs, --odd the odd ones, paired by name;
+                or even/odd half tomograms (MRC or TIFF volumes), or a RELION 5
+                tomograms STAR file (rlnTomoReconstructedTomogramHalf1/Half2; no --odd):
+                a 3-D U-Net (--arch unet3d) on subvolumes of --patch-size^3, rotated
+                about the tilt axis (y) and flipped; validation and held-out slabs
+                along y
   gaussian      each INPUT is a clean image; Gaussian noise of sigma --noise-level
   poisson       each INPUT is a clean image; Poisson counts of mean --noise-level per px
   f2fd          one INPUT, a tomogram (MRC or TIFF volume) or a single micrograph (MRC
@@ -24,11 +29,15 @@ Pair sources (--pairs), INPUT being MRC files, folders or globs:
 
 Options:
   --pairs SOURCE      Pair source, as above [default: count-split]
-  --odd PATTERN       Odd half micrographs (folder or glob) for --pairs halves.
+  --odd PATTERN       Odd half micrographs or tomograms (folder or glob) for --pairs
+                      halves.
   --store H5          Train from an existing patch store instead of building one.
   --arch ARCH         dncnn, unet, or topaz (Topaz-Denoise's UDenoiseNet: 48 features,
                       5 poolings, receptive field 298 px; patches best a multiple of
-                      32 px); --pairs f2fd: always F2Fd's U-Net [default: dncnn]
+                      32 px) for micrographs; unet3d (cryoCARE-like 3-D U-Net: 3
+                      poolings, receptive field 96 voxels) for tomograms; auto = unet3d
+                      for tomograms, else dncnn; --pairs f2fd: always F2Fd's U-Net
+                      [default: auto]
   --init W            Start from these weights (fine-tuning): a model.h5 of
                       cupyden-train, or topaz:NAME, a pretrained Topaz-Denoise model
                       (unet, unet-small, unet-v0.2.1, fcnn; needs topaz-em installed,
@@ -36,7 +45,8 @@ Options:
                       sizes are then ignored).
   --depth N           DnCNN conv layers [default: 12]
   --width N           DnCNN channels [default: 32]
-  --base N            U-Net channels at the first level [default: 32]
+  --base N            U-Net channels at the first level; auto = 32 (unet), 16
+                      (unet3d, cryoCARE's) [default: auto]
   --loss LOSS         Base loss, mse or l1 [default: mse]
   --fourier-weight W  Weight of the Fourier loss (MSE of log power spectra, on the scale
                       of the pixel MSE); the seeds used 0.1 [default: 0]
@@ -59,14 +69,17 @@ Options:
                       [default: 3]
   --batch-size N      Patch pairs per step [default: 16]
   --patch-size PX     Patch side in pixels (after binning) [default: 64]
-  --stride PX         Step between training patch origins in pixels [default: 32]
+  --stride PX         Step between training patch origins in pixels; auto = 32, and the
+                      patch size for tomograms (subvolumes that do not overlap)
+                      [default: auto]
   --steps N           Optimisation steps; auto = 150 for the embedded crop (under 3
                       minutes on 2 CPU cores), else 2000 [default: auto]
   --epochs E          Passes over the training patches; overrides --steps when given.
   --max-minutes M     Stop (after a last validation) once training has run this long,
                       in minutes; 0 = no limit [default: 0]
-  --val-fraction F    Share of each micrograph's rows, below the training rows, that
-                      validate: they choose the best checkpoint [default: 0.125]
+  --val-fraction F    Share of each micrograph's rows (a tomogram's y extent), below the
+                      training rows, that validate: they choose the best checkpoint
+                      [default: 0.125]
   --holdout-fraction F  Share of each micrograph's rows at the bottom that neither
                       training nor the checkpoint choice sees; the evaluation printed
                       at the end scores the first micrograph's (with 0 it scores the
@@ -148,7 +161,9 @@ from .common import as_choice, as_float, as_int, run
 def _parse(args):
     """(inputs, output folder, keyword arguments of ``cupyden.pipeline.train.train``)."""
     kw = {"pairs": as_choice(args, "--pairs", SOURCES),
-          "arch": as_choice(args, "--arch", ARCHS),
+          "arch": None if args["--arch"] == "auto" else as_choice(args, "--arch", ARCHS),
+          "base": None if args["--base"] == "auto" else as_int(args, "--base", 1),
+          "stride": None if args["--stride"] == "auto" else as_int(args, "--stride", 1),
           "loss": as_choice(args, "--loss", ("mse", "l1")),
           "normalize": as_choice(args, "--normalize", NORMALIZATIONS),
           "lr": None if args["--lr"] == "auto" else as_float(args, "--lr", 0),
@@ -183,7 +198,7 @@ def _parse(args):
                    "passes": as_int(args, "--passes", 1)}}
     for key, term in (("fourier", "fourier"), ("ssim", "ssim"), ("msssim", "msssim"), ("grad", "grad")):
         kw[key + "_weight"] = as_float(args, "--%s-weight" % term, 0)
-    for key in ("depth", "width", "base", "batch-size", "patch-size", "stride", "val-every",
+    for key in ("depth", "width", "batch-size", "patch-size", "val-every",
                 "val-patches", "drop-frames", "seed"):
         kw[key.replace("-", "_")] = as_int(args, "--" + key, {"drop-frames": 0, "seed": 0,
                                                                "depth": 2}.get(key, 1))

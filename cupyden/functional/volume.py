@@ -1,4 +1,5 @@
-"""3-D operations for tomograms: convolution, max pooling, nearest upsampling.
+"""3-D operations for tomograms: convolution, max pooling, nearest upsampling, reflection
+padding.
 
 Shapes: x (N, C, D, H, W) (D = z slices); a 3-D kernel w (F, C, K, K, K) with K odd,
 stride 1 and zero padding P = K // 2 ("same": the output keeps D x H x W).
@@ -27,7 +28,7 @@ from typing import NamedTuple
 
 import numpy
 
-from ..backend import channels_last_gpu, get_array_module
+from ..backend import channels_last_gpu, empty_like_memory, get_array_module, in_memory_order
 from . import conv_cudnn
 from .activation import activate_, activation_backward
 from .conv import channel_sum
@@ -227,3 +228,86 @@ def upsample3d_backward(dy, cache):
         return xp.moveaxis(xp.matmul(xp.moveaxis(a, axis, -1), select), -1, axis)
 
     return xp.ascontiguousarray(fold(fold(fold(dy, d2, 4, W), d1, 3, H), d0, 2, D))
+
+
+class ReflectionPad3dCache(NamedTuple):
+    """pads : ((front, back), (top, bottom), (left, right)) in voxels; x_shape :
+    (N, C, D, H, W)."""
+    pads: tuple
+    x_shape: tuple
+
+
+def reflection_pad3d_forward(x, pads):
+    """Reflection padding of the three spatial axes (the edge voxel is not repeated).
+
+    Along each axis of size n with pads (lo, hi): xpad[i] = x[r(i - lo)] with r(k) = -k
+    for k < 0, 2 (n - 1) - k for k > n - 1, k otherwise (``numpy.pad`` mode "reflect";
+    the 3-D twin of ``shape.reflection_pad2d_forward``). Each pad must be smaller than its
+    axis.
+
+    Parameters
+    ----------
+    x : array (N, C, D, H, W)
+    pads : ((int, int), (int, int), (int, int))
+        Voxels added before and after along D, H and W.
+
+    Returns
+    -------
+    y : array (N, C, D + front + back, H + top + bottom, W + left + right), x's layout
+    cache : ReflectionPad3dCache
+    """
+    xp = get_array_module(x)
+    pads = tuple((int(lo), int(hi)) for lo, hi in pads)
+    widths = ((0, 0), (0, 0)) + pads
+    (v,), undo = in_memory_order(x)                  # pad in memory order: x's layout kept
+    order = numpy.argsort(undo)
+    y = xp.pad(v, [widths[i] for i in order], mode="reflect").transpose(undo)
+    return y, ReflectionPad3dCache(pads, x.shape)
+
+
+def reflection_pad3d_backward(dy, cache):
+    """Fold the gradients of the reflected borders back onto the voxels they copy, one
+    axis at a time: along an axis of size n with pads (lo, hi), padded index i < lo copies
+    lo - i and padded index lo + n + i copies n - 2 - i.
+
+    Parameters
+    ----------
+    dy : array (N, C, D + front + back, H + top + bottom, W + left + right)
+    cache : ReflectionPad3dCache
+
+    Returns
+    -------
+    dx : array (N, C, D, H, W), dy's layout
+    """
+    d = dy
+    for axis, ((lo, hi), n) in enumerate(zip(cache.pads, cache.x_shape[2:]), start=2):
+        def at(i):
+            return (slice(None),) * axis + (i,)
+        shape = d.shape[:axis] + (n,) + d.shape[axis + 1:]
+        out = empty_like_memory(d, shape)
+        (o, v), _ = in_memory_order(out, d[at(slice(lo, lo + n))])
+        o[...] = v                                   # the unpadded part along this axis
+        for i in range(lo):
+            out[at(lo - i)] += d[at(i)]
+        for i in range(hi):
+            out[at(n - 2 - i)] += d[at(lo + n + i)]
+        d = out
+    return d
+
+
+def reflection_pad3d_naive(x, pads):
+    """Loop reference of :func:`reflection_pad3d_forward` (tests only): every output voxel
+    read through r(k) along each axis."""
+    xp = get_array_module(x)
+    N, C = x.shape[:2]
+    sizes = x.shape[2:]
+
+    def r(k, n):
+        return -k if k < 0 else 2 * (n - 1) - k if k > n - 1 else k
+
+    out = [n + lo + hi for n, (lo, hi) in zip(sizes, pads)]
+    y = xp.zeros((N, C) + tuple(out), x.dtype)
+    for z, i, j in product(*(range(m) for m in out)):
+        y[:, :, z, i, j] = x[:, :, r(z - pads[0][0], sizes[0]), r(i - pads[1][0], sizes[1]),
+                             r(j - pads[2][0], sizes[2])]
+    return y

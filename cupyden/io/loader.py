@@ -57,7 +57,8 @@ class Loader:
 
     Yields
     ------
-    (x, target) : arrays of ``xp`` (batch_size // world, 1, P, P), float32
+    (x, target) : arrays of ``xp`` (batch_size // world, 1, P, P) (or (..., P, P, P) for
+        subvolumes), float32
         Valid until the next batch is taken.
     """
 
@@ -73,8 +74,7 @@ class Loader:
         b = batch_size // world
         self.part = slice(rank * b, (rank + 1) * b)       # this rank's share of a batch
         self.per_epoch = self.n // batch_size
-        P = store.patch
-        shape = (b, 1, P, P)
+        shape = (b,) + store.sample_shape              # (b, 1, P, P) or (b, 1, P, P, P)
         gpu = xp is not numpy
         alloc = backend.pinned_empty if gpu else numpy.empty
         self.host = [(alloc(shape, numpy.float32), alloc(shape, numpy.float32))

@@ -22,6 +22,7 @@ import numpy
 from ..backend import get_array_module, to_host
 from ..errors import InputError
 from .mrc import read_mrc
+from .tiff import image_shape
 
 #: Noise power in [0.1, 0.3] Nyquist over that in [0.6, 0.95] Nyquist must lie in this
 #: range: the K2 micrograph gives 0.99; a Gaussian blur of sigma 0.5 px gives 2.5.
@@ -186,7 +187,9 @@ def count_split(image, pixel_size, dose=None, seed=0, name="micrograph"):
 _HALF_TAG = re.compile(r"[_.-](even|odd|evn|half1|half2)$", re.IGNORECASE)
 
 
-def _key(path):
+def half_key(path):
+    """A half's basename without its extension and its half tag (``_even``, ``_odd``,
+    ``_EVN``, ``_ODD``, ``_half1``, ``_half2``): the name the two halves share."""
     base = os.path.splitext(os.path.basename(path))[0]
     return _HALF_TAG.sub("", base)
 
@@ -240,8 +243,8 @@ def expand_sources(patterns, star_columns=("rlnMicrographName",)):
     return out
 
 
-def pair_halves(even, odd):
-    """Pair even and odd half micrographs by basename.
+def pair_halves(even, odd, volumes=False):
+    """Pair even and odd half micrographs (or half tomograms) by basename.
 
     A trailing ``_even``/``_odd`` (or ``_EVN``, ``_ODD``, ``_half1``, ``_half2``) before
     the extension is ignored, so ``mic01_EVN.mrc`` pairs with ``mic01_ODD.mrc``.
@@ -250,6 +253,8 @@ def pair_halves(even, odd):
     ----------
     even, odd : str or list of str
         Folders, globs or files.
+    volumes : bool
+        Half tomograms (MRC or TIFF volumes) instead of half micrographs (MRC images).
 
     Returns
     -------
@@ -261,8 +266,8 @@ def pair_halves(even, odd):
     InputError
         Names without a partner (all listed), or pairs whose shapes differ (all listed).
     """
-    ev = {_key(p): p for p in expand(even)}
-    od = {_key(p): p for p in expand(odd)}
+    ev = {half_key(p): p for p in expand(even)}
+    od = {half_key(p): p for p in expand(odd)}
     only_even, only_odd = sorted(set(ev) - set(od)), sorted(set(od) - set(ev))
     if only_even or only_odd:
         raise InputError("unmatched half micrographs: even only: [%s]; odd only: [%s]"
@@ -274,8 +279,11 @@ def pair_halves(even, odd):
                          "name the other half of each exposure" % ", ".join(same))
     bad = []
     for e, o in pairs:
-        se = read_mrc(e, ndim=2, mmap=True, check_values=False).data.shape
-        so = read_mrc(o, ndim=2, mmap=True, check_values=False).data.shape
+        if volumes:
+            se, so = image_shape(e), image_shape(o)
+        else:
+            se = read_mrc(e, ndim=2, mmap=True, check_values=False).data.shape
+            so = read_mrc(o, ndim=2, mmap=True, check_values=False).data.shape
         if se != so:
             bad.append("%s %s vs %s %s" % (os.path.basename(e), se, os.path.basename(o), so))
     if bad:

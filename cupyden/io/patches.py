@@ -35,12 +35,20 @@ class Normalization(NamedTuple):
         return y * self.scale + self.loc
 
 
+#: A volume's statistic comes from at most about this many of its voxels, a regular
+#: subsample (every k-th voxel in memory order): the median of all 512 x 1024 x 1024
+#: voxels of a tomogram would need a 4 GiB float64 copy and a sort on the GPU.
+VOLUME_SAMPLES = 1 << 24
+
+
 def normalization(image, method="robust", name="the image"):
-    """The normalisation statistic of one micrograph.
+    """The normalisation statistic of one micrograph or volume.
 
     Parameters
     ----------
     image : array (H, W) or (Z, H, W)
+        A volume of more than ``VOLUME_SAMPLES`` voxels is sampled at every k-th voxel
+        (k = ceil(size / VOLUME_SAMPLES)); a micrograph is used whole.
     method : "robust", "percentile" or "meanstd"
     name : str
         The micrograph's name, for the message.
@@ -55,7 +63,10 @@ def normalization(image, method="robust", name="the image"):
         Unknown method, or a constant image.
     """
     xp = get_array_module(image)
-    x = image.astype(numpy.float64).ravel()
+    x = image.ravel()
+    if image.ndim == 3 and x.size > VOLUME_SAMPLES:
+        x = x[::-(-x.size // VOLUME_SAMPLES)]          # (ceil(size / k),) voxels
+    x = x.astype(numpy.float64)
     if method == "robust":
         loc = float(xp.median(x))
         scale = 1.4826 * float(xp.median(abs(x - loc)))
@@ -174,22 +185,26 @@ def patch_rows(a, b, patch, stride, rows=None):
     """Cut aligned patches from two views, one row of patch origins at a time.
 
     The patches come in the order of :func:`cut_patches` (origins row by row, left to
-    right), so a store can be filled while only one row of patches exists: the memory a
-    micrograph's patches need is (number of columns) x patch^2, not the whole set.
+    right; for volumes, slab by slab along z, then row by row), so a store can be filled
+    while only one row of patches exists: the memory a micrograph's patches need is
+    (number of columns) x patch^2 (x patch for volumes), not the whole set.
 
     Parameters
     ----------
-    a, b : arrays (H, W), float32, normalised (numpy or cupy; cut where they live)
+    a, b : arrays (H, W) or (D, H, W), float32, normalised (numpy or cupy; cut where
+        they live)
     patch : int
-        Side in pixels.
+        Side in pixels (voxels).
     stride : int
-        Step between patch origins, in pixels.
+        Step between patch origins, in pixels, along every axis.
     rows : (int, int) or None
-        Only patches lying wholly within rows [r0, r1).
+        Only patches lying wholly within rows [r0, r1) (the H axis, y; for a tomogram the
+        tilt axis, so each slab holds the whole depth and width).
 
     Yields
     ------
-    pa, pb : arrays (n, 1, patch, patch), float32, C-contiguous
+    pa, pb : arrays (n, 1, patch, patch) (or (n, 1, patch, patch, patch)), float32,
+        C-contiguous
         The patches whose origins lie on one row.
 
     Raises
@@ -197,19 +212,28 @@ def patch_rows(a, b, patch, stride, rows=None):
     InputError
         The region is smaller than one patch.
     """
-    r0, r1 = rows if rows is not None else (0, a.shape[0])
+    r0, r1 = rows if rows is not None else (0, a.shape[-2])
     ys = [r0 + y for y in patch_origins(r1 - r0, patch, stride)]
-    xs = patch_origins(a.shape[1], patch, stride)
-    if not ys or not xs:
-        raise InputError("a region of %dx%d px is smaller than one %d px patch; use a "
-                         "smaller --patch-size" % (r1 - r0, a.shape[1], patch))
+    xs = patch_origins(a.shape[-1], patch, stride)
+    zs = [None] if a.ndim == 2 else patch_origins(a.shape[0], patch, stride)
+    if not ys or not xs or not zs:
+        raise InputError("a region of %s px is smaller than one %d px patch; use a "
+                         "smaller --patch-size" % ("x".join(map(str, a.shape[:-2] + (
+                             r1 - r0, a.shape[-1]))), patch))
     xp = get_array_module(a)
     cols = xp.asarray(numpy.asarray(xs)[:, None] + numpy.arange(patch))     # (n, P)
-    for y in ys:
-        # band[:, cols] is (P, n, P): the band's rows, then each patch's columns
-        yield tuple(xp.ascontiguousarray(
-            v[y:y + patch][:, cols].transpose(1, 0, 2)[:, None], dtype=numpy.float32)
-            for v in (a, b))
+    for z in zs:
+        for y in ys:
+            if z is None:
+                # band[:, cols] is (P, n, P): the band's rows, then each patch's columns
+                yield tuple(xp.ascontiguousarray(
+                    v[y:y + patch][:, cols].transpose(1, 0, 2)[:, None], dtype=numpy.float32)
+                    for v in (a, b))
+            else:
+                # block[:, :, cols] is (P, P, n, P): depth, rows, then each patch's columns
+                yield tuple(xp.ascontiguousarray(
+                    v[z:z + patch, y:y + patch][:, :, cols].transpose(2, 0, 1, 3)[:, None],
+                    dtype=numpy.float32) for v in (a, b))
 
 
 def cut_patches(a, b, patch, stride, rows=None):
@@ -240,15 +264,20 @@ def cut_patches(a, b, patch, stride, rows=None):
 
 
 def augment(x, y, rng, batch=None, part=slice(None)):
-    """Random dihedral transform (flips and 90-degree rotations) and a random swap of the
-    two views, per sample, in place on host arrays.
+    """Random flips and 90-degree rotations and a random swap of the two views, per
+    sample, in place on host arrays.
 
-    Samples are grouped by transform, so each of the 8 transforms is one array operation
-    whatever the batch size.
+    Micrograph patches (N, C, P, P): one of the 8 dihedral transforms of the square.
+    Subvolumes (N, C, P, P, P), axes (z, y, x) with y the tilt axis: one of 16 transforms,
+    a rotation by k x 90 degrees about y (in the z-x plane, as cryoCARE augments; the
+    missing wedge turns with it), then optionally a flip of x and a flip of y.
+
+    Samples are grouped by transform, so each transform is one array operation whatever
+    the batch size.
 
     Parameters
     ----------
-    x, y : numpy arrays (N, C, P, P)
+    x, y : numpy arrays (N, C, P, P) or (N, C, P, P, P)
     rng : numpy.random.Generator
     batch : int or None
         Draw the transforms for a batch of this many samples (None: N) and apply those of
@@ -258,12 +287,18 @@ def augment(x, y, rng, batch=None, part=slice(None)):
         The samples of the drawn batch that x and y hold.
     """
     n = x.shape[0] if batch is None else batch
-    ops = rng.integers(0, 8, size=n)[part]
+    volume = x.ndim == 5
+    ops = rng.integers(0, 16 if volume else 8, size=n)[part]
     swap = rng.random(n)[part] < 0.5
     x[swap], y[swap] = y[swap], x[swap].copy()
-    for op in range(1, 8):
+    for op in range(1, 16 if volume else 8):
         idx = numpy.nonzero(ops == op)[0]
         if idx.size:
             for a in (x, y):
-                t = numpy.rot90(a[idx], op % 4, axes=(2, 3))
-                a[idx] = t[..., ::-1] if op >= 4 else t
+                if volume:
+                    t = numpy.rot90(a[idx], op % 4, axes=(2, 4))   # about y: z-x plane
+                    t = t[..., ::-1] if op & 4 else t                # flip x
+                    a[idx] = t[:, :, :, ::-1] if op & 8 else t       # flip y
+                else:
+                    t = numpy.rot90(a[idx], op % 4, axes=(2, 3))
+                    a[idx] = t[..., ::-1] if op >= 4 else t

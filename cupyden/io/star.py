@@ -6,6 +6,13 @@ later put the optics groups in ``data_optics`` and one row per micrograph in
 Paths in it are relative to the RELION project folder, from which RELION runs, e.g.
 ``MotionCorr/job002/Movies/mic_001.mrc``.
 
+RELION 5's tomograms STAR file (``tomograms.star`` of a reconstruction job) has a
+``data_global`` table with one row per tilt series: ``rlnTomoName``, and after
+reconstruction with even/odd halves ``rlnTomoReconstructedTomogramHalf1`` and
+``rlnTomoReconstructedTomogramHalf2``; further blocks (one per tilt series) hold the tilt
+images. :func:`read_tomogram_halves` reads the pairs; :func:`write_denoised_tomograms_star`
+adds ``rlnTomoReconstructedTomogramDenoised``, as RELION 5's own denoising job does.
+
 ``starfile`` (an extra: ``pip install 'cupyden[star]'``) parses and writes the blocks as
 pandas tables; cupyden has no STAR parser of its own.
 """
@@ -19,6 +26,12 @@ from .atomic import atomic_output
 
 #: The file ``cupyden-denoise`` writes beside the denoised micrographs.
 DENOISED_STAR = "denoised_micrographs.star"
+#: The file ``cupyden-denoise`` writes beside the denoised tomograms.
+DENOISED_TOMOGRAMS_STAR = "denoised_tomograms.star"
+#: RELION 5's columns of a tomograms STAR file.
+TOMO_NAME = "rlnTomoName"
+TOMO_HALVES = ("rlnTomoReconstructedTomogramHalf1", "rlnTomoReconstructedTomogramHalf2")
+TOMO_DENOISED = "rlnTomoReconstructedTomogramDenoised"
 
 
 def star_available():
@@ -200,9 +213,7 @@ def write_denoised_star(source, outputs, path, columns=("rlnMicrographName",), b
 
 
 #: RELION 5's columns of a tomograms STAR file (``data_global``) that name files.
-TOMOGRAM_FILE_COLUMNS = ("rlnTomoReconstructedTomogram", "rlnTomoReconstructedTomogramHalf1",
-                         "rlnTomoReconstructedTomogramHalf2",
-                         "rlnTomoReconstructedTomogramDenoised")
+TOMOGRAM_FILE_COLUMNS = ("rlnTomoReconstructedTomogram",) + TOMO_HALVES + (TOMO_DENOISED,)
 
 
 def write_tomograms_star(path, rows):
@@ -298,3 +309,86 @@ def write_particles_star(path, stack, labels, angles, shifts, pixel_size, image_
     with atomic_output(path, ".star") as tmp:
         starfile.write({"optics": pandas.DataFrame(optics), "particles": particles}, tmp)
     return len(particles)
+
+
+def is_tomograms_star(path):
+    """True when ``path`` is a STAR file with RELION 5's even/odd tomogram columns."""
+    if not path.lower().endswith(".star"):
+        return False
+    blocks = read_blocks(path, TOMO_HALVES)
+    return any(TOMO_HALVES[0] in getattr(b, "columns", ()) for b in blocks.values())
+
+
+def read_tomogram_halves(path):
+    """The even/odd half tomograms a RELION 5 tomograms STAR file names.
+
+    Parameters
+    ----------
+    path : str
+        E.g. ``Tomograms/job009/tomograms.star``.
+
+    Returns
+    -------
+    list of (str, str, str)
+        (rlnTomoName, half 1 path, half 2 path) per row, paths resolved (:func:`resolve`).
+
+    Raises
+    ------
+    InputError
+        Unreadable file, no table with both half columns, an empty table, starfile
+        missing.
+    """
+    blocks = read_blocks(path, TOMO_HALVES + (TOMO_NAME,))
+    block, _ = find_column(blocks, TOMO_HALVES[:1], path)
+    table = blocks[block]
+    if TOMO_HALVES[1] not in table.columns:
+        raise InputError("%s: the %s table has %s but no %s column" % (
+            path, block, TOMO_HALVES[0], TOMO_HALVES[1]))
+    if not len(table):
+        raise InputError("%s: the %s table lists no tomogram" % (path, block))
+    names = (table[TOMO_NAME] if TOMO_NAME in table.columns else
+             [os.path.splitext(os.path.basename(str(h)))[0] for h in table[TOMO_HALVES[0]]])
+    return [(str(n), resolve(str(h1), path), resolve(str(h2), path))
+            for n, h1, h2 in zip(names, table[TOMO_HALVES[0]], table[TOMO_HALVES[1]])]
+
+
+def write_denoised_tomograms_star(source, outputs, path):
+    """Write a copy of a RELION 5 tomograms STAR file with
+    ``rlnTomoReconstructedTomogramDenoised`` added.
+
+    Every block is kept (the per-tilt-series tables included); in the table with the half
+    columns, rows whose tomogram was denoised get the output's path (relative to the
+    current directory, RELION's project folder, when under it, else absolute) and the
+    other rows are dropped.
+
+    Parameters
+    ----------
+    source : str
+        The tomograms STAR file that named the inputs.
+    outputs : dict str -> str
+        rlnTomoName -> denoised tomogram.
+    path : str
+        The STAR file to write (atomically).
+
+    Returns
+    -------
+    int
+        Rows written.
+
+    Raises
+    ------
+    InputError
+        As :func:`read_tomogram_halves`, or the folder is not writable.
+    """
+    starfile = _starfile()
+    rows = read_tomogram_halves(source)
+    blocks = read_blocks(source, TOMO_HALVES + (TOMO_NAME, TOMO_DENOISED))
+    block, _ = find_column(blocks, TOMO_HALVES[:1], source)
+    keep = [name in outputs for name, _, _ in rows]
+    table = blocks[block][keep].copy()
+    table[TOMO_DENOISED] = [_star_name(outputs[name]) for (name, _, _), k in zip(rows, keep)
+                            if k]
+    blocks[block] = table
+    with atomic_output(path, ".star") as tmp:
+        starfile.write(blocks, tmp)
+    return len(table)

@@ -2,14 +2,15 @@
 
 Layout (h5py):
 
-    /train/input, /train/target   (n, 1, P, P) float32 or float16, one chunk per patch
+    /train/input, /train/target   (n, 1, P, P) float32 or float16, one chunk per patch;
+                                  (n, 1, P, P, P) for subvolumes of tomograms
     /val/input,   /val/target     likewise
     /micrographs                  one JSON string per micrograph, in the order its patches
                                   were appended: its name, shape, normalisation statistic
                                   (loc, scale), the pair source's numbers (e.g. the count
                                   split's scale) and its patches' index ranges per split
-    attributes: patch (px), dtype, pixel_size (Å/px), bin, normalisation method, the pair
-    source and the input files (provenance)
+    attributes: patch (px), ndim (2 or 3), dtype, pixel_size (Å/px), bin, normalisation
+    method, the pair source and the input files (provenance)
 
 The store is built once (written to a temporary file in the target folder, renamed when
 complete) and reused by later runs with ``--store``. Datasets are resizable, so patches
@@ -42,10 +43,12 @@ class PatchStoreWriter:
     dtype : "float32" or "float16"
     attrs : dict
         JSON-serialisable provenance, stored as attributes.
+    ndim : int
+        2 for micrograph patches (P, P), 3 for subvolumes (P, P, P).
     """
 
-    def __init__(self, path, patch, dtype="float32", attrs=None):
-        self.path, self.patch, self.dtype = path, patch, numpy.dtype(dtype)
+    def __init__(self, path, patch, dtype="float32", attrs=None, ndim=2):
+        self.path, self.patch, self.dtype, self.ndim = path, patch, numpy.dtype(dtype), ndim
         self._atomic = atomic_hdf5(path)
         self.f = self._atomic.__enter__()
         try:
@@ -56,15 +59,16 @@ class PatchStoreWriter:
 
     def _create(self, attrs):
         """The four empty resizable datasets (one chunk per patch) and the attributes."""
-        patch = self.patch
+        sample = (1,) + (self.patch,) * self.ndim            # (1, P, P) or (1, P, P, P)
         for split in SPLITS:
             for role in ("input", "target"):
-                self.f.create_dataset("%s/%s" % (split, role), shape=(0, 1, patch, patch),
-                                      maxshape=(None, 1, patch, patch), dtype=self.dtype,
-                                      chunks=(1, 1, patch, patch))
+                self.f.create_dataset("%s/%s" % (split, role), shape=(0,) + sample,
+                                      maxshape=(None,) + sample, dtype=self.dtype,
+                                      chunks=(1,) + sample)
         self.f.create_dataset("micrographs", shape=(0,), maxshape=(None,),
                               dtype=h5py.string_dtype(), chunks=(256,))
-        self.f.attrs["patch"] = patch
+        self.f.attrs["patch"] = self.patch
+        self.f.attrs["ndim"] = self.ndim
         self.f.attrs["dtype"] = self.dtype.name
         self.set_attrs(attrs or {})
 
@@ -74,7 +78,7 @@ class PatchStoreWriter:
             self.f.attrs[k] = json.dumps(v)
 
     def append(self, split, inputs, targets):
-        """Append patch pairs (n, 1, P, P) to ``split`` ("train" or "val").
+        """Append patch pairs (n, 1, P, P) (or (n, 1, P, P, P)) to ``split`` ("train" or "val").
 
         Raises
         ------
@@ -133,6 +137,9 @@ class PatchStore:
             raise InputError("%s: not a cupyden patch store (no /train/input)" % path)
         self.path = path
         self.patch = int(self.f.attrs["patch"])
+        #: (1, P, P) or (1, P, P, P): one sample's shape
+        self.sample_shape = tuple(self.f["train/input"].shape[1:])
+        self.ndim = len(self.sample_shape) - 1
 
     def attr(self, key, default=None):
         """A JSON attribute, decoded."""
@@ -150,13 +157,14 @@ class PatchStore:
         return [json.loads(v) for v in self.f["micrographs"].asstr()[()]]
 
     def read(self, split, indices, out_x=None, out_y=None):
-        """Patch pairs at ``indices`` (any order), as float32 (n, 1, P, P) arrays.
+        """Patch pairs at ``indices`` (any order), as float32 (n, 1, P, P) arrays
+        ((n, 1, P, P, P) for a store of subvolumes).
 
         One slice read per patch (one HDF5 chunk each): h5py's list indexing took 50-140 ms
         for 16 patches of 256 px, holding the GIL, against ~1.5 ms this way. Writes into
         ``out_x``/``out_y`` when given.
         """
-        shape = (len(indices), 1, self.patch, self.patch)
+        shape = (len(indices),) + self.sample_shape
         x = numpy.empty(shape, numpy.float32) if out_x is None else out_x
         y = numpy.empty(shape, numpy.float32) if out_y is None else out_y
         dx, dy = self.f["%s/input" % split], self.f["%s/target" % split]

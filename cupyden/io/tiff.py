@@ -86,3 +86,30 @@ def read_image(path, ndim=None):
         raise InputError("%s: has shape %s but %d dimensions are needed"
                          % (path, image.data.shape, ndim))
     return image
+
+
+def image_shape(path):
+    """The shape of the data in an MRC or TIFF file, read from its header (no values read).
+
+    Returns
+    -------
+    tuple of int
+        (H, W) or (D, H, W) (length-1 axes of a TIFF dropped, as :func:`read_tiff` does).
+
+    Raises
+    ------
+    InputError
+        As :func:`read_image` for a missing or unreadable file.
+    """
+    if not path.lower().endswith(TIFF_SUFFIXES):
+        return tuple(read_mrc(path, mmap=True, check_values=False).data.shape)
+    import tifffile
+
+    if not os.path.isfile(path):
+        raise InputError("%s: no such file" % path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return tuple(n for n in tif.series[0].shape if n != 1)
+    except Exception as exc:
+        raise InputError("%s: not a readable TIFF file (%s)" % (path, str(exc).splitlines()[0]
+                                                                 if str(exc) else type(exc).__name__))

@@ -1,4 +1,4 @@
-"""3-D layers for tomograms: Conv3d, MaxPool3d, Upsample3d, BatchNorm3d.
+"""3-D layers for tomograms: Conv3d, MaxPool3d, Upsample3d, BatchNorm3d, ReflectionPad3d.
 
 Dropout, Concat, ReLU and LeakyReLU work on volumes unchanged (they do not look at the
 spatial axes).
@@ -9,7 +9,9 @@ import math
 import numpy
 
 from ..functional.volume import (conv3d_backward, conv3d_forward, maxpool3d_backward,
-                                 maxpool3d_forward, upsample3d_backward, upsample3d_forward)
+                                 maxpool3d_forward, reflection_pad3d_backward,
+                                 reflection_pad3d_forward, upsample3d_backward,
+                                 upsample3d_forward)
 from .base import Layer
 from .simple import BatchNorm2d
 
@@ -96,3 +98,19 @@ class Upsample3d(Layer):
 class BatchNorm3d(BatchNorm2d):
     """Batch normalisation of volumes (N, C, D, H, W): the same layer as BatchNorm2d,
     whose functional pair reduces over the batch and every spatial axis."""
+
+
+class ReflectionPad3d(Layer):
+    """Reflection padding of a volume's three spatial axes by ``pads`` ((front, back),
+    (top, bottom), (left, right)) voxels (``functional.volume.reflection_pad3d_forward``)."""
+
+    def __init__(self, pads):
+        super().__init__()
+        self.pads = tuple(tuple(p) for p in pads)
+
+    def forward(self, x):
+        y, self.cache = reflection_pad3d_forward(x, self.pads)
+        return y
+
+    def backward(self, dy):
+        return reflection_pad3d_backward(dy, self.cache)

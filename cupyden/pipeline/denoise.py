@@ -106,8 +106,8 @@ class DenoiseModel:
 
     @property
     def ndim(self):
-        """2 for micrographs, 3 for a volume model."""
-        return int(self.config["model"].get("ndim", 2))
+        """2 for micrographs, 3 for a volume model (F2Fd's 3-D U-Net, ``UNet3d``)."""
+        return int(getattr(self.network, "ndim", 2))
 
     def __repr__(self):
         return "DenoiseModel(%s: %s on %s, %s, bin %d)" % (
@@ -261,18 +261,37 @@ def _denoise_f2fd(model, data, factor, tile, samples, passes, times):
     return den.astype(numpy.float32, copy=False)
 
 
+def _denoise_volume(model, x, tile, times):
+    """One tomogram already on the model's device -> (denoised on the device, stats): one
+    normalisation for the volume, tiles with the receptive field's halo (``infer``)."""
+    xp = model.device.xp
+    with times.stage("bin+norm", xp):
+        norm = normalization(x, model.normalize)
+    with times.stage("network", xp):
+        return denoise_array(model.network, x, xp, tile, 1, norm)
+
+
 def _tile(model, tile):
+    """The tile core: given, or an F2Fd model's training patch, or None for a 3-D model
+    (``infer.volume_tile``: from the GPU memory budget), else ``TILE``."""
     if tile is not None:
         return int(tile)
-    return model.config["patch_size"] if model.is_f2fd else TILE
+    if model.is_f2fd:
+        return model.config["patch_size"]
+    return None if model.ndim == 3 else TILE
 
 
-def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4):
-    """Denoise one micrograph, a stack of micrographs, or a volume (an F2Fd 3-D model).
+def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4, odd=None):
+    """Denoise one micrograph, a stack of micrographs, or a tomogram (a 3-D model).
 
     The image is binned as the model was trained (Fourier cropping), normalised with one
     statistic of the whole image, denoised in tiles whose halo covers the receptive field
     (so the result equals a whole-image pass), and returned in the input's units.
+
+    Tomograms (a model trained on half tomograms, ``UNet3d``): the volume alone is
+    denoised; with ``odd`` (the other half tomogram), both halves are denoised, each with
+    its own normalisation, and averaged, as cryoCARE does (Buchholz et al. 2019): the
+    average is the denoised full tomogram.
 
     Parameters
     ----------
@@ -280,15 +299,19 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
         From :func:`load_model`.
     image : numpy or cupy array (H, W), (N, H, W) or (D, H, W), any real dtype
         A micrograph; a stack of N micrographs for a 2-D model (each denoised on its own);
-        a volume for a 3-D F2Fd model.
+        a volume for a 3-D model (F2Fd's or ``UNet3d``; for the latter the even half).
     bin : int or None
         Fourier-crop binning factor; None = the model's. Pixel size grows by this factor.
     tile : int or None
-        Tile core in pixels after binning; None = 2048, or an F2Fd model's training patch.
+        Tile core in pixels after binning; None = 2048, an F2Fd model's training patch, or
+        for a tomogram model cores chosen from a GPU memory budget
+        (``infer.volume_tile``: 256^3 for UNet3d in float16).
     batch_size : int
         Tiles per forward pass (2-D models).
     samples, passes : int
         F2Fd only: K Fourier-sample inputs x T dropout passes averaged.
+    odd : numpy or cupy array (D, H, W) or None
+        Tomogram models only: the odd half tomogram, denoised and averaged with ``image``.
 
     Returns
     -------
@@ -299,7 +322,8 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
     ------
     InputError
         NaN/Inf or constant images, a volume for a 2-D model or the reverse, an image
-        smaller than the network's size multiple.
+        smaller than the network's size multiple, ``odd`` of another shape or for a model
+        other than a tomogram model's, binning of a tomogram.
     """
     xp_in = backend.get_array_module(image)
     factor = model.bin if bin is None else int(bin)
@@ -309,9 +333,25 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
         raise InputError("the image has shape %s; this %d-D model takes %s" % (
             tuple(image.shape), model.ndim, "volumes (D, H, W)" if model.ndim == 3 else
             "micrographs (H, W)" if model.is_f2fd else "(H, W) or stacks (N, H, W)"))
+    volume = model.ndim == 3 and not model.is_f2fd
+    if volume and image.ndim != 3:
+        raise InputError("the image has shape %s; this tomogram model takes volumes (D, H, W)"
+                         % (tuple(image.shape),))
+    if odd is not None and (not volume or tuple(odd.shape) != tuple(image.shape)):
+        raise InputError("odd (%s) must be the other half tomogram, of the even half's shape "
+                         "%s, for a tomogram model" % (tuple(odd.shape), tuple(image.shape)))
+    if volume and factor != 1:
+        raise InputError("binning applies to micrographs; bin the tomogram before denoising")
     x = backend.to_device(image, model.device.xp)
     check_image(x, "the image")
-    if model.is_f2fd:
+    if volume:
+        out = _denoise_volume(model, x, tile, times)[0]
+        if odd is not None:
+            x = backend.to_device(odd, model.device.xp)
+            check_image(x, "the odd half")
+            out += _denoise_volume(model, x, tile, times)[0]
+            out *= 0.5                             # the mean of the two denoised halves
+    elif model.is_f2fd:
         out = _denoise_f2fd(model, x, factor, tile, samples, passes, times)
     elif x.ndim == 2:
         out = _denoise_2d(model, x, factor, tile, batch_size, times)[0]
@@ -349,9 +389,11 @@ def preview(image, max_side=PREVIEW_SIDE):
 # --------------------------------------------------------------------------------- files
 
 class Job(NamedTuple):
-    """One input file and the output it becomes."""
+    """One input file (with its odd half for a pair of half tomograms) and the output it
+    becomes."""
     source: str
     target: str
+    odd: object = None
 
 
 class BatchResult(NamedTuple):
@@ -451,6 +493,63 @@ def plan_jobs(inputs, output_dir, suffix="", fmt="mrc", only_unfinished=False,
     return todo, [j for j, d in zip(jobs, done) if d], [(s, paths) for s, paths in sources if s is not None]
 
 
+def plan_volume_jobs(inputs, output_dir, odd=None, suffix="", only_unfinished=False):
+    """Inputs of a tomogram model -> (jobs to run, jobs skipped, tomograms STAR sources).
+
+    A RELION 5 tomograms STAR file gives one job per row: its two half tomograms
+    (``rlnTomoReconstructedTomogramHalf1``/``Half2``), averaged after denoising, written
+    to ``<rlnTomoName><suffix>.mrc``. Other inputs are even half tomograms paired with
+    ``odd`` by name (``cupyden.io.pairs.pair_halves``), written to the shared name without
+    the half tag (``tomo_half1.mrc`` -> ``tomo.mrc``); without ``odd``, each volume is
+    denoised alone under its own basename.
+
+    Returns
+    -------
+    jobs, skipped : lists of Job
+    stars : list of (str, dict)
+        Each tomograms STAR file and {rlnTomoName: the input path of its job}.
+
+    Raises
+    ------
+    InputError
+        A pattern matching nothing, unmatched halves, two inputs with one output, an
+        output that would overwrite its input.
+    """
+    from ..io.pairs import expand, half_key, pair_halves
+    from ..io.star import is_tomograms_star, read_tomogram_halves
+
+    patterns = [inputs] if isinstance(inputs, str) else list(inputs)
+    stars = [p for p in patterns if is_tomograms_star(p)]
+    rest = [p for p in patterns if p not in stars]
+    planned, star_rows = [], []
+    for star in stars:
+        rows = read_tomogram_halves(star)
+        star_rows.append((star, {name: h1 for name, h1, _ in rows}))
+        planned += [(h1, name, h2) for name, h1, h2 in rows]
+    if rest and odd:
+        planned += [(e, half_key(e), o) for e, o in pair_halves(rest, odd, volumes=True)]
+    elif rest:
+        planned += [(p, _stem(p), None) for p in expand(rest)]
+    by_target, jobs = {}, []
+    for source, name, other in planned:
+        target = os.path.join(output_dir, name + suffix + ".mrc")
+        if target in by_target and by_target[target] != os.path.realpath(source):
+            raise InputError("two inputs would both be written to %s; denoise them into "
+                             "separate --output folders or rename one" % target)
+        if target in by_target:
+            continue
+        for path in (source, other):
+            if path and os.path.exists(target) and os.path.exists(path) and \
+                    os.path.samefile(target, path):
+                raise InputError("%s: the output would overwrite the input; choose another "
+                                 "--output or a --suffix" % path)
+        by_target[target] = os.path.realpath(source)
+        jobs.append(Job(source, target, other))
+    done = [only_unfinished and os.path.exists(j.target) for j in jobs]
+    return ([j for j, d in zip(jobs, done) if not d], [j for j, d in zip(jobs, done) if d],
+            star_rows)
+
+
 class _HostBuffers:
     """Reused host buffers (page-locked on a GPU): one is taken for a file's input or output
     and given back when its copy or write is done.
@@ -514,9 +613,11 @@ def _read_loop(model, jobs, buffers, inbox, stop, times):
             break
         t0 = time.perf_counter()
         try:
-            if model.is_f2fd:
+            if model.is_f2fd or model.ndim == 3:
                 from ..io.tiff import read_image
                 mic = read_image(job.source, ndim=model.ndim)
+                if job.odd:                   # [even, odd] half tomograms
+                    mic = [mic, read_image(job.odd, ndim=3)]
             else:
                 mic = read_mrc_into(job.source, buffers.take, ndim=2)
             item = (job, mic, None)
@@ -568,6 +669,8 @@ def _write_png(path, image):
 def _compute(model, job, mic, settings, buffers, times):
     """One file on the device: (host array to write, its pixel size in Å/px)."""
     xp = model.device.xp
+    if model.ndim == 3 and not model.is_f2fd:
+        return _compute_volume(model, job, mic, settings, buffers, times)
     with times.stage("h2d", xp):
         x = backend.to_device(mic.data, xp)     # on the CPU: the buffer itself
     check_image(x, job.source)
@@ -586,6 +689,36 @@ def _compute(model, job, mic, settings, buffers, times):
     return host, mic.pixel_size * scale
 
 
+def _compute_volume(model, job, mic, settings, buffers, times):
+    """One tomogram, or the mean of its two denoised halves (:func:`denoise`)."""
+    xp = model.device.xp
+    even, odd = mic if isinstance(mic, list) else (mic, None)
+    if odd is not None and odd.data.shape != even.data.shape:
+        raise InputError("%s %s and %s %s: half tomograms of different shapes" % (
+            job.source, even.data.shape, job.odd, odd.data.shape))
+    if settings.factor != 1:
+        raise InputError("binning applies to micrographs; bin the tomogram before denoising")
+    out = None
+    for half, path in ((even, job.source), (odd, job.odd)):
+        if half is None:
+            continue
+        with times.stage("h2d", xp):
+            x = backend.to_device(half.data, xp)
+        check_image(x, path)
+        den, _ = _denoise_volume(model, x, settings.tile, times)
+        x = None
+        if out is None:
+            out = den
+        else:
+            out += den
+            out *= 0.5                          # the mean of the two denoised halves
+    if settings.fmt == "png":
+        out = preview(out[out.shape[0] // 2])  # the central z slice
+    with times.stage("d2h", xp):
+        host = backend.to_host_into(out, buffers.take(out.shape, out.dtype))
+    return host, even.pixel_size
+
+
 def default_log(line):
     """Print a line to stderr without breaking a progress bar."""
     from tqdm import tqdm
@@ -595,7 +728,7 @@ def default_log(line):
 def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, batch_size=4,
                   samples=4, passes=4, float16=False, fmt="mrc", only_unfinished=False,
                   star_columns=("rlnMicrographName",), progress=False, callback=None,
-                  log=None):
+                  log=None, odd=None):
     """Denoise many files, streaming: reads, device and writes overlap (module docstring).
 
     Each output has the input's basename (plus ``suffix``), in ``output_dir``; an MRC output
@@ -609,7 +742,10 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
     model : DenoiseModel
         From :func:`load_model`.
     inputs : str or list of str
-        MRC files (TIFF too for F2Fd), folders, globs, or STAR files.
+        MRC files (TIFF too for 3-D models), folders, globs, or STAR files. For a tomogram
+        model (``UNet3d``): volumes, even half tomograms (with ``odd``), or RELION 5
+        tomograms STAR files (:func:`plan_volume_jobs`), which also give
+        ``denoised_tomograms.star`` (``cupyden.io.star.write_denoised_tomograms_star``).
     output_dir : str
         Created if needed.
     suffix : str
@@ -631,6 +767,9 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
         on it); an exception it raises stops the batch as an interrupt does.
     log : callable (str) -> None, or None
         Receives one line per failed file; None prints it to stderr.
+    odd : str or list of str or None
+        Tomogram models: the odd half tomograms, paired with ``inputs`` by name; each pair
+        is denoised and averaged into one output (:func:`denoise`).
 
     Returns
     -------
@@ -645,8 +784,18 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
         After the writers finished the files they were writing (no partial file).
     """
     t_start = time.perf_counter()
-    jobs, skipped, stars = plan_jobs(inputs, output_dir, suffix, fmt, only_unfinished,
-                                     star_columns)
+    volume = model.ndim == 3 and not model.is_f2fd
+    if odd and not volume:
+        raise InputError("--odd pairs half tomograms for a tomogram model (trained with "
+                         "--pairs halves on volumes); %s is not one" % model.source)
+    tomo_stars = []
+    if volume:
+        jobs, skipped, tomo_stars = plan_volume_jobs(inputs, output_dir, odd, suffix,
+                                                     only_unfinished)
+        stars = []
+    else:
+        jobs, skipped, stars = plan_jobs(inputs, output_dir, suffix, fmt, only_unfinished,
+                                         star_columns)
     output_folder(output_dir)
     settings = Settings(bin, tile, int(batch_size), int(samples), int(passes), bool(float16),
                         fmt).resolved(model)
@@ -660,8 +809,12 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
     finally:
         if bar is not None:
             bar.close()
-    return finish_batch(jobs, written, skipped, failed, times, stars, output_dir, settings,
-                        star_columns, time.perf_counter() - t_start)
+    result = finish_batch(jobs, written, skipped, failed, times, stars, output_dir, settings,
+                          star_columns, time.perf_counter() - t_start)
+    if tomo_stars and fmt == "mrc":
+        result = result._replace(stars=_write_tomogram_stars(tomo_stars, result.written +
+                                                             result.skipped, output_dir))
+    return result
 
 
 def finish_batch(jobs, written, skipped, failed, times, stars, output_dir, settings,
@@ -766,7 +919,7 @@ def run_jobs(model, jobs, settings, callback=None, log=None, advance=None):
                 finish(job, str(exc))
                 continue
             finally:
-                if not model.is_f2fd:
+                if not model.is_f2fd and model.ndim == 2:
                     buffers.give(mic.data)      # the reader may reuse it now
             t0 = time.perf_counter()
             outbox.put((job, host, pixel_size, settings.fmt, settings.float16))
@@ -817,5 +970,21 @@ def _write_stars(stars, done, output_dir, columns, factor):
         name = DENOISED_STAR if len(stars) == 1 else "denoised_%s" % os.path.basename(source)
         path = os.path.join(output_dir, name)
         write_denoised_star(source, outputs, path, columns, factor)
+        out.append(path)
+    return out
+
+
+def _write_tomogram_stars(stars, done, output_dir):
+    """One ``denoised_tomograms.star`` per tomograms STAR input (named after it when there
+    are several)."""
+    from ..io.star import DENOISED_TOMOGRAMS_STAR, write_denoised_tomograms_star
+
+    outputs = {j.source: j.target for j in done}
+    out = []
+    for source, names in stars:
+        path = os.path.join(output_dir, DENOISED_TOMOGRAMS_STAR if len(stars) == 1 else
+                            "denoised_%s" % os.path.basename(source))
+        write_denoised_tomograms_star(source, {n: outputs[p] for n, p in names.items()
+                                               if p in outputs}, path)
         out.append(path)
     return out

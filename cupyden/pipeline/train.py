@@ -12,6 +12,14 @@
                          by NCCL (cupyden.distributed)
       -> held-out rows   of the first micrograph: corr(f(A), B) against corr(A, B)
 
+Tomograms (``pairs="halves"`` on even/odd half tomograms, MRC or TIFF volumes, or a RELION 5
+tomograms STAR file): the same steps in 3-D. Each pair of volumes is normalised by the
+even half's statistic, cut into subvolumes of ``patch_size``^3 (training slab, then
+validation slab along y, the tilt axis; the held-out slab at the far end of y is not
+stored), streamed from the store with rotations about y and flips, and a 3-D U-Net
+(``models.UNet3d``, cryoCARE-like) is trained; the evaluation scores the first tomogram's
+held-out slab.
+
 :func:`train` is the Python API (``cupyden.train``); ``cupyden-train`` parses its command
 line into the same call. The random draws (count split, synthetic noise) are NumPy's on
 the host with the seed of each micrograph (seed + its index), so a store is the same on a
@@ -37,15 +45,17 @@ from ..io.movies import even_odd_sums, open_movie, read_gain
 from ..io.mrc import read_mrc, write_mrc
 from ..io.pairs import check_distinct_views, count_split, expand, pair_halves, synthetic_pair
 from ..io.patches import fourier_bin, normalization, patch_rows
+from ..io.star import is_tomograms_star, read_tomogram_halves
 from ..io.store import PatchStore, PatchStoreWriter
-from ..io.tiff import read_image
+from ..io.tiff import image_shape, read_image
 from ..metrics import halves_gain, to_json
 from ..models import build_model
 from ..training import fit, initial_weights, read_history
 
 SOURCES = ("count-split", "movie", "halves", "gaussian", "poisson", "f2fd")
 TWO_VIEWS = ("count-split", "movie", "halves")        # sources with two noisy halves
-ARCHS = ("dncnn", "unet", "topaz")
+ARCHS = ("dncnn", "unet", "topaz", "unet3d")
+VOLUME_ARCHS = ("unet3d",)                              # archs for tomograms (3-D)
 NORMALIZATIONS = ("robust", "percentile", "meanstd")
 SCHEDULES = ("constant", "step", "cosine", "plateau")
 #: Keywords of :func:`train` that say where and how a run executes, not what it trains.
@@ -95,15 +105,17 @@ def recipe(inputs=(), **options):
     Returns
     -------
     dict
-        Every such option, ``inputs`` as a list, ``lr``, ``steps`` and ``bin`` resolved,
-        ``f2fd`` completed from ``F2FD_DEFAULTS``, and "embedded" (no inputs and no store:
-        the shipped K2 crop).
+        Every such option, ``inputs`` as a list, ``lr``, ``steps``, ``bin``, ``arch``,
+        ``base`` and ``stride`` resolved, ``f2fd`` completed from ``F2FD_DEFAULTS``,
+        "embedded" (no inputs and no store: the shipped K2 crop) and "volumes" (the
+        inputs are half tomograms: 3-D training).
 
     Raises
     ------
     InputError
-        An unknown choice, ``halves`` without ``odd``, ``gain`` without movies, the
-        embedded default with another pair source.
+        An unknown choice, ``halves`` without ``odd`` (or a tomograms STAR file), ``gain``
+        without movies, the embedded default with another pair source, a 2-D
+        architecture for tomograms or the reverse, binning of tomograms.
     """
     o = {k: p.default for k, p in inspect.signature(train).parameters.items()
          if p.kind is p.KEYWORD_ONLY and k not in RUN_OPTIONS}
@@ -113,6 +125,13 @@ def recipe(inputs=(), **options):
     o.update(options)
     o["inputs"] = list([inputs] if isinstance(inputs, str) else inputs or ())
     pairs = o["pairs"]
+    o["volumes"] = _volumes(o)
+    if o["arch"] is None:
+        o["arch"] = "unet3d" if o["volumes"] else "dncnn"
+    if o["base"] is None:
+        o["base"] = 16 if o["arch"] == "unet3d" else 32
+    if o["stride"] is None:
+        o["stride"] = o["patch_size"] if o["volumes"] else 32
     for name, choices in (("pairs", SOURCES), ("arch", ARCHS), ("loss", ("mse", "l1")),
                           ("normalize", NORMALIZATIONS),
                           ("lr_schedule", SCHEDULES), ("precision", PRECISIONS)):
@@ -125,8 +144,17 @@ def recipe(inputs=(), **options):
     if o["val_fraction"] + o["holdout_fraction"] > 0.9:
         raise InputError("--val-fraction plus --holdout-fraction leave under a tenth of the "
                          "rows for training; make them smaller")
-    if pairs == "halves" and not o["odd"] and not o["embedded"]:
-        raise InputError("--pairs halves needs --odd (the odd half micrographs)")
+    if pairs == "halves" and not o["odd"] and not o["embedded"] and not all(
+            is_tomograms_star(p) for p in o["inputs"]):
+        raise InputError("--pairs halves needs --odd (the odd half micrographs or "
+                         "tomograms), or a RELION 5 tomograms STAR file as INPUT")
+    if o["volumes"] != (o["arch"] in VOLUME_ARCHS) and not o["init"]:
+        raise InputError("--arch %s is for %s; the inputs are %s (use --arch %s)" % (
+            o["arch"], "tomograms" if o["arch"] in VOLUME_ARCHS else "micrographs",
+            "tomograms" if o["volumes"] else "micrographs",
+            "unet3d" if o["volumes"] else "dncnn, unet or topaz"))
+    if o["volumes"] and o["bin"] != 1:
+        raise InputError("--bin applies to micrographs; bin tomograms before training")
     if o["gain"] and pairs != "movie":
         raise InputError("--gain applies to movies (--pairs movie), not to --pairs %s" % pairs)
     if o["embedded"] and pairs != "count-split":
@@ -135,12 +163,31 @@ def recipe(inputs=(), **options):
     return o
 
 
+def _volumes(o):
+    """Whether a run trains on tomograms: even/odd halves that are volumes (a RELION 5
+    tomograms STAR file, or a first even half whose data is 3-D), or a 3-D store."""
+    if o["store"] and not o["inputs"]:
+        if not os.path.isfile(o["store"]):
+            return False                        # (reported when the store is opened)
+        store = PatchStore(o["store"])
+        store.close()
+        return store.ndim == 3
+    if o["pairs"] != "halves" or not o["inputs"]:
+        return False
+    if any(is_tomograms_star(p) for p in o["inputs"]):
+        return True
+    first = [p for p in expand(o["inputs"]) if not p.lower().endswith(".star")]
+    return bool(first) and len(image_shape(first[0])) == 3
+
+
 def sources(o):
     """The micrographs (or movies, or pairs of halves) of a run, in order.
 
     The one place the inputs are expanded into files: folders, globs, and RELION STAR
     files, whose ``rlnMicrographMovieName`` column is read for movies and
-    ``rlnMicrographName`` for micrographs (``cupyden.io.star``).
+    ``rlnMicrographName`` for micrographs (``cupyden.io.star``); a RELION 5 tomograms STAR
+    file gives its rows' even/odd half tomograms (``rlnTomoReconstructedTomogramHalf1``,
+    ``Half2``).
 
     Returns
     -------
@@ -150,7 +197,10 @@ def sources(o):
     if o["embedded"]:
         return [(None, None)]
     if o["pairs"] == "halves":
-        return pair_halves(o["inputs"], o["odd"])
+        stars = [p for p in o["inputs"] if is_tomograms_star(p)]
+        out = [(h1, h2) for p in stars for _, h1, h2 in read_tomogram_halves(p)]
+        rest = [p for p in o["inputs"] if p not in stars]
+        return out + (pair_halves(rest, o["odd"], o["volumes"]) if rest else [])
     column = "rlnMicrographMovieName" if o["pairs"] == "movie" else "rlnMicrographName"
     return [(p, None) for p in expand(o["inputs"], star_columns=(column,))]
 
@@ -194,7 +244,9 @@ def make_view(i, source, o, xp, gain=None, log=print):
             pixel_size = movie.pixel_size
             info["frames"] = movie.shape[0]
     elif pairs == "halves":
-        even, odd = read_mrc(path, ndim=2), read_mrc(other, ndim=2)
+        read = (lambda p: read_image(p, ndim=3)) if o["volumes"] else (
+            lambda p: read_mrc(p, ndim=2))
+        even, odd = read(path), read(other)
         a, b = (_on(xp, m.data).astype(numpy.float32) for m in (even, odd))
         pixel_size, info["odd"] = even.pixel_size, os.path.basename(other)
     else:
@@ -230,9 +282,10 @@ def _store_attrs(o, pixel_size):
 
 
 def row_split(H, o):
-    """(first validation row, first held-out row) of a micrograph of H rows: training
-    rows [0, split), validation rows [split, end) that choose the checkpoint, held-out rows
-    [end, H) that neither training nor the checkpoint choice sees."""
+    """(first validation row, first held-out row) of a micrograph of H rows (a tomogram of
+    H voxels along y): training rows [0, split), validation rows [split, end) that choose
+    the checkpoint, held-out rows [end, H) that neither training nor the checkpoint choice
+    sees."""
     end = int(round(H * (1 - o["holdout_fraction"])))
     return int(round(H * (1 - o["val_fraction"] - o["holdout_fraction"]))), end
 
@@ -241,7 +294,8 @@ def append_view(writer, v, index, o):
     """Normalise one view pair (the statistic of the input view), cut its patches row by
     row (training rows at --stride, validation rows below them at the patch size; the
     held-out rows at the bottom are not stored) and append them; record the micrograph's
-    statistics.
+    statistics. A tomogram (D, H, W) is split the same way along y (H): slabs of the
+    whole depth and width.
 
     Raises
     ------
@@ -250,21 +304,23 @@ def append_view(writer, v, index, o):
         (checked before anything is appended).
     """
     P = o["patch_size"]
-    H, W = v.a.shape
-    if min(H, W) < P:
-        raise InputError("%s: %dx%d px after binning by %d is smaller than one %d px "
-                         "patch; use a smaller --patch-size or --bin" % (v.name, W, H, o["bin"], P))
+    shape = tuple(v.a.shape)
+    H = shape[-2]
+    if min(shape) < P:
+        raise InputError("%s: %s px after binning by %d is smaller than one %d px "
+                         "patch; use a smaller --patch-size or --bin"
+                         % (v.name, "x".join(map(str, shape[::-1])), o["bin"], P))
     split, end = row_split(H, o)
     if min(split, end - split) < P:
-        raise InputError("%s: a region of %dx%d px is smaller than one %d px patch; use a "
-                         "smaller --patch-size" % (v.name, W, min(split, end - split), P))
+        raise InputError("%s: a region of %d px along y is smaller than one %d px patch; use "
+                         "a smaller --patch-size" % (v.name, min(split, end - split), P))
     norm = normalization(v.a, o["normalize"], v.name)
     a, b = norm.apply(v.a), norm.apply(v.b)
     start = {s: writer.size(s) for s in ("train", "val")}
     for part, stride, rows in (("train", o["stride"], (0, split)), ("val", P, (split, end))):
         for pa, pb in patch_rows(a, b, P, stride, rows):
             writer.append(part, backend.to_host(pa), backend.to_host(pb))
-    info = dict(v.info, name=v.name, index=index, shape=[H, W], pixel_size=v.pixel_size,
+    info = dict(v.info, name=v.name, index=index, shape=list(shape), pixel_size=v.pixel_size,
                 loc=norm.loc, scale=norm.scale, method=norm.method, val_rows=[split, end],
                 heldout_rows=[end, H])
     for s in ("train", "val"):
@@ -310,7 +366,7 @@ def build_store(path, o, xp, log=print):
                 if writer is None:
                     writer = stack.enter_context(PatchStoreWriter(
                         path, o["patch_size"], "float16" if o["float16_store"] else "float32",
-                        _store_attrs(o, v.pixel_size)))
+                        _store_attrs(o, v.pixel_size), ndim=v.a.ndim))
                 append_view(writer, v, i, o)
                 names.append(v.name)
             except InputError as exc:
@@ -323,8 +379,9 @@ def build_store(path, o, xp, log=print):
         writer.set_attrs({"inputs": names})
         summary = {"micrographs": len(names), "skipped": skipped,
                    "train": writer.size("train"), "val": writer.size("val")}
-    log("patch store %s: %d training and %d validation pairs of %d px from %d micrograph(s)%s"
+    log("patch store %s: %d training and %d validation pairs of %d px from %d %s(s)%s"
         % (path, summary["train"], summary["val"], o["patch_size"], summary["micrographs"],
+           "tomogram" if o["volumes"] else "micrograph",
            ", %d skipped" % len(skipped) if skipped else ""))
     return summary
 
@@ -350,10 +407,22 @@ def training_config(o, store):
     model_cfg = {"dncnn": {"arch": "dncnn", "depth": o["depth"], "width": o["width"],
                            "seed": o["seed"]},
                  "unet": {"arch": "unet", "base": o["base"], "seed": o["seed"]},
-                 "topaz": {"arch": "topaz-unet", "seed": o["seed"]}}[o["arch"]]
+                 "topaz": {"arch": "topaz-unet", "seed": o["seed"]},
+                 "unet3d": {"arch": "unet3d", "base": o["base"], "depth": 3,
+                            "seed": o["seed"]}}[o["arch"]]
+    if not o["init"] and (o["arch"] in VOLUME_ARCHS) != (store.ndim == 3):
+        raise InputError("%s holds %d-D patches; --arch %s needs %s" % (
+            store.path, store.ndim, o["arch"], "subvolumes" if o["arch"] in VOLUME_ARCHS
+            else "micrograph patches"))
+    if o["arch"] == "unet3d" and store.patch < 8:
+        raise InputError("--patch-size %d is smaller than the 3-D U-Net's pooling grid (8 "
+                         "voxels); use 64 (or at least 8)" % store.patch)
     if o["init"]:                                   # the architecture is the weights'
         model_cfg = initial_weights(o["init"])[0]
     weights = _loss_weights(o)
+    if store.ndim == 3 and any(weights.values()):
+        raise InputError("the Fourier, SSIM and gradient losses are 2-D; use --loss alone "
+                         "for tomograms")
     if (weights["ssim"] or weights["msssim"]) and store.patch < 11:
         raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
     return {"model": model_cfg, "loss": o["loss"], "loss_weights": weights,
@@ -408,7 +477,8 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     before_after.png).
 
     The rows scored are those below the validation rows (:func:`row_split`), which neither
-    training nor the checkpoint choice saw. With ``holdout_fraction`` 0 there are none: the
+    training nor the checkpoint choice saw; for a tomogram, the slab of those y rows (the
+    whole depth and width). With ``holdout_fraction`` 0 there are none: the
     validation rows are scored instead, and the line and the file say that they chose the
     checkpoint (not a held-out score).
 
@@ -431,13 +501,14 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
         they were used), "training_rows", "validation_rows", "pixel_size".
     """
     a, b = backend.to_host(v.a), backend.to_host(v.b)
-    H = a.shape[0]
+    H = a.shape[-2]
     split, end = row_split(H, o)
     first = end if end < H else split
     used = ("held out: neither training nor the checkpoint choice saw them" if end < H else
             "validation: they chose the checkpoint, so this is not a held-out score")
-    den_a, _ = denoise_array(model, a[first:], xp, norm=normalization(a, o["normalize"]))
-    g = halves_gain(den_a, a[first:], b[first:])
+    rows = (Ellipsis, slice(first, H), slice(None))        # [first, H) along y
+    den_a, _ = denoise_array(model, a[rows], xp, norm=normalization(a, o["normalize"]))
+    g = halves_gain(den_a, a[rows], b[rows])
     g.update({"micrograph": v.name, "rows": [first, H], "rows_are": used,
               "training_rows": [0, split], "validation_rows": [split, end],
               "pixel_size": v.pixel_size})
@@ -459,10 +530,10 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
 
 
 def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None, store=None,
-          arch="dncnn", depth=12, width=32, base=32, loss="mse", fourier_weight=0.0,
+          arch=None, depth=12, width=32, base=None, loss="mse", fourier_weight=0.0,
           fourier_frc=False, ssim_weight=0.0, msssim_weight=0.0, grad_weight=0.0, lr=None,
           lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
-          batch_size=16, patch_size=64, stride=32, steps=None, epochs=None, max_minutes=0.0,
+          batch_size=16, patch_size=64, stride=None, steps=None, epochs=None, max_minutes=0.0,
           val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50,
           val_patches=256, binning=None, dose=None, angpix=None, drop_frames=0,
           align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
@@ -481,8 +552,10 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     ----------
     inputs : str or list of str
         Files, folders or globs: micrographs (MRC) for count-split, gaussian, poisson;
-        movies (MRC stacks or TIFF, frames along Z) for movie; even half micrographs for
-        halves; one tomogram or micrograph (MRC or TIFF) for f2fd.
+        movies (MRC stacks or TIFF, frames along Z) for movie; even half micrographs, or
+        even half tomograms (MRC or TIFF volumes), or RELION 5 tomograms STAR files
+        (``rlnTomoReconstructedTomogramHalf1``/``Half2``) for halves; one tomogram or
+        micrograph (MRC or TIFF) for f2fd.
     output_dir : str
         Created if needed. Receives patches.h5 (the store), model.h5 (best validation
         loss), checkpoint.h5 (latest, with Adam's state), history.csv, loss_curve.png,
@@ -492,15 +565,20 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         frame sums), "halves" (with ``odd``), "gaussian", "poisson" (synthetic noise on
         clean images), "f2fd" (Fourier-perturbed pairs of one image).
     odd : str or list of str or None
-        The odd half micrographs for "halves", paired with ``inputs`` by basename.
+        The odd half micrographs (or tomograms) for "halves", paired with ``inputs`` by
+        basename (not needed for a tomograms STAR file).
     store : str or None
         Train from this existing patch store instead of building one.
-    arch : str
+    arch : str or None
         "dncnn" (``depth`` conv layers of ``width`` channels), "unet" (``base``
         channels at the first level) or "topaz" (Topaz-Denoise's UDenoiseNet, Bepler et
-        al. 2020: 48 features, 5 poolings, receptive field 298 px). f2fd always uses
-        F2Fd's dropout U-Net.
-    depth, width, base : int
+        al. 2020: 48 features, 5 poolings, receptive field 298 px) for micrographs;
+        "unet3d" (``models.UNet3d``, cryoCARE-like, ``base`` channels, 3 poolings,
+        receptive field 96 voxels) for tomograms; None: "unet3d" for tomograms, else
+        "dncnn". f2fd always uses F2Fd's dropout U-Net.
+    depth, width : int
+    base : int or None
+        U-Net channels at the first level; None: 32 (unet), 16 (unet3d, cryoCARE's).
     loss : str
         Base loss, "mse" or "l1".
     fourier_weight, ssim_weight, msssim_weight, grad_weight : float
@@ -515,8 +593,12 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         ``cupyden.optim.schedules``.
     batch_size : int
         Patch pairs per step (the global batch over all GPUs).
-    patch_size, stride : int
-        Patch side and the step between training patch origins, pixels after binning.
+    patch_size : int
+        Patch side, pixels after binning (subvolume side for tomograms).
+    stride : int or None
+        Step between training patch origins, pixels after binning; None: 32, and the
+        patch size for tomograms (subvolumes that do not overlap: a 512 x 1024 x 1024
+        tomogram gives ~1500 subvolumes of 64^3, 3 GB in the store).
     steps : int or None
         Optimisation steps; None: 150 for the embedded crop, else 2000.
     epochs : float or None
@@ -525,8 +607,8 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         Stop after a last validation once training has run this long (0: no limit; with
         several GPUs checked at each validation).
     val_fraction : float
-        Share of each micrograph's rows, below the training rows, that validate: they
-        choose the best checkpoint.
+        Share of each micrograph's rows (a tomogram's y extent), below the training rows,
+        that validate: they choose the best checkpoint.
     holdout_fraction : float
         Share of each micrograph's rows at the bottom that neither training nor the
         checkpoint choice sees; the evaluation at the end scores the first micrograph's
