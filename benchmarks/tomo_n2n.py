@@ -40,7 +40,7 @@ Options:
   --arch NAME       N2N network (cupyden.train's arch) [default: unet3d]
   --patch-size PX   Training patch side, voxels [default: 64]
   --batch-size N    Patches per step [default: 4]
-  --quick           A tiny CPU-sized case (32x64x64 voxels, 0.2 minutes each, 32^3
+  --quick           A tiny CPU-sized case (32x64x64 voxels, 0.2 minutes each, 16^3
                     patches, validation every 5 steps, F2Fd with 8 features and
                     K x T = 1 x 1): checks that everything runs, scores mean little.
 """
@@ -153,7 +153,7 @@ def main(argv=None):
     args = docopt(__doc__, argv=argv)
     quick = args["--quick"]
     o = {"minutes": 0.2 if quick else float(args["--minutes"]),
-         "patch": 32 if quick else int(args["--patch-size"]),
+         "patch": 16 if quick else int(args["--patch-size"]),
          "batch": 2 if quick else int(args["--batch-size"]),
          "seed": int(args["--seed"]), "arch": args["--arch"],
          "val_every": 5 if quick else 50,

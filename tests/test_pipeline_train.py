@@ -229,3 +229,12 @@ def test_star_inputs_name_the_micrographs_and_movies(tmp_path, monkeypatch):
             for key in ("train/input", "train/target", "val/input", "val/target"):
                 assert numpy.array_equal(fa[key][()], fb[key][()]), (pairs, key)
         assert json.loads(PatchStore(a).f.attrs["inputs"]) == [os.path.basename(n) for n in names]
+
+
+def test_row_split_keeps_a_patch_for_validation_and_held_out_rows():
+    from cupyden.pipeline.train import row_split
+    o = {"val_fraction": 0.125, "holdout_fraction": 0.125, "patch_size": 64}
+    assert row_split(512, o) == (384, 448)                # fractions already >= one patch
+    assert row_split(3838, o) == (2878, 3358)             # unchanged for a K2 micrograph
+    assert row_split(256, o) == (128, 192)                # 32-row slabs widened to 64
+    assert row_split(256, dict(o, holdout_fraction=0.0)) == (192, 256)

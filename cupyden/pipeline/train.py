@@ -285,9 +285,17 @@ def row_split(H, o):
     """(first validation row, first held-out row) of a micrograph of H rows (a tomogram of
     H voxels along y): training rows [0, split), validation rows [split, end) that choose
     the checkpoint, held-out rows [end, H) that neither training nor the checkpoint choice
-    sees."""
+    sees. The validation and held-out regions are their fractions of H, but at least one
+    patch (``patch_size``) each when their fraction is not 0, so that a small tomogram
+    (e.g. 256 voxels along y with 64^3 patches) keeps a region of each kind."""
     end = int(round(H * (1 - o["holdout_fraction"])))
-    return int(round(H * (1 - o["val_fraction"] - o["holdout_fraction"]))), end
+    split = int(round(H * (1 - o["val_fraction"] - o["holdout_fraction"])))
+    P = o.get("patch_size") or 0
+    if o["holdout_fraction"] > 0 and H - end < P:
+        end = H - P
+    if o["val_fraction"] > 0 and end - split < P:
+        split = end - P
+    return split, end
 
 
 def append_view(writer, v, index, o):
