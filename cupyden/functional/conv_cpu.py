@@ -592,7 +592,7 @@ def input_gradient_taps(dz, w, S, P, H, W):
     return dxs
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, input_grad=True):
     """Convolution backward on the CPU.
 
     Three stages, each by the algorithm measured fastest for the layer
@@ -603,10 +603,12 @@ def conv2d_backward(dy, cache):
     ----------
     dy : numpy.ndarray (N, F, OH, OW), any memory layout
     cache : Conv2dCpuCache
+    input_grad : bool
+        False skips the dx stage (the network's input needs no gradient).
 
     Returns
     -------
-    dx : numpy.ndarray (N, C, H, W), channels-last memory
+    dx : numpy.ndarray (N, C, H, W), channels-last memory, or None without ``input_grad``
     dw : numpy.ndarray (F, C, KH, KW)
     db : numpy.ndarray (F,)
         The sum of dz, also when the forward pass had no bias (as in functional.conv).
@@ -628,6 +630,8 @@ def conv2d_backward(dy, cache):
         dw = weight_gradient_taps(xs, dz, w.shape, S, P)
     else:
         dw = tcpu.weight_gradient(xs, dz, KH, KW, P, by_w)
+    if not input_grad:
+        return None, dw, db
     dz = dz[:, :OH, :OW]
     if by_x is None:
         dxs = input_gradient_taps(dz, w, S, P, H, W)
