@@ -164,9 +164,11 @@ def test_transform_chosen_as_measured():
     assert choose(32, 1, 5, 5, 1, 2) is None
     assert choose(1, 48, 11, 11, 1, 5) is None
     assert choose(1, 48, 11, 11, 1, 5, "dgrad") == "fft"
-    assert choose(32, 32, 3, 3, 1, 1, "wgrad") is None
+    assert choose(32, 32, 3, 3, 1, 1, "wgrad") == "winograd"
+    assert choose(32, 32, 3, 3, 1, 1, "dgrad") is None
+    assert choose(48, 48, 3, 3, 1, 1, "dgrad") == "winograd"
     assert choose(384, 128, 3, 3, 1, 1) == "winograd"
-    assert choose(32, 32, 3, 3, 1, 1) is None
+    assert choose(32, 32, 3, 3, 1, 1) is None and choose(1, 32, 3, 3, 1, 1, "wgrad") is None
     assert choose(384, 128, 3, 3, 2, 1) is None and choose(97, 64, 5, 5, 2, 2) is None
     assert conv_transform_cpu.Fft(5, 5, numpy.float32).s == 16
     assert conv_transform_cpu.Fft(11, 11, numpy.float32).s == 32

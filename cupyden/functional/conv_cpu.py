@@ -58,8 +58,9 @@ accumulator (summed at the end); the GEMMs (``blas_cpu.gemm``), copies and ufunc
 the GIL. A tile's slab and output block are sized for a core's L2 cache.
 
 Layers with many channels or large kernels run some stages faster in a transform domain
-(Winograd for 3 x 3, FFT for 5 x 5 and up: :mod:`conv_transform_cpu`); :func:`transform_for`
-chooses per stage (forward, dW, dx) from measurements, and the cache is the same.
+(Winograd F(4 x 4, 3 x 3) for 3 x 3, FFT for 5 x 5 and up: :mod:`conv_transform_cpu`);
+:func:`transform_for` chooses per stage (forward, dW, dx) from measurements, and the cache
+is the same.
 """
 
 from typing import NamedTuple
@@ -86,14 +87,16 @@ FOLD_BELOW = 16
 #: least FFT_AREA pixels with C * F >= FFT_CHANNELS (Topaz's 5 x 5 layers: 1.4-1.9x), and
 #: in the backward pass also for kernels of FFT_AREA_WIDE with C * F >= FFT_CHANNELS_WIDE
 #: (Topaz's 11 x 11 first layer, whose dx by taps is a GEMV per tap); Winograd's
-#: F(2 x 2, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS[stage]: forward
-#: 1.1-1.5x from 192 -> 64 up (0.7-1.0x below 96 -> 96); dW 1.1-1.4x from 64 -> 64 up
-#: (1.1-1.2x below, within the noise of a whole step); dx 1.1-1.5x from 96 -> 96 up.
+#: F(4 x 4, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS[stage], measured
+#: against the taps per layer and stage on 16 x 128^2 batches (one core, 2026-11-30):
+#: dW 1.1x at 32 -> 32 and 1.1-1.4x above (the taps' dW is a long-reduction GEMM that
+#: OpenBLAS runs at 50-80 GFLOP/s); dx 1.0x at 32 -> 32 and 32 -> 64, 1.1-1.5x from
+#: 48 -> 48 up; forward within noise of the taps below 64 -> 64, 1.2-1.5x from 192 -> 64.
 FFT_AREA = 25
 FFT_CHANNELS = 1024
 FFT_AREA_WIDE = 121
 FFT_CHANNELS_WIDE = 32
-WINOGRAD_CHANNELS = {"forward": 12288, "wgrad": 4096, "dgrad": 9216}
+WINOGRAD_CHANNELS = {"forward": 4096, "wgrad": 1024, "dgrad": 2304}
 
 
 def transform_for(C, F, KH, KW, stride, padding, stage="forward"):
