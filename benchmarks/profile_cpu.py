@@ -2,7 +2,7 @@
 
 Usage:
   profile_cpu.py [--net NET] [--mode MODE] [--size PX] [--batch N] [--patch PX]
-                 [--conv PATH] [--threads N]
+                 [--conv PATH] [--threads N] [--by-layer]
 
 Options:
   --net NET      dncnn, unet or topaz-unet (Topaz's ``unet``: 11x11 and 5x5) [default: dncnn]
@@ -15,6 +15,7 @@ Options:
                  (functional/conv.py) [default: taps]
   --threads N    Threads; 1 makes the table a plain sum of one thread's CPU time
                  [default: 1]
+  --by-layer     Split the convolution stages by layer (C->F KxK @HxW).
 
 Every op that the models call is wrapped by a timer of this thread's CPU time
 (``time.thread_time``: a process that waits for a core is not charged, so the table holds
@@ -39,48 +40,66 @@ NETS = {"dncnn": {"arch": "dncnn"}, "unet": {"arch": "unet"},
         "topaz-unet": {"arch": "topaz-unet", "base_width": 11, "top_width": 5}}
 SPENT = collections.defaultdict(float)
 CALLS = collections.Counter()
+#: With --by-layer: the convolution layer running now, appended to its stages' labels.
+LAYER = {"on": False, "now": ""}
 
 
-def wrap(module, name, label):
-    """Replace module.name by a timed twin (each call adds to SPENT[label])."""
-    f = getattr(module, name)
+def wrap(owner, name, label, layer=False):
+    """Replace owner.name (a module's function or a class's method) by a timed twin
+    (each call adds to SPENT[label]); ``layer``: a Conv2d method, which names the layer
+    for its stages' labels with --by-layer."""
+    f = getattr(owner, name)
 
     def timed(*args, **kwargs):
+        if layer and LAYER["on"]:
+            w = args[0].params["w"]
+            x = args[1] if name == "forward" else args[0].cache.x
+            LAYER["now"] = " [%d->%d %dx%d @%d]" % (w.shape[1], w.shape[0], w.shape[2],
+                                                    w.shape[3], x.shape[2])
+        key = label + (LAYER["now"] if label.startswith("  ") else "")
         t0 = time.thread_time()
         try:
             return f(*args, **kwargs)
         finally:
-            SPENT[label] += time.thread_time() - t0
-            CALLS[label] += 1
-    setattr(module, name, timed)
+            SPENT[key] += time.thread_time() - t0
+            CALLS[key] += 1
+    setattr(owner, name, timed)
 
 
 def instrument():
     import cupyden.layers.conv as lconv
     import cupyden.layers.simple as simple
+    import cupyden.losses as losses
     import cupyden.models.topaz as topaz
     import cupyden.models.unet as unet
     import cupyden.optim.adam as adam
-    wrap(lconv, "conv2d_forward", "conv forward")
-    wrap(lconv, "conv2d_backward", "conv backward")
-    for name in ("_fill", "_correlate", "_correlate_wgrad", "_activate_into"):
+    import cupyden.optim.params as params
+    wrap(lconv.Conv2d, "forward", "conv forward (layer)", layer=True)
+    wrap(lconv.Conv2d, "backward", "conv backward (layer, with grads +=)", layer=True)
+    for name in ("_fill", "_correlate", "_correlate_wgrad", "_activate_into",
+                 "activation_gradient", "weight_gradient_taps", "input_gradient_taps"):
         wrap(conv_cpu, name, "  conv_cpu." + name)
-    for name in ("correlate", "weight_gradient"):
-        wrap(conv_transform_cpu, name, "  conv_transform_cpu." + name)
-    for name in ("im2col", "col2im_add", "pad_zeros", "activation_bias_backward"):
+    wrap(conv_transform_cpu, "correlate", "  conv_transform_cpu.correlate (fwd, dx)")
+    wrap(conv_transform_cpu, "weight_gradient", "  conv_transform_cpu.weight_gradient")
+    for name in ("im2col", "col2im_add", "pad_zeros"):
         wrap(conv, name, "  conv." + name)
-    for name in ("maxpool2d_forward", "maxpool2d_backward", "upsample2d_forward",
-                 "upsample2d_backward", "concat_forward", "concat_backward"):
-        wrap(simple, name, name)
+    for cls in (simple.MaxPool2d, simple.UpsampleConcat):
+        wrap(cls, "forward", cls.__name__ + " forward")
+        wrap(cls, "backward", cls.__name__ + " backward")
     for module in (unet, topaz):
         wrap(module, "reflection_pad2d_forward", "reflection_pad2d_forward")
         wrap(module, "reflection_pad2d_backward", "reflection_pad2d_backward")
+        wrap(module, "add_gradients", "add_gradients (skips)")
+    wrap(losses.Objective, "forward", "loss forward")
+    wrap(losses.Objective, "backward", "loss backward")
+    wrap(params.Parameters, "zero_grad", "zero_grad")
     wrap(adam, "adam_step_reference", "adam step")
 
 
 def main():
     args = docopt(__doc__)
     backend.set_cpu_threads(int(args["--threads"]))
+    LAYER["on"] = bool(args["--by-layer"])
     instrument()
     model = build_model(NETS[args["--net"]]).to(numpy, numpy.float32)
     rng = numpy.random.default_rng(0)

@@ -1,6 +1,7 @@
 """The training loop: one place, readable top to bottom.
 
-One step is: model.forward -> loss.forward -> loss.backward -> model.backward -> Adam.
+One step is: model.forward -> loss.forward -> loss.backward -> model.backward_params (the
+backward pass without the input's gradient, which nothing needs) -> Adam.
 ``fit`` adds what a run needs around it: the loader, validation every N steps, the best
 model kept, a checkpoint to resume from, history.csv and the loss curve.
 
@@ -96,11 +97,11 @@ def train_step(model, params, optimizer, loss, x, target, scaler=None, comm=None
     params.zero_grad()
     dy = objective.backward(cache)
     if scaler is None:
-        model.backward(dy.astype(model.dtype, copy=False))
+        model.backward_params(dy.astype(model.dtype, copy=False))
         comm.allreduce_(params.grad)          # sum of the ranks' mean-loss gradients
         optimizer.step(grad_scale=float(comm.size))  # / R: the global mean's gradient
         return value
-    model.backward((dy * scaler.scale).astype(model.dtype))
+    model.backward_params((dy * scaler.scale).astype(model.dtype))
     comm.allreduce_(params.grad)              # float32 master gradients: what Adam reads
     finite = scaler.finite(params.grad)       # the same verdict on every rank
     if finite:

@@ -6,8 +6,8 @@ import numpy
 import pytest
 
 from cupyden import backend
-from cupyden.functional import (blas_cpu, conv, conv_cpu, conv_transform_cpu, pool,
-                                pool_cpu, shape_cpu, upsample, upsample_cpu)
+from cupyden.functional import (activation, blas_cpu, conv, conv_cpu, conv_transform_cpu,
+                                pool, pool_cpu, shape_cpu, upsample, upsample_cpu)
 
 from conftest import rel
 
@@ -164,9 +164,11 @@ def test_transform_chosen_as_measured():
     assert choose(32, 1, 5, 5, 1, 2) is None
     assert choose(1, 48, 11, 11, 1, 5) is None
     assert choose(1, 48, 11, 11, 1, 5, "dgrad") == "fft"
-    assert choose(32, 32, 3, 3, 1, 1, "wgrad") is None
+    assert choose(32, 32, 3, 3, 1, 1, "wgrad") == "winograd"
+    assert choose(32, 32, 3, 3, 1, 1, "dgrad") is None
+    assert choose(48, 48, 3, 3, 1, 1, "dgrad") == "winograd"
     assert choose(384, 128, 3, 3, 1, 1) == "winograd"
-    assert choose(32, 32, 3, 3, 1, 1) is None
+    assert choose(32, 32, 3, 3, 1, 1) is None and choose(1, 32, 3, 3, 1, 1, "wgrad") is None
     assert choose(384, 128, 3, 3, 2, 1) is None and choose(97, 64, 5, 5, 2, 2) is None
     assert conv_transform_cpu.Fft(5, 5, numpy.float32).s == 16
     assert conv_transform_cpu.Fft(11, 11, numpy.float32).s == 32
@@ -293,3 +295,25 @@ def test_conv_cpu_gradients_are_the_same_bits_on_every_run(method, monkeypatch):
     for other in runs[1:]:
         for got, first in zip(other, runs[0]):
             assert numpy.array_equal(got, first)
+
+
+@pytest.mark.parametrize("slope", [None, 0.0, 0.1, 1.0, 2.5])
+def test_activation_gradient_equals_activation_backward(slope, threads):
+    """dz = dy * act'(y) equals functional.activation's reference to the bit (every
+    activation path: none, ReLU, LeakyReLU by max(sign(y), slope), and slope > 1), zero
+    beyond the output; db is the sum of dz."""
+    rng = numpy.random.default_rng(5)
+    z = rng.standard_normal((2, 6, 9, 7)).astype(numpy.float32)
+    z[0, 0, 0, :3] = 0                                             # y == 0: slope there
+    if slope is None:
+        y = z
+    else:
+        y = numpy.maximum(z, slope * z) if slope <= 1 else numpy.minimum(z, slope * z)
+    y = channels_last(y)
+    dy = rng.standard_normal(y.shape).astype(numpy.float32)
+    dz, db = conv_cpu.activation_gradient(dy, y, slope, 11, 8)
+    ref = activation.activation_backward(dy, y, slope)
+    assert dz.shape == (2, 11, 8, 6)
+    assert numpy.array_equal(dz[:, :9, :7], ref.transpose(0, 2, 3, 1))
+    assert not dz[:, 9:].any() and not dz[:, :, 7:].any()
+    assert rel(db, ref.astype(numpy.float64).sum(axis=(0, 2, 3))) < 1e-6

@@ -4,6 +4,7 @@ import numpy
 import pytest
 
 from cupyden.models import DnCNN, UNet, build_model
+from cupyden.optim import Parameters
 
 
 def test_dncnn_12_32_has_93089_parameters():
@@ -35,3 +36,29 @@ def test_config_round_trip():
         a, b = model.state(), again.state()
         assert a.keys() == b.keys()
         assert all(numpy.array_equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("config", [
+    {"arch": "dncnn", "depth": 4, "width": 6},
+    {"arch": "unet", "base": 4},
+    {"arch": "topaz-unet", "nf": 4, "depth": 2, "base_width": 5, "top_width": 3}])
+def test_backward_params_equals_backward_without_the_input_gradient(xp, config):
+    """A training step's backward (backward_params: the input layer skips dx) gives the
+    same parameter gradients, to the bit, as the full backward; the input layer computes
+    its dx again afterwards."""
+    model = build_model(config).to(xp, numpy.float64)
+    params = Parameters(model)
+    rng = numpy.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((2, 1, 16, 12)))
+    dy = xp.asarray(rng.standard_normal((2, 1, 16, 12)))
+    model.forward(x)
+    params.zero_grad()
+    assert model.backward(dy).shape == x.shape
+    full = params.grad.copy()
+    params.zero_grad()
+    model.forward(x)
+    assert model.backward_params(dy) is None
+    assert bool((params.grad == full).all())
+    assert all(layer.input_grad for layer in model.input_layers())
+    model.forward(x)
+    assert model.backward(dy).shape == x.shape

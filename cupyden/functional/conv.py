@@ -288,27 +288,30 @@ def conv2d_forward(x, w, b, stride=1, padding=0, slope=None, keep_cache=True):
     return y, cache
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, input_grad=True):
     """Convolution backward.
 
     Parameters
     ----------
     dy : array (N, F, OH, OW)
     cache : Conv2dCache
+    input_grad : bool
+        False: dx is not needed (the network's input) and None is returned for it; the CPU
+        and im2col paths then skip its computation (cuDNN's computes and drops it).
 
     Returns
     -------
-    dx : array (N, C, H, W)
+    dx : array (N, C, H, W), or None without ``input_grad``
     dw : array (F, C, KH, KW)
     db : array (F,)
     """
     from . import conv_cpu
     if isinstance(cache, conv_cpu.Conv2dCpuCache):
-        return conv_cpu.conv2d_backward(dy, cache)
+        return conv_cpu.conv2d_backward(dy, cache, input_grad)
     if isinstance(cache, conv_cudnn.CudnnConvCache):
         out = conv_cudnn.conv_backward(dy, cache._replace(bias=True))
         if out is not None:
-            return out
+            return (out[0] if input_grad else None,) + tuple(out[1:])
         cache = Conv2dCache(pad_zeros(cache.x, cache.padding), cache.w, cache.stride,
                             cache.padding, cache.x.shape, cache.y, cache.slope, None)
     xp = get_array_module(dy)
@@ -320,7 +323,7 @@ def conv2d_backward(dy, cache):
     db = channel_sum(dy)
     wm = w.reshape(F, C * KH * KW)
     dwm = xp.zeros_like(wm)                             # (F, K)
-    dxpad = xp.zeros_like(xpad)
+    dxpad = xp.zeros_like(xpad) if input_grad else None
     buf = None
     for i, (n0, n1, r0, r1) in enumerate(_blocks(N, OH, OW, C * KH * KW, xp)):
         nb, R = n1 - n0, r1 - r0
@@ -332,8 +335,11 @@ def conv2d_backward(dy, cache):
             col = im2col(xpad, KH, KW, S, n0, n1, r0, r1, OW, out=buf)
         dyb = dy[n0:n1, :, r0:r1].transpose(1, 0, 2, 3).reshape(F, nb * R * OW)
         dwm += dyb @ col.T                              # (F, K)
-        dcol = wm.T @ dyb                               # (K, nb * R * OW)
-        col2im_add(dcol, dxpad, KH, KW, S, n0, n1, r0, r1, OW)
+        if input_grad:
+            dcol = wm.T @ dyb                           # (K, nb * R * OW)
+            col2im_add(dcol, dxpad, KH, KW, S, n0, n1, r0, r1, OW)
+    if not input_grad:
+        return None, dwm.reshape(w.shape), db
     dx = dxpad[:, :, P:P + H, P:P + W] if P else dxpad
     return xp.ascontiguousarray(dx), dwm.reshape(w.shape), db
 

@@ -58,8 +58,9 @@ accumulator (summed at the end); the GEMMs (``blas_cpu.gemm``), copies and ufunc
 the GIL. A tile's slab and output block are sized for a core's L2 cache.
 
 Layers with many channels or large kernels run some stages faster in a transform domain
-(Winograd for 3 x 3, FFT for 5 x 5 and up: :mod:`conv_transform_cpu`); :func:`transform_for`
-chooses per stage (forward, dW, dx) from measurements, and the cache is the same.
+(Winograd F(4 x 4, 3 x 3) for 3 x 3, FFT for 5 x 5 and up: :mod:`conv_transform_cpu`);
+:func:`transform_for` chooses per stage (forward, dW, dx) from measurements, and the cache
+is the same.
 """
 
 from typing import NamedTuple
@@ -86,14 +87,16 @@ FOLD_BELOW = 16
 #: least FFT_AREA pixels with C * F >= FFT_CHANNELS (Topaz's 5 x 5 layers: 1.4-1.9x), and
 #: in the backward pass also for kernels of FFT_AREA_WIDE with C * F >= FFT_CHANNELS_WIDE
 #: (Topaz's 11 x 11 first layer, whose dx by taps is a GEMV per tap); Winograd's
-#: F(2 x 2, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS[stage]: forward
-#: 1.1-1.5x from 192 -> 64 up (0.7-1.0x below 96 -> 96); dW 1.1-1.4x from 64 -> 64 up
-#: (1.1-1.2x below, within the noise of a whole step); dx 1.1-1.5x from 96 -> 96 up.
+#: F(4 x 4, 3 x 3) for 3 x 3 kernels with C * F >= WINOGRAD_CHANNELS[stage], measured
+#: against the taps per layer and stage on 16 x 128^2 batches (one core, 2026-11-30):
+#: dW 1.1x at 32 -> 32 and 1.1-1.4x above (the taps' dW is a long-reduction GEMM that
+#: OpenBLAS runs at 50-80 GFLOP/s); dx 1.0x at 32 -> 32 and 32 -> 64, 1.1-1.5x from
+#: 48 -> 48 up; forward within noise of the taps below 64 -> 64, 1.2-1.5x from 192 -> 64.
 FFT_AREA = 25
 FFT_CHANNELS = 1024
 FFT_AREA_WIDE = 121
 FFT_CHANNELS_WIDE = 32
-WINOGRAD_CHANNELS = {"forward": 12288, "wgrad": 4096, "dgrad": 9216}
+WINOGRAD_CHANNELS = {"forward": 4096, "wgrad": 1024, "dgrad": 2304}
 
 
 def transform_for(C, F, KH, KW, stride, padding, stage="forward"):
@@ -257,33 +260,65 @@ def _correlate(out, slab, wm, fold_buf, overwrite=False):
                  beta=0.0 if overwrite and i == j == 0 else 1.0)
 
 
-def _correlate_wgrad(acc, slab, grid, fold_buf):
-    """acc[i, j] (Cin, Cout) += slab_flat[i * Wq + j : + M]^T @ grid (M, Cout).
+def _correlate_wgrad(acc, slab, gt, h0, slot):
+    """acc[i, j] (Cout, Cin) += sum_p g[p] (Cout,) outer slab_flat[p + i * Wq + j] (Cin,).
 
-    The transpose of :func:`_correlate` with the same slab and folding; acc is
-    (I, J, Cin, Cout), C-contiguous.
+    The weight gradient of :func:`_correlate`'s taps, transposed, with g the tile's dz on
+    the (R, Wq) grid (M = R * Wq points, zero in the dropped columns). Written as
+    ``sum_q g[q - off] slab_flat[q]``, the shifted dz rows of a kernel row's J taps are
+    stacked into one (J * Cout, Q) matrix (J contiguous copies), and each kernel row is one
+    GEMM (J * Cout, Q) @ (Q, Cin) of two untransposed row-major operands, which OpenBLAS
+    packs faster than a transposed one (measured, one core, 32 -> 32: 70 GFLOP/s against
+    51 for a GEMM slab^T (Cin, M) @ g (M, Cout) per tap).
+
+    Parameters
+    ----------
+    acc : array (I, J, Cout, Cin), C-contiguous, added into
+    slab : array (R + I, Wq, Cin), C-contiguous (the forward pass's slab)
+    gt : array (Cout, M + 2 * h0), C-contiguous
+        gt[:, h0 + p] = g[p], zero before and after.
+    h0 : int
+        At least (I - 1) * Wq + J - 1, the largest tap offset.
+    slot : int
+        The thread's scratch slot.
     """
+    Wq = slab.shape[1]
+    M = gt.shape[1] - 2 * h0
+    dtype = gt.dtype
+    it = dtype.itemsize
+    I, J, Cout, Cin = acc.shape
+    Q = M + (I - 1) * Wq + J - 1                      # slab points that meet the grid
+    base = h0 - (I - 1) * Wq - (J - 1)
+    L = (I - 1) * Wq + Q
+    # stack[j, :, v] = gt[:, base + J - 1 - j + v]; tap (i, j) reads it from column
+    # (I - 1 - i) * Wq: gt[:, h0 + q - i * Wq - j] = g[q - off], q in [0, Q)
+    stack = _scratch(slot, "stack", (J, Cout, L), dtype)
+    for j in range(J):
+        stack[j] = gt[:, base + J - 1 - j:base + J - 1 - j + L]
+    sp, ap = stack.ctypes.data, acc.ctypes.data
+    for i in range(I):                                # (J * Cout, Q) @ (Q, Cin)
+        gemm(dtype, J * Cout, Cin, Q, sp + (I - 1 - i) * Wq * it, L, slab.ctypes.data, Cin,
+             ap + i * J * Cout * Cin * it, Cin)
+
+
+def _correlate_wgrad_folded(acc, slab, grid, fold_buf):
+    """acc[i] (J * Cin, Cout) += fold[i * Wq : + M]^T @ grid (M, Cout): the weight
+    gradient of :func:`_correlate`'s folded taps (few input channels, where a stacked dz
+    would make a GEMV of depth Cin); acc is (I, J, Cin, Cout), C-contiguous, and
+    fold_buf (R + I - 1, Wq, J, Cin) receives the folded slab."""
     M, Cout = grid.shape
     I, J, Cin, _ = acc.shape
     Wq = slab.shape[1]
     dtype = grid.dtype
     it = dtype.itemsize
-    gp, ap = grid.ctypes.data, acc.ctypes.data
-    if fold_buf is not None:
-        L = fold_buf.shape[0] * Wq
-        flat, fold = slab.reshape(-1, Cin), fold_buf.reshape(L, J, Cin)
-        for j in range(J):
-            fold[:, j] = flat[j:j + L]
-        fp = fold_buf.ctypes.data
-        for i in range(I):                                # (J*Cin, M) @ (M, Cout)
-            gemm(dtype, J * Cin, Cout, M, fp + i * Wq * J * Cin * it, J * Cin, gp, Cout,
-                 ap + i * J * Cin * Cout * it, Cout, trans_a=True)
-        return
-    src = slab.ctypes.data
-    for i in range(I):
-        for j in range(J):                                # (Cin, M) @ (M, Cout)
-            gemm(dtype, Cin, Cout, M, src + (i * Wq + j) * Cin * it, Cin, gp, Cout,
-                 ap + (i * J + j) * Cin * Cout * it, Cout, trans_a=True)
+    L = fold_buf.shape[0] * Wq
+    flat, fold = slab.reshape(-1, Cin), fold_buf.reshape(L, J, Cin)
+    for j in range(J):
+        fold[:, j] = flat[j:j + L]                        # fold[p, j] = slab_flat[p + j]
+    for i in range(I):                                    # (J*Cin, M) @ (M, Cout)
+        gemm(dtype, J * Cin, Cout, M, fold_buf.ctypes.data + i * Wq * J * Cin * it, J * Cin,
+             grid.ctypes.data, Cout, acc.ctypes.data + i * J * Cin * Cout * it, Cout,
+             trans_a=True)
 
 
 def _activate_into(dst, z, slope, slot):
@@ -408,13 +443,19 @@ def activation_gradient(dy, y, slope, rows, cols):
         g, d = dz[n, r0:r1, :OW], dys[n, r0:r1]
         if slope is None:
             g[...] = d
+        elif slope == 0.0:
+            numpy.multiply(d, ys[n, r0:r1] > 0, out=g)    # ReLU': 1 where y > 0, else 0
+        elif 0.0 < slope <= 1.0:
+            # LeakyReLU': max(sign(y), slope) is 1 where y > 0 and slope where y <= 0
+            # (sign 0 or -1 there), exactly; a multiply by it is 5x faster than a
+            # copyto with a mask (measured: 0.35 against 1.5 ms per 1 MiB band)
+            factor = _scratch(slot, "factor", g.shape, g.dtype)
+            numpy.sign(ys[n, r0:r1], out=factor)
+            numpy.maximum(factor, g.dtype.type(slope), out=factor)
+            numpy.multiply(d, factor, out=g)
         else:
-            positive = ys[n, r0:r1] > 0
-            if slope == 0.0:
-                numpy.multiply(d, positive, out=g)         # ReLU': 1 where y > 0, else 0
-            else:
-                numpy.multiply(d, slope, out=g)            # slope where y <= 0 ...
-                numpy.copyto(g, d, where=positive)         # ... and 1 where y > 0
+            numpy.multiply(d, slope, out=g)                # slope where y <= 0 ...
+            numpy.copyto(g, d, where=ys[n, r0:r1] > 0)     # ... and 1 where y > 0
         whole = dz[n, r0:r1].reshape(-1, F)                 # zero columns included
         db_parts[n, r0] = _ones(slot, whole.shape[0], dz.dtype) @ whole  # one GEMV
 
@@ -454,35 +495,50 @@ def weight_gradient_taps(xs, dz, w_shape, S, P):
     I0, J0 = shapes[0]
     fold = C < FOLD_BELOW and J0 > 1
     tiles = _tiles(N, OH, OW, I0, J0, C, F, fold)
-    # one flat accumulator row holds every stride phase's (I, J, C, F) block
-    acc = numpy.zeros((SUM_CHUNKS, sum(I * J for I, J in shapes) * C * F), dtype)
+    # one flat accumulator row holds every stride phase's block: (I, J, F, C), or
+    # (I, J, C, F) when folding
+    acc = numpy.zeros((SUM_CHUNKS, sum(I * J for I, J in shapes) * F * C), dtype)
 
     def _phase(flat_acc, k):
-        """The (I, J, C, F) accumulator of stride phase k inside one flat row."""
-        start = sum(I * J for I, J in shapes[:k]) * C * F
+        """The accumulator of stride phase k inside one flat row."""
+        start = sum(I * J for I, J in shapes[:k]) * F * C
         I, J = shapes[k]
-        return flat_acc[start:start + I * J * C * F].reshape(I, J, C, F)
+        block = flat_acc[start:start + I * J * F * C]
+        return block.reshape((I, J, C, F) if fold else (I, J, F, C))
 
     def tile(t, slot, part):
         n, r0, r1, c0, c1 = tiles[t]
         R, TC = r1 - r0, c1 - c0
         Wt = TC + J0 - 1
-        grid = _scratch(slot, "grid", (R, Wt, F), dtype)   # dz on the tile's grid
-        grid[:, TC:] = 0
-        grid[:, :TC] = dz[n, r0:r1, c0:c1]
-        flat = grid.reshape(-1, F)
+        M, h0 = R * Wt, (I0 - 1) * Wt + J0 - 1            # grid points, largest offset
+        if fold:                                           # dz on the tile's (R, Wt) grid
+            gt = None
+            grid = _scratch(slot, "grid", (R, Wt, F), dtype)
+            grid[:, TC:] = 0
+            grid[:, :TC] = dz[n, r0:r1, c0:c1]
+        else:                              # the same, transposed, h0 zeros either side
+            gt = _scratch(slot, "gridt", (F, M + 2 * h0), dtype)
+            gt[:, :h0] = 0
+            gt[:, h0 + M:] = 0
+            grid = gt[:, h0:h0 + M].reshape(F, R, Wt)
+            grid[:, :, TC:] = 0
+            grid[:, :, :TC] = dz[n, r0:r1, c0:c1].transpose(2, 0, 1)
         for k, (I, J) in enumerate(shapes):
             a, bb = divmod(k, min(S, KW))
             slab = _scratch(slot, "slab", (R + I, Wt, C), dtype)
             _fill(slab, xs, n, S * r0 + a - P, S * c0 + bb - P, S)
-            fold_buf = _fold_buffer(slot, fold, R, I, Wt, J, C, dtype)
-            _correlate_wgrad(_phase(part, k), slab, flat, fold_buf)
+            if fold:
+                fold_buf = _scratch(slot, "fold", (R + I - 1, Wt, J, C), dtype)
+                _correlate_wgrad_folded(_phase(part, k), slab, grid.reshape(M, F), fold_buf)
+            else:
+                _correlate_wgrad(_phase(part, k), slab, gt, h0, slot)
 
     total = cpu_map_sum(tile, len(tiles), acc)          # same bits on every run
     dw = numpy.empty(w_shape, dtype)
+    order = (3, 2, 0, 1) if fold else (2, 3, 0, 1)       # the blocks -> (F, C, I, J)
     for k in range(len(shapes)):
         a, bb = divmod(k, min(S, KW))
-        dw[:, :, a::S, bb::S] = _phase(total, k).transpose(3, 2, 0, 1)   # (I,J,C,F) -> (F,C,I,J)
+        dw[:, :, a::S, bb::S] = _phase(total, k).transpose(order)
     return dw
 
 
@@ -539,7 +595,7 @@ def input_gradient_taps(dz, w, S, P, H, W):
     return dxs
 
 
-def conv2d_backward(dy, cache):
+def conv2d_backward(dy, cache, input_grad=True):
     """Convolution backward on the CPU.
 
     Three stages, each by the algorithm measured fastest for the layer
@@ -550,10 +606,12 @@ def conv2d_backward(dy, cache):
     ----------
     dy : numpy.ndarray (N, F, OH, OW), any memory layout
     cache : Conv2dCpuCache
+    input_grad : bool
+        False skips the dx stage (the network's input needs no gradient).
 
     Returns
     -------
-    dx : numpy.ndarray (N, C, H, W), channels-last memory
+    dx : numpy.ndarray (N, C, H, W), channels-last memory, or None without ``input_grad``
     dw : numpy.ndarray (F, C, KH, KW)
     db : numpy.ndarray (F,)
         The sum of dz, also when the forward pass had no bias (as in functional.conv).
@@ -575,6 +633,8 @@ def conv2d_backward(dy, cache):
         dw = weight_gradient_taps(xs, dz, w.shape, S, P)
     else:
         dw = tcpu.weight_gradient(xs, dz, KH, KW, P, by_w)
+    if not input_grad:
+        return None, dw, db
     dz = dz[:, :OH, :OW]
     if by_x is None:
         dxs = input_gradient_taps(dz, w, S, P, H, W)

@@ -18,13 +18,16 @@ save); each tile gives V x V outputs:
   s x s)), outputs = the first V x V of IFFT2(Y) (the circular correlation equals the
   linear one there), the bias added to the zero frequency (b * s^2). Points: s (s/2 + 1),
   complex.
-- Winograd F(2 x 2, 3 x 3) (K = 3, s = 4, V = 2, 16 real points): X = B^T d B, U = G g G^T,
+- Winograd F(4 x 4, 3 x 3) (K = 3, s = 6, V = 4, 36 real points): X = B^T d B, U = G g G^T,
   outputs = A^T Y A, with Lavin & Gray's B, G, A. Each transform is one small matrix
-  product on point-major data: vec(B^T d B) = (B^T kron B^T) vec(d), and so on.
+  product on point-major data: vec(B^T d B) = (B^T kron B^T) vec(d), and so on. F(4 x 4)
+  was 1.3-1.6x faster than F(2 x 2) in every stage of every 3 x 3 layer of the shipped
+  networks (one core, 2026-11-30); its float32 results differ from float64 by 1.5-4e-6
+  (relative norm, 32 -> 32 to 384 -> 128) against 2-6e-7 for F(2 x 2).
 
-Per output pixel and (C, F) pair, points / V^2 multiply-adds instead of K^2: Winograd 4
-against 9; FFT (s = 16) 0.74 complex against 9 (K = 3), 1.0 against 25 (K = 5). The
-transforms' copies cost per channel, so the gain is in layers with many channels
+Per output pixel and (C, F) pair, points / V^2 multiply-adds instead of K^2: Winograd
+2.25 (4 for F(2 x 2)) against 9; FFT (s = 16) 0.74 complex against 9 (K = 3), 1.0 against
+25 (K = 5). The transforms' copies cost per channel, so the gain is in layers with many channels
 (measured per layer in benchmarks/RESULTS.md, issue 21).
 
 Backward, with dz = dy * act'(y):
@@ -55,11 +58,16 @@ from .conv_cpu import _activate_into, _fill, _scratch
 #: Transform-domain elements (points x tiles x channels) of one task: 16 MiB of complex64.
 TASK_ELEMENTS = 2 * 1024 * 1024
 
-# Winograd F(2, 3) (Lavin & Gray 2016, sec. 4.1): y = A^T [(G g) * (B^T d)] for a 1-D
-# correlation y[i] = sum_k d[i + k] g[k], i < 2, k < 3; in 2-D, A^T [(G g G^T) * (B^T d B)] A.
-_BT = numpy.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], numpy.float64)
-_G = numpy.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]], numpy.float64)
-_AT = numpy.array([[1, 1, 1, 0], [0, 1, -1, -1]], numpy.float64)
+# Winograd F(4, 3) (Lavin & Gray 2016, sec. 4.2, eq. 9; interpolation points 0, 1, -1,
+# 2, -2, infinity): y = A^T [(G g) * (B^T d)] for a 1-D correlation
+# y[i] = sum_k d[i + k] g[k], i < 4, k < 3; in 2-D, A^T [(G g G^T) * (B^T d B)] A.
+_BT = numpy.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+                   [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]],
+                  numpy.float64)
+_G = numpy.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                  [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+_AT = numpy.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+                   [0, 1, -1, 8, -8, 1]], numpy.float64)
 
 
 class Fft:
@@ -122,54 +130,55 @@ class Fft:
 
 
 class Winograd:
-    """Winograd F(2 x 2, 3 x 3): tiles of 4 x 4, 2 x 2 outputs, 16 real points."""
+    """Winograd F(4 x 4, 3 x 3): tiles of s = 6 pixels a side, m x m = 4 x 4 outputs,
+    s^2 = 36 real points."""
 
     name = "winograd"
-    s, KH, KW, Vh, Vw, points = 4, 3, 3, 2, 2, 16
+    s, KH, KW, Vh, Vw, points = 6, 3, 3, 4, 4, 36
 
     def __init__(self, KH, KW, dtype):
         self.dtype = self.pdtype = numpy.dtype(dtype)
         cast = [m.astype(dtype) for m in (numpy.kron(_BT, _BT), numpy.kron(_G, _G),
                                           numpy.kron(_AT, _AT), numpy.kron(_AT.T, _AT.T),
                                           numpy.kron(_G.T, _G.T))]
-        self.bt2, self.g2, self.at2, self.a2, self.gt2 = cast      # (16,16) (16,9) (4,16) ...
+        self.bt2, self.g2, self.at2, self.a2, self.gt2 = cast   # (s^2, s^2) (s^2, 9) ...
 
     def kernel(self, w):
-        """w (F, C, 3, 3) -> U (16, C, F) = (G kron G) vec(g)."""
+        """w (F, C, 3, 3) -> U (s^2, C, F) = (G kron G) vec(g)."""
         F, C = w.shape[:2]
-        return (self.g2 @ w.transpose(2, 3, 1, 0).reshape(9, C * F)).reshape(16, C, F)
+        return (self.g2 @ w.transpose(2, 3, 1, 0).reshape(9, C * F)).reshape(-1, C, F)
 
     def tiles(self, d, slot):
-        """d (t, tw, 4, 4, C) tiles -> X (16, T, C) = (B^T kron B^T) vec(d)."""
-        t, tw, _, _, C = d.shape
-        g = _scratch(slot, "tr.d", (4, 4, t, tw, C), self.dtype)
+        """d (t, tw, s, s, C) tiles -> X (s^2, T, C) = (B^T kron B^T) vec(d)."""
+        t, tw, s, _, C = d.shape
+        g = _scratch(slot, "tr.d", (s, s, t, tw, C), self.dtype)
         g[...] = d.transpose(2, 3, 0, 1, 4)                     # point-major gather
-        x = _scratch(slot, "tr.x", (16, t * tw, C), self.dtype)
-        numpy.matmul(self.bt2, g.reshape(16, -1), out=x.reshape(16, -1))
+        x = _scratch(slot, "tr.x", (s * s, t * tw, C), self.dtype)
+        numpy.matmul(self.bt2, g.reshape(s * s, -1), out=x.reshape(s * s, -1))
         return x
 
     def product(self, T, F, slot):
-        return _scratch(slot, "tr.y", (16, T, F), self.dtype)
+        return _scratch(slot, "tr.y", (self.points, T, F), self.dtype)
 
     def outputs(self, y, b, t, tw):
-        """Y (16, T, F) -> A^T Y A, the outputs (t, tw, 2, 2, F) (+ b), a view."""
-        F = y.shape[2]
-        out = self.at2 @ y.reshape(16, -1)                     # (4, T * F)
+        """Y (s^2, T, F) -> A^T Y A, the outputs (t, tw, m, m, F) (+ b), a view."""
+        F, m = y.shape[2], self.Vh
+        out = self.at2 @ y.reshape(self.points, -1)            # (m^2, T * F)
         if b is not None:
-            out.reshape(4, -1, F)[...] += b
-        return out.reshape(2, 2, t, tw, F).transpose(2, 3, 0, 1, 4)
+            out.reshape(m * m, -1, F)[...] += b
+        return out.reshape(m, m, t, tw, F).transpose(2, 3, 0, 1, 4)
 
     def gradient_tiles(self, dz, slot):
-        """dz tiles (t, tw, 2, 2, F) -> Z (16, T, F) = (A kron A) vec(dz)."""
-        t, tw, _, _, F = dz.shape
-        g = _scratch(slot, "tr.dz", (2, 2, t, tw, F), self.dtype)
+        """dz tiles (t, tw, m, m, F) -> Z (s^2, T, F) = (A kron A) vec(dz)."""
+        t, tw, m, _, F = dz.shape
+        g = _scratch(slot, "tr.dz", (m, m, t, tw, F), self.dtype)
         g[...] = dz.transpose(2, 3, 0, 1, 4)
-        return (self.a2 @ g.reshape(4, -1)).reshape(16, t * tw, F)
+        return (self.a2 @ g.reshape(m * m, -1)).reshape(self.points, t * tw, F)
 
     def kernel_gradient(self, g):
-        """sum of X^T Z per point (16, C, F) -> dW (F, C, 3, 3) = (G^T kron G^T) vec(.)."""
+        """sum of X^T Z per point (s^2, C, F) -> dW (F, C, 3, 3) = (G^T kron G^T) vec(.)."""
         C, F = g.shape[1:]
-        return (self.gt2 @ g.reshape(16, C * F)).reshape(3, 3, C, F).transpose(3, 2, 0, 1)
+        return (self.gt2 @ g.reshape(self.points, C * F)).reshape(3, 3, C, F).transpose(3, 2, 0, 1)
 
 
 TRANSFORMS = {"fft": Fft, "winograd": Winograd}

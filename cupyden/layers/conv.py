@@ -32,7 +32,13 @@ class Conv2d(Layer):
     Attributes
     ----------
     params : {"w": (F, C, KH, KW), "b": (F,)}
+    input_grad : bool
+        True: ``backward`` returns the input's gradient; False: it returns None and skips
+        computing it (a layer reading the network's input, during
+        :meth:`cupyden.models.base.Model.backward_params`).
     """
+
+    input_grad = True
 
     def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=None,
                  bias=True, activation=None, slope=0.01, rng=None):
@@ -57,7 +63,7 @@ class Conv2d(Layer):
         return y
 
     def backward(self, dy):
-        dx, dw, db = conv2d_backward(dy, self.cache)
+        dx, dw, db = conv2d_backward(dy, self.cache, self.input_grad)
         self.grads["w"] += dw
         if "b" in self.params:
             self.grads["b"] += db

@@ -89,6 +89,31 @@ class Model:
                                          % (lname, k, tuple(src.shape), v.shape))
                     v[...] = src if isinstance(v, numpy.ndarray) else self.xp.asarray(src)
 
+    def input_layers(self):
+        """The layers that read the network's input and can skip its gradient
+        (``input_grad``); models whose ``backward`` accepts None from them override this.
+        None here: every layer computes its input's gradient."""
+        return []
+
+    def backward_params(self, dy):
+        """The backward pass for the parameter gradients only (a training step): the
+        layers of :meth:`input_layers` skip the gradient of the network's input, which
+        nothing needs (PyTorch likewise skips it for an input without ``requires_grad``).
+
+        Parameters
+        ----------
+        dy : array, the output's shape
+            The loss gradient.
+        """
+        layers = self.input_layers()
+        for layer in layers:
+            layer.input_grad = False
+        try:
+            self.backward(dy)
+        finally:
+            for layer in layers:
+                layer.input_grad = True
+
     def config(self):
         """Architecture and hyper-parameters, enough to rebuild the model."""
         raise NotImplementedError

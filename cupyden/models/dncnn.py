@@ -50,8 +50,13 @@ class DnCNN(Model):
 
     def backward(self, dy):
         """y = x - body(x): the body receives -dy (so its parameter gradients have the
-        right sign), and dx = dy + body^T(-dy)."""
-        return dy + self.body.backward(-dy)
+        right sign), and dx = dy + body^T(-dy) (None when conv1 skips its input's
+        gradient: :meth:`backward_params`)."""
+        dbody = self.body.backward(-dy)
+        return None if dbody is None else dy + dbody
+
+    def input_layers(self):
+        return [self.body.named[0][1]]
 
     def config(self):
         return {"arch": self.arch, "depth": self.depth, "width": self.width,

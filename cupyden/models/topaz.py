@@ -135,11 +135,17 @@ class TopazUNet(Model):
         for i in range(1, self.depth + 1):
             dh, dskips[i - 1] = self.ups[i - 1].backward(self.dec[i].backward(dh))
         dh = self.enc[self.depth].backward(dh)           # h_d feeds only the bottleneck
-        for i in range(self.depth - 1, -1, -1):          # h_{i+1} = pool(enc_i(h_i)), and
+        for i in range(self.depth - 1, 0, -1):           # h_{i+1} = pool(enc_i(h_i)), and
             dh = add_gradients(self.enc[i].backward(self.pools[i].backward(dh)),
                                dskips[i])                # h_i is a skip
-        dx = dh
+        dx = self.enc[0].backward(self.pools[0].backward(dh))   # None from backward_params
+        if dx is None:
+            return None
+        dx = add_gradients(dx, dskips[0])                # the input is dec1's skip too
         return reflection_pad2d_backward(dx, self._pad_cache) if self.pad else dx
+
+    def input_layers(self):
+        return [self.enc[0].named[0][1]]
 
     def config(self):
         return {"arch": self.arch, "nf": self.nf, "base_width": self.base_width,

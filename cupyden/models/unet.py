@@ -100,8 +100,11 @@ class UNet(Model):
         de3 = add_gradients(self.pool3.backward(self.bott.backward(db)), de3)
         de2 = add_gradients(self.pool2.backward(self.enc3.backward(de3)), de2)
         de1 = add_gradients(self.pool1.backward(self.enc2.backward(de2)), de1)
-        dx = self.enc1.backward(de1)
-        return reflection_pad2d_backward(dx, self._pad_cache)
+        dx = self.enc1.backward(de1)                        # None from backward_params
+        return None if dx is None else reflection_pad2d_backward(dx, self._pad_cache)
+
+    def input_layers(self):
+        return [self.enc1.named[0][1]]
 
     def config(self):
         return {"arch": self.arch, "base": self.base, "channels": self.channels,
