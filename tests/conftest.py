@@ -41,3 +41,20 @@ def rel(a, b):
     """||a - b|| / ||b||, on the host."""
     a, b = backend.to_host(a).astype(numpy.float64), backend.to_host(b).astype(numpy.float64)
     return float(numpy.linalg.norm(a - b) / max(numpy.linalg.norm(b), 1e-300))
+
+
+def write(path, data, voxel=1.0):
+    """Write ``data`` to an MRC file with voxel size ``voxel`` (Å); returns the path."""
+    import mrcfile
+    with mrcfile.new(str(path), overwrite=True) as m:
+        m.set_data(data)
+        m.voxel_size = voxel
+    return str(path)
+
+
+def smooth(shape, seed=0):
+    """A smooth random float32 image (Gaussian-filtered white noise, amplitude ~20)."""
+    rng = numpy.random.default_rng(seed)
+    f = numpy.fft.rfft2(rng.standard_normal(shape))
+    k2 = numpy.fft.fftfreq(shape[0])[:, None] ** 2 + numpy.fft.rfftfreq(shape[1])[None, :] ** 2
+    return (numpy.fft.irfft2(f * numpy.exp(-k2 / 0.005), s=shape) * 20).astype(numpy.float32)

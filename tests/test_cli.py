@@ -13,23 +13,11 @@ from cupyden.io.mrc import read_mrc, write_mrc
 from cupyden.io.patches import normalization
 from cupyden.models import DnCNN, UNet
 
+from conftest import smooth, write
+
 SMALL = ["--depth", "3", "--width", "4", "--patch-size", "16", "--stride", "8",
          "--batch-size", "4", "--val-every", "3", "-d", "-1", "--no-progress",
          "--val-fraction", "0.25", "--holdout-fraction", "0"]     # 96 px images: 24 rows
-
-
-def write(path, data, voxel=1.0):
-    with mrcfile.new(str(path), overwrite=True) as m:
-        m.set_data(data)
-        m.voxel_size = voxel
-    return str(path)
-
-
-def smooth(shape, seed=0):
-    rng = numpy.random.default_rng(seed)
-    f = numpy.fft.rfft2(rng.standard_normal(shape))
-    k2 = numpy.fft.fftfreq(shape[0])[:, None] ** 2 + numpy.fft.rfftfreq(shape[1])[None, :] ** 2
-    return (numpy.fft.irfft2(f * numpy.exp(-k2 / 0.005), s=shape) * 20).astype(numpy.float32)
 
 
 @pytest.fixture

@@ -17,16 +17,9 @@ from cupyden.io.patches import cut_patches, fourier_bin, normalization
 from cupyden.io.store import PatchStore, PatchStoreWriter
 from cupyden.metrics import frc
 
-from conftest import shared_data
+from conftest import shared_data, write
 
 K2 = ("micrographs", "mrcfile_fei-extended_K2counting_3838x3710.mrc")   # in ../shared/data
-
-
-def write(path, data, voxel=1.0):
-    with mrcfile.new(str(path), overwrite=True) as m:
-        m.set_data(data)
-        m.voxel_size = voxel
-    return str(path)
 
 
 def test_mrc_round_trip_keeps_pixel_size(tmp_path):

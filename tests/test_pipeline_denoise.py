@@ -18,16 +18,9 @@ from cupyden.models import DnCNN
 from cupyden.pipeline.denoise import (_HostBuffers, fp16_allowed, plan_jobs, preview,
                                       resolve_precision)
 
-from conftest import rel
+from conftest import rel, write
 
 RUN = ["-d", "-1", "--no-progress"]
-
-
-def write(path, data, voxel=1.0):
-    with mrcfile.new(str(path), overwrite=True) as m:
-        m.set_data(data)
-        m.voxel_size = voxel
-    return str(path)
 
 
 def noisy(shape, seed=0, dtype=numpy.float32):

@@ -18,24 +18,12 @@ from cupyden.io.patches import fourier_bin, normalization, patch_origins
 from cupyden.io.store import PatchStore
 from cupyden.pipeline.train import build_store, recipe
 
+from conftest import smooth, write
+
 STORE = dict(patch_size=16, stride=8, val_fraction=0.25, holdout_fraction=0)   # the old split
 SMALL = dict(depth=3, width=4, patch_size=16, stride=8, batch_size=4, val_every=3,
              val_fraction=0.25, holdout_fraction=0,
              device="-1", progress=False)
-
-
-def write(path, data, voxel=1.0):
-    with mrcfile.new(str(path), overwrite=True) as m:
-        m.set_data(data)
-        m.voxel_size = voxel
-    return str(path)
-
-
-def smooth(shape, seed=0):
-    rng = numpy.random.default_rng(seed)
-    f = numpy.fft.rfft2(rng.standard_normal(shape))
-    k2 = numpy.fft.fftfreq(shape[0])[:, None] ** 2 + numpy.fft.rfftfreq(shape[1])[None, :] ** 2
-    return (numpy.fft.irfft2(f * numpy.exp(-k2 / 0.005), s=shape) * 20).astype(numpy.float32)
 
 
 def old_store(views, patch, stride, val_fraction, method="robust"):
