@@ -17,11 +17,15 @@ Rows:
             row "N2N on full" denoises the full tomogram with the same model
 
 Scores: the central 9 z slices (z = D/2 - 4 .. D/2 + 4, the xy planes through the
-middle of the slab). Each estimate is first matched to the truth by least squares,
-a * estimate + b (the tomogram is image contrast with protein dark, the truth a potential
-in V: the sign and the scale are arbitrary), over those slices; PSNR (range of the truth
-there) over the slices, SSIM (cupyden.metrics.ssim) averaged over them. Training uses
-the tomograms only, never the truth.
+middle of the slab), without N2N's validation rows along y (the slab that chose its
+checkpoint, ``cupyden.pipeline.train.row_split``): every row of the table is scored on
+the same voxels, y rows [0, split) and [end, H). Each estimate is first matched to the
+truth by least squares, a * estimate + b (the tomogram is image contrast with protein
+dark, the truth a potential in V: the sign and the scale are arbitrary), over those
+voxels; PSNR (range of the truth there) over them, SSIM (cupyden.metrics.ssim) averaged
+over the slices and the two row blocks (weighted by rows). Training uses the tomograms
+only, never the truth. (F2Fd draws its few validation patches from the whole volume, as
+its method trains on the one volume it denoises.)
 
 Writes OUT/sim/{half1,half2,full,clean}/tomo.mrc, OUT/results.json, OUT/central_slices.png
 (z and y central slices of every row).
@@ -57,6 +61,7 @@ from cupyden import backend
 from cupyden.baselines import gaussian_lowpass
 from cupyden.io.mrc import read_mrc, write_mrc
 from cupyden.metrics import psnr, ssim
+from cupyden.pipeline.train import row_split
 from cupyden.simulate import DEFAULT_MODEL, Optics, read_atoms, simulate_tilt_series
 
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
@@ -75,11 +80,31 @@ def affine_match(estimate, truth):
     return a * e + truth.mean()
 
 
-def score(volume, truth_slices):
-    est = affine_match(central(volume), truth_slices)
-    r = float(truth_slices.max() - truth_slices.min())
-    return {"psnr": psnr(est, truth_slices, r),
-            "ssim": float(numpy.mean([ssim(e, t, r) for e, t in zip(est, truth_slices)]))}
+#: The validation and held-out fractions N2N trains with (train()'s defaults, passed
+#: explicitly so that the scored rows below follow them).
+VAL_FRACTION = HOLDOUT_FRACTION = 0.125
+
+
+def scored_rows(H, patch):
+    """[(start, stop)] of the y rows scored: all but N2N's validation rows."""
+    split, end = row_split(H, {"val_fraction": VAL_FRACTION,
+                               "holdout_fraction": HOLDOUT_FRACTION, "patch_size": patch})
+    return [(a, b) for a, b in ((0, split), (end, H)) if b > a]
+
+
+def score(volume, truth_slices, blocks):
+    c = central(volume)
+    truth = numpy.concatenate([truth_slices[:, a:b].ravel() for a, b in blocks])
+    est = affine_match(numpy.concatenate([c[:, a:b].ravel() for a, b in blocks]), truth)
+    r = float(truth.max() - truth.min())
+    offset, ssims, weights = 0, [], []
+    for a, b in blocks:
+        n = truth_slices[:, a:b].size
+        e = est[offset:offset + n].reshape(truth_slices[:, a:b].shape)
+        ssims += [ssim(ei, ti, r) for ei, ti in zip(e, truth_slices[:, a:b])]
+        weights += [b - a] * len(e)
+        offset += n
+    return {"psnr": psnr(est, truth, r), "ssim": float(numpy.average(ssims, weights=weights))}
 
 
 def simulate(out, shape, voxel_size, seed, xp):
@@ -114,6 +139,7 @@ def run_n2n(paths, out, o):
     cupyden.train([paths["half1"]], out, pairs="halves", odd=[paths["half2"]], arch=o["arch"],
                   steps=10 ** 7, max_minutes=o["minutes"], batch_size=o["batch"],
                   patch_size=o["patch"], val_every=o["val_every"], seed=o["seed"],
+                  val_fraction=VAL_FRACTION, holdout_fraction=HOLDOUT_FRACTION,
                   device=o["device"], overwrite=True, progress=False, log=lambda line: None)
     seconds = time.perf_counter() - t0
     model = cupyden.load_model(os.path.join(out, "model.h5"), device=o["device"])
@@ -174,7 +200,9 @@ def main(argv=None):
     truth = central(sim.clean)
     volumes = {"raw (full tomogram)": sim.full}
     rows = {"raw (full tomogram)": {}}
-    best = max(SIGMAS, key=lambda s: score(gaussian_lowpass(sim.full, s, 3), truth)["psnr"])
+    blocks = scored_rows(shape[1], o["patch"])
+    best = max(SIGMAS, key=lambda s: score(gaussian_lowpass(sim.full, s, 3), truth,
+                                           blocks)["psnr"])
     name = "Gaussian (oracle sigma %.2f voxels)" % best
     volumes[name] = gaussian_lowpass(sim.full, best, 3).astype(numpy.float32)
     rows[name] = {"sigma": best}
@@ -191,12 +219,13 @@ def main(argv=None):
 
     print("\n| method | PSNR (dB) | SSIM | training s | notes |\n|---|---|---|---|---|")
     results = {"params": sim.params, "simulation_s": t_sim, "device": device.name,
-               "scored": "z slices %d..%d, affine least-squares match to the potential"
-                         % (shape[0] // 2 - HALF_WIDTH, shape[0] // 2 + HALF_WIDTH),
+               "scored": "z slices %d..%d, y rows %s (not N2N's validation rows), affine "
+                         "least-squares match to the potential"
+                         % (shape[0] // 2 - HALF_WIDTH, shape[0] // 2 + HALF_WIDTH, blocks),
                "rows": {}}
     for key, info in rows.items():
         if key in volumes:
-            s = score(volumes[key], truth)
+            s = score(volumes[key], truth, blocks)
             info = dict(info, **s)
             print("| %s | %.2f | %.3f | %s | %s |" % (
                 key, s["psnr"], s["ssim"],
