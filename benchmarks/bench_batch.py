@@ -34,7 +34,12 @@ page-cache state for every contender):
   defaults: 1024 px patches, 500 px padding), N files and 1 file; steady state as above.
 - --gpus: the same N files through one GPU and through ``--gpus LIST``; whole-process
   throughput and steady-state throughput (each mode's 1-file run subtracted), and every
-  output compared bit for bit with the one-GPU output.
+  output compared bit for bit with the one-GPU output. Then warm workers, as a notebook
+  or a pipeline that keeps its ``distributed.Client`` has them: a LocalCUDACluster on the
+  first GPU alone and one on all of LIST, each worker warmed on one micrograph (its
+  model loaded, its cuDNN plans built), then ``denoise_files_dask(..., client=client)``
+  on the N files, timed from the call to its return: files per second, one GPU against
+  LIST, outputs compared with the one-GPU run's.
 
 Targets (issue 16): steady state <= 1.5x the floor and >= 10x faster than Topaz;
 one micrograph in a fresh process <= 3 s; two GPUs >= 1.8x one GPU, identical outputs.
@@ -130,6 +135,42 @@ def outputs_equal(a, b):
     return bad
 
 
+def warm_workers(model, gpus, paths, out, precision, device=0):
+    """Seconds for ``denoise_files_dask`` on warm workers of a LocalCUDACluster on ``gpus``.
+
+    Returns (seconds for all paths, cluster start-up s, each worker's warming s, stage
+    seconds summed over workers). Every worker first denoises ``paths[0]`` on its own (the
+    first worker alone: it tunes the cuDNN plans and records them in the plan cache)."""
+    from cupyden.pipeline.dask_workers import connect, denoise_files_dask, run_chunk
+    from cupyden.pipeline.denoise import Settings, plan_jobs
+    t0 = time.perf_counter()
+    client, cluster = connect(gpus)
+    try:
+        client.wait_for_workers(len(gpus))
+        up = time.perf_counter() - t0
+        per = []
+        for k, worker in enumerate(sorted(client.scheduler_info()["workers"])):
+            jobs = plan_jobs(paths[:1], out + "-warm%d" % k)[0]
+            os.makedirs(out + "-warm%d" % k)
+            t1 = time.perf_counter()
+            client.submit(run_chunk, model, device, precision, jobs,
+                          Settings(None, None, 4, 4, 4, False, "mrc"), workers=[worker],
+                          pure=False).result()
+            per.append(time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        result = denoise_files_dask(model, paths, out, client=client, device=device,
+                                    precision=precision, log=print)
+        dt = time.perf_counter() - t1
+    finally:
+        client.close()
+        cluster.close()
+    if len(result.written) != len(paths):
+        print("FAILED: %d of %d files written on warm workers %s" % (
+            len(result.written), len(paths), gpus))
+        sys.exit(1)
+    return dt, up, per, result.times
+
+
 def main():
     args = docopt(__doc__)
     n, size, d = int(args["-n"]), int(args["--size"]), args["--dir"]
@@ -203,6 +244,20 @@ def main():
                   ratio_steady, one[0], multi[0][0], bad, m))
         print("[--gpus %s] stages summed over workers: %s" % (args["--gpus"],
                                                              stages(multi[1][1])))
+        gpus = [int(g) for g in args["--gpus"].split(",")]
+        warm = [warm_workers(model, g, paths, os.path.join(d, "w%d" % len(g)),
+                             args["--precision"]) for g in (gpus[:1], gpus)]
+        bad = outputs_equal(os.path.join(d, "w1"), os.path.join(d, "w%d" % len(gpus)))
+        print("[--gpus %s] warm workers, %d files: one GPU %.2f s (%.1f micrographs/s), %d "
+              "GPUs %.2f s (%.1f micrographs/s): %.2fx the throughput; outputs differing "
+              "from one GPU's: %d of %d" % (args["--gpus"], m, warm[0][0], m / warm[0][0],
+                                            len(gpus), warm[1][0], m / warm[1][0],
+                                            warm[0][0] / warm[1][0], bad, m))
+        for g, (t, up, per, times) in zip((gpus[:1], gpus), warm):
+            print("[--gpus %s] warm workers on %s: cluster up %.2f s, warming %s s; stages "
+                  "summed over workers: %s" % (args["--gpus"], g, up,
+                                               " ".join("%.2f" % x for x in per),
+                                               " ".join("%s %.2f" % kv for kv in times.items())))
     print("\nsummary (targets: steady <= 1.5x floor, >= 10x Topaz, fresh <= 3 s):")
     for r in rows:
         print("  %-8s floor %.3f s, steady %.3f s (%.2fx floor), fresh %.2f s warm / %.2f s "

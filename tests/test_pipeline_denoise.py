@@ -243,6 +243,18 @@ def test_dask_local_cluster_equals_one_process(tmp_path, model_file):
         # the command: one line for the bad file, exit 2, failed.txt
         assert cli.main([model_file] + mics + ["-o", str(tmp_path / "cli"), "--scheduler",
                                                cluster.scheduler_address] + RUN) == 2
+        # a client the caller keeps: used, left open, usable again
+        from distributed import Client
+        with Client(cluster.scheduler_address) as client:
+            kept = [denoise_files_dask(model_file, mics[k:k + 2], str(tmp_path / "kept"),
+                                       client=client, device=-1, log=lambda line: None)
+                    for k in (0, 2)]
+            assert client.status == "running"
+    assert [j.source for r in kept for j in r.written] == mics[:4]
+    for m in mics[:4]:
+        name = os.path.basename(m)
+        numpy.testing.assert_array_equal(read(os.path.join(tmp_path, "kept", name))[0],
+                                         read(os.path.join(tmp_path, "dask", name))[0])
     assert (tmp_path / "cli" / "failed.txt").read_text().startswith(mics[5] + "\t")
     assert len(os.listdir(tmp_path / "cli")) == 6
     assert [j.source for j in result.written] == mics[:5]

@@ -5,8 +5,11 @@ finished outputs skipped), splits them into chunks and sends each chunk to a Das
 which runs the streaming pipeline (:func:`cupyden.pipeline.denoise.run_jobs`) on it. A
 worker loads the model once and keeps it, with its cuDNN plans, between chunks.
 
-Two ways to get workers:
+Three ways to get workers:
 
+- ``client=``: a ``distributed.Client`` the caller keeps (a notebook, a pipeline that
+  denoises batch after batch): its workers keep their models and cuDNN plans between
+  calls, and the call neither starts nor closes a cluster;
 - ``gpus=[0, 1]``: a ``dask_cuda.LocalCUDACluster`` on this machine, one worker process per
   GPU (inside a worker its GPU is device 0: dask-cuda rotates ``CUDA_VISIBLE_DEVICES``);
 - ``scheduler="tcp://host:8786"``: a running cluster, e.g. ``dask scheduler`` on one node
@@ -72,14 +75,35 @@ def _model_bin(path):
     return int(load_checkpoint(path)["config"].get("bin", 1))
 
 
-def _client(gpus, scheduler):
-    """(distributed.Client, cluster or None); InputError without the extra or GPUs."""
+def connect(gpus=None, scheduler=None):
+    """A Dask client on local GPUs or on a running scheduler.
+
+    Parameters
+    ----------
+    gpus : list of int or None
+        GPUs of this machine: a ``dask_cuda.LocalCUDACluster``, one worker process each.
+    scheduler : str or None
+        Address of a running scheduler (used when ``gpus`` is None).
+
+    Returns
+    -------
+    client : distributed.Client
+    cluster : dask_cuda.LocalCUDACluster or None
+        Close it after the client (None for a scheduler).
+
+    Raises
+    ------
+    InputError
+        Dask or dask-cuda missing; a GPU that cannot be used; an unreachable scheduler.
+    """
     try:
         from distributed import Client
     except ImportError:
         raise InputError("--gpus and --scheduler need Dask; install 'cupyden[dask]' "
                          "(dask, distributed, dask-cuda)")
-    if scheduler:
+    if gpus is None:
+        if not scheduler:
+            raise InputError("Dask workers need GPUs (--gpus) or a scheduler (--scheduler)")
         try:
             return Client(scheduler, timeout="30s"), None
         except (OSError, TimeoutError) as exc:
@@ -98,10 +122,11 @@ def _client(gpus, scheduler):
     return Client(cluster), cluster
 
 
-def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, device=None,
-                       precision="auto", suffix="", bin=None, tile=None, batch_size=4,
-                       samples=4, passes=4, float16=False, fmt="mrc", only_unfinished=False,
-                       star_columns=("rlnMicrographName",), progress=False, log=None):
+def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, client=None,
+                       device=None, precision="auto", suffix="", bin=None, tile=None,
+                       batch_size=4, samples=4, passes=4, float16=False, fmt="mrc",
+                       only_unfinished=False, star_columns=("rlnMicrographName",),
+                       progress=False, log=None):
     """:func:`cupyden.pipeline.denoise_files` on Dask workers (module docstring).
 
     Parameters
@@ -114,9 +139,11 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, dev
         GPUs of this machine for a local cluster, one worker each.
     scheduler : str or None
         Address of a running Dask scheduler (instead of ``gpus``).
+    client : distributed.Client or None
+        Workers to use (instead of ``gpus`` and ``scheduler``); left open.
     device : None, int or str
-        Each worker's device with ``scheduler`` (None: the worker's ``CUPYDEN_DEVICE``, else
-        auto); ignored with ``gpus`` (each worker's own GPU).
+        Each worker's device with ``scheduler`` or ``client`` (None: the worker's
+        ``CUPYDEN_DEVICE``, else auto); ignored with ``gpus`` (each worker's own GPU).
     precision : str
         As in :func:`load_model`.
     suffix, bin, tile, batch_size, samples, passes, float16, fmt, only_unfinished,
@@ -142,7 +169,9 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, dev
                         int(samples), int(passes), bool(float16), fmt)
     if gpus is not None:
         device = 0                              # each worker sees its own GPU as device 0
-    client, cluster = _client(gpus, scheduler)
+    own = client is None
+    if own:
+        client, cluster = connect(gpus, scheduler)
     written, failed, times = [], [], dict.fromkeys(STAGES, 0.0)
     bar = None
     if progress:
@@ -151,7 +180,8 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, dev
         bar = tqdm(total=len(jobs), unit="micrograph", file=sys.stderr)
     try:
         from distributed import as_completed
-        client.wait_for_workers(len(gpus) if gpus else 1)
+        if own:
+            client.wait_for_workers(len(gpus) if gpus else 1)
         workers = max(1, len(client.scheduler_info()["workers"]))
         size = max(1, math.ceil((len(jobs) - 1) / (workers * CHUNKS_PER_WORKER)))
         chunks = [jobs[:1]] + [jobs[i:i + size] for i in range(1, len(jobs), size)]
@@ -176,8 +206,9 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, dev
     finally:
         if bar is not None:
             bar.close()
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        if own:
+            client.close()
+            if cluster is not None:
+                cluster.close()
     return finish_batch(jobs, written, skipped, failed, times, stars, output_dir, settings,
                         star_columns, time.perf_counter() - t_start)
