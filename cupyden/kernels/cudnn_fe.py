@@ -424,11 +424,17 @@ def _pad_channels(a, channels):
 
 
 def _padded_channels(dtype, C):
-    """C rounded up to a multiple of 8 for float16 data with more than 8 channels that are
-    not (Topaz's 97-channel decoder input), else C: cuDNN's float16 tensor-core engines
-    want channel counts in multiples of 8. (A 1-channel input is left alone: its
-    convolution is small, and padding it would multiply its work by 8.)"""
-    return -(-C // 8) * 8 if dtype == numpy.float16 and C > 8 and C % 8 else C
+    """C rounded up to a multiple of 32 for tensor-core data (float16, or float32 under
+    tf32) with more than 8 channels that are not a multiple of 8 (Topaz's 97-channel
+    decoder input), else C. cuDNN's tensor-core engines are slow on such channel counts:
+    on an H200 (cuDNN 9.19, benchmarks/RESULTS.md, session 8) Topaz's 5 x 5 convolution
+    97 -> 64 of a 2048^2 image took 27.95 ms in tf32 unpadded and 7.17 ms with 128
+    channels; in float16 7.55 ms padded to 104 channels and 3.38 ms with 128 (the copy
+    into the padded array comes on top). A 1-channel input is left alone: its
+    convolution is small, and padding it would multiply its work."""
+    dtype = numpy.dtype(dtype)
+    tensor_cores = dtype == numpy.float16 or (dtype == numpy.float32 and SETTINGS.tf32)
+    return -(-C // 32) * 32 if tensor_cores and C > 8 and C % 8 else C
 
 
 def conv_forward(x, w, b, stride, padding, slope):

@@ -39,9 +39,12 @@ from ..io.atomic import output_folder
 from .denoise import (STAGES, Settings, default_log, finish_batch, load_model, plan_jobs,
                       run_jobs)
 
-#: Chunks per worker: small enough to balance the load, large enough that each chunk's
-#: pipeline overlaps reads, device and writes over several files.
-CHUNKS_PER_WORKER = 4
+#: Chunks per worker: small enough to balance the load, few enough that the pipeline's
+#: fill and drain at each chunk's start and end (reading the first file, writing the
+#: last ones: about 0.25 s for 4096^2 micrographs) stay small beside the work. With 4,
+#: two warm H200 workers reached 1.78x one worker's throughput on 100 micrographs
+#: (Topaz's unet; benchmarks/RESULTS.md, session 8).
+CHUNKS_PER_WORKER = 2
 
 #: Models loaded in this worker process, by (path, device, precision).
 _MODELS = {}
