@@ -16,6 +16,7 @@ Options:
   --gpus LIST      Also compare these GPUs (Dask, one worker per GPU) with one GPU on
                    the number of float32 micrographs below; none to skip [default: none]
   --gpus-n N       Micrographs for the --gpus comparison [default: 40]
+  --warm-only      In the --gpus comparison, only the warm workers (no whole processes).
   --dir DIR        Scratch folder, emptied first and removed at the end [default: /tmp/bench_batch]
   --keep           Keep the scratch folder.
 
@@ -229,6 +230,7 @@ def main():
     if args["--gpus"] != "none":
         m = int(args["--gpus-n"])
         paths = generate(os.path.join(d, "many"), m, size, "float32")
+    if args["--gpus"] != "none" and not args["--warm-only"]:
         one = [cupyden(model, p, os.path.join(d, o), env, dev)[0]
                for p, o in ((paths[:1], "g1a"), (paths, "g1"))]
         multi = [cupyden(model, p, os.path.join(d, o), env,
@@ -244,6 +246,7 @@ def main():
                   ratio_steady, one[0], multi[0][0], bad, m))
         print("[--gpus %s] stages summed over workers: %s" % (args["--gpus"],
                                                              stages(multi[1][1])))
+    if args["--gpus"] != "none":
         gpus = [int(g) for g in args["--gpus"].split(",")]
         warm = [warm_workers(model, g, paths, os.path.join(d, "w%d" % len(g)),
                              args["--precision"]) for g in (gpus[:1], gpus)]
