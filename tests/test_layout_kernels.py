@@ -149,9 +149,15 @@ def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype, bits):
     y = channels_last(numpy.full(y_ref.shape, numpy.nan, dtype))
     xf, xs = _flat(x)
     sf, ss = _flat(skip)
-    kernels["upsample_concat", ctype, bits](xf, xs, sf, ss, Cx, C, D, H, W, OD, OH, OW,
+    kernels["upsample_concat", ctype, bits](xf, xs, sf, ss, Cx, C, C, D, H, W, OD, OH, OW,
                                             _flat(y)[0], C=C, pixels=N * OD * OH * OW)
     assert numpy.array_equal(y, y_ref)
+    # zero channels after the concatenation (cuDNN's padded channel counts)
+    Cy = C + 3
+    yp = channels_last(numpy.full((N, Cy) + size, numpy.nan, dtype))
+    kernels["upsample_concat", ctype, bits](xf, xs, sf, ss, Cx, C, Cy, D, H, W, OD, OH, OW,
+                                            _flat(yp)[0], C=Cy, pixels=N * OD * OH * OW)
+    assert numpy.array_equal(yp[:, :C], y_ref) and numpy.all(yp[:, C:] == 0)
     dy = channels_last(rng.standard_normal(y_ref.shape).astype(dtype))
     du, _ = concat_backward(dy, Cx)                          # a channel slice of dy
     dx_ref = bwd(numpy.ascontiguousarray(du), ucache)

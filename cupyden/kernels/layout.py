@@ -17,8 +17,10 @@ larger than its channel count (``backend.channels_last_span``).
     maxpool forward    y[n, o, c] = max over the window of x;  am = the window index of
                        the first maximum (row-major in the window, as NumPy's argmax)
     maxpool backward   dx[n, p, c] = dy[n, o(p), c] where p is window o's argmax, else 0
-    upsample+concat    y[n, o, c] = x[n, src(o), c] for c < Cx, skip[n, o, c - Cx] after;
+    upsample+concat    y[n, o, c] = x[n, src(o), c] for c < Cx, skip[n, o, c - Cx] for
+                       c < C, 0 for C <= c < Cy (zero channels for cuDNN, below);
                        src(o) = floor(o * n_in / n_out) on each axis (PyTorch's 'nearest')
+    pad channels       upsample+concat with n_out = n_in and no skip: y = [x, 0]
     upsample backward  dx[n, p, c] = sum of dy[n, o, c] over the o with src(o) = p: along an
                        axis, o in [ceil(p n_out / n_in), ceil((p + 1) n_out / n_in))
 
@@ -100,15 +102,16 @@ SOURCES = {
     }
 """),
     "upsample_concat": (
-        "raw T x, int64 xs, raw T s, int64 ss, int64 Cx, int64 C, int64 D, int64 H, "
-        "int64 W, int64 OD, int64 OH, int64 OW" + _LANES,
+        "raw T x, int64 xs, raw T s, int64 ss, int64 Cx, int64 C, int64 Cy, int64 D, "
+        "int64 H, int64 W, int64 OD, int64 OH, int64 OW" + _LANES,
         "raw T y",
         _PIXEL_OUT + """
     const U p = ((n * (U)D + od * (U)D / (U)OD) * (U)H + oh * (U)H / (U)OH) * (U)W
                 + ow * (U)W / (U)OW;
     const U o = ((n * (U)OD + od) * (U)OH + oh) * (U)OW + ow;
-    for (U c = lane; c < (U)C; c += (U)L) {
-        y[o * (U)C + c] = c < (U)Cx ? x[p * (U)xs + c] : s[o * (U)ss + c - (U)Cx];
+    for (U c = lane; c < (U)Cy; c += (U)L) {
+        y[o * (U)Cy + c] = c < (U)Cx ? x[p * (U)xs + c]
+                           : c < (U)C ? s[o * (U)ss + c - (U)Cx] : (T)0;
     }
 """),
     "upsample_backward": (
@@ -219,22 +222,30 @@ def maxpool_backward(dy, am, x_shape, K):
     return dx
 
 
-def upsample_concat(x, skip, size=None):
+def upsample_concat(x, skip, size=None, channels=None):
     """[nearest upsampling of x to the spatial size of ``skip`` (or ``size``), skip] along
-    channels, in one dense channels-last array (N, Cx + Cs, *size); skip may be None."""
+    channels, in one dense channels-last array (N, Cx + Cs, *size); skip may be None.
+    With ``channels`` > Cx + Cs, zero channels follow up to that count."""
     xp = backend.get_array_module(x)
     size = tuple(skip.shape[2:]) if skip is not None else tuple(size)
     N, Cx = x.shape[:2]
     xf, xs = _span(x)
     sf, ss = _span(skip) if skip is not None else (xf, 0)
     C = Cx + (skip.shape[1] if skip is not None else 0)
-    y = empty_channels_last(xp, (N, C) + size, x.dtype)
+    Cy = C if channels is None else int(channels)
+    y = empty_channels_last(xp, (N, Cy) + size, x.dtype)
     D, H, W = _dhw(x.shape)
     OD, OH, OW = _dhw((N, C) + size)
     _run("upsample_concat", [xf, sf],
-         [xf, numpy.int64(xs), sf, *_i64(ss, Cx, C, D, H, W, OD, OH, OW)],
-         [channels_last_span(y)[0]], C, N * OD * OH * OW)
+         [xf, numpy.int64(xs), sf, *_i64(ss, Cx, C, Cy, D, H, W, OD, OH, OW)],
+         [channels_last_span(y)[0]], Cy, N * OD * OH * OW)
     return y
+
+
+def pad_channels(a, channels):
+    """[a, zeros] along channels: (N, channels, *S) dense channels-last, a's dtype, from a
+    (N, C, *S) with C <= channels (any memory layout; one pass over the output)."""
+    return upsample_concat(a, None, a.shape[2:], channels)
 
 
 def upsample_backward(dy, x_shape):
