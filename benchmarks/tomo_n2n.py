@@ -4,12 +4,18 @@ One tilt series is simulated (cupyden.simulate.simulate_tilt_series, seeded: Gro
 copies in a slab, -60..+60 degrees in steps of 3, dose-symmetric, 120 e/Å^2 in 8 frames
 per tilt, 30000 Å defocus with its gradient across tilted images, radiation damage;
 weighted back-projection of the even frames (half1), the odd frames (half2) and all
-frames (full)). The truth is the Coulomb potential of the copies.
+frames (full)). Two truths: the Coulomb potential of the copies (the issue's measure),
+and the noise-free tomogram (``SimulatedTiltSeries.expected``: the reconstruction of the
+expected counts, with the tomograms' CTF and missing wedge; what a denoiser of the
+halves estimates: N2N's minimiser is E[half2 | half1]).
 
 Rows:
   raw       the full tomogram
-  Gaussian  the full tomogram low-passed, sigma chosen against the truth (an oracle:
-            the strongest Gaussian there is)
+  Gaussian  the full tomogram low-passed, sigma chosen against the potential (an
+            oracle: the strongest Gaussian there is); a second row with the sigma
+            chosen against the noise-free tomogram
+  noise-free tomogram   no Poisson noise at all: a perfect denoiser's output, the
+            ceiling of any denoiser of the halves on the potential's columns
   F2Fd      cupyden.train([full], pairs="f2fd"): one volume, no second view; its
             wall time includes its own K x T denoising of the volume
   N2N       cupyden.train([half1], pairs="halves", odd=[half2]) for the training budget,
@@ -23,8 +29,9 @@ the same voxels, y rows [0, split) and [end, H). Each estimate is first matched 
 truth by least squares, a * estimate + b (the tomogram is image contrast with protein
 dark, the truth a potential in V: the sign and the scale are arbitrary), over those
 voxels; PSNR (range of the truth there) over them, SSIM (cupyden.metrics.ssim) averaged
-over the slices and the two row blocks (weighted by rows). Training uses the tomograms
-only, never the truth. (F2Fd draws its few validation patches from the whole volume, as
+over the slices and the two row blocks (weighted by rows). The affine match makes a
+constant estimate score 20 log10(range / std) of the truth (about 17 dB on the
+potential), the floor of every row. Training uses the tomograms only, never a truth. (F2Fd draws its few validation patches from the whole volume, as
 its method trains on the one volume it denoises.)
 
 Writes OUT/sim/{half1,half2,full,clean}/tomo.mrc, OUT/results.json, OUT/central_slices.png
@@ -36,7 +43,10 @@ Usage:
 Options:
   -o DIR            Output folder [default: tomo-n2n-run]
   -d, --device N    GPU number, -1 for the CPU, or auto [default: auto]
-  --minutes M       Training budget of each method (N2N, F2Fd), minutes [default: 10]
+  --minutes M       Training budget of N2N, minutes [default: 10]
+  --f2fd-minutes M  Training budget of F2Fd (its wall time adds its K x T denoising),
+                    minutes; auto = --minutes [default: auto]
+  --precision P     fp32, tf32 or fp16 (a GPU; the CPU runs fp32) [default: fp32]
   --methods LIST    Learned methods to run: n2n, f2fd [default: n2n,f2fd]
   --volume DxHxW    Tomogram size, voxels [default: 96x256x256]
   --voxel-size A    Å/voxel [default: 8]
@@ -63,6 +73,7 @@ from cupyden.io.mrc import read_mrc, write_mrc
 from cupyden.metrics import psnr, ssim
 from cupyden.pipeline.train import row_split
 from cupyden.simulate import DEFAULT_MODEL, Optics, read_atoms, simulate_tilt_series
+from cupyden.training import read_history
 
 SIGMAS = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0)
 HALF_WIDTH = 4                       # scored slices: D/2 - 4 .. D/2 + 4
@@ -126,10 +137,11 @@ def simulate(out, shape, voxel_size, seed, xp):
 
 def run_f2fd(paths, out, o):
     t0 = time.perf_counter()
-    cupyden.train([paths["full"]], out, pairs="f2fd", steps=10 ** 7, max_minutes=o["minutes"],
-                  batch_size=o["batch"], patch_size=o["patch"], val_every=o["val_every"],
-                  seed=o["seed"], device=o["device"], overwrite=True, progress=False,
-                  log=lambda line: None, f2fd=o["f2fd"])
+    cupyden.train([paths["full"]], out, pairs="f2fd", steps=10 ** 7,
+                  max_minutes=o["f2fd_minutes"], batch_size=o["batch"], patch_size=o["patch"],
+                  val_every=o["val_every"], seed=o["seed"], device=o["device"], overwrite=True,
+                  progress=False, log=lambda line: None, f2fd=o["f2fd"],
+                  precision=o["precision"])
     seconds = time.perf_counter() - t0
     return {"F2Fd": read_mrc(os.path.join(out, "denoised.mrc")).data}, {"train_s": seconds}
 
@@ -140,15 +152,20 @@ def run_n2n(paths, out, o):
                   steps=10 ** 7, max_minutes=o["minutes"], batch_size=o["batch"],
                   patch_size=o["patch"], val_every=o["val_every"], seed=o["seed"],
                   val_fraction=VAL_FRACTION, holdout_fraction=HOLDOUT_FRACTION,
-                  device=o["device"], overwrite=True, progress=False, log=lambda line: None)
+                  precision=o["precision"], device=o["device"], overwrite=True,
+                  progress=False, log=lambda line: None)
     seconds = time.perf_counter() - t0
+    history = read_history(os.path.join(out, "history.csv"))
     model = cupyden.load_model(os.path.join(out, "model.h5"), device=o["device"])
     t1 = time.perf_counter()
     halves = [cupyden.denoise(model, read_mrc(paths[h]).data) for h in ("half1", "half2")]
     t_den = time.perf_counter() - t1
     full = cupyden.denoise(model, read_mrc(paths["full"]).data)
     return ({"N2N (mean of denoised halves)": (halves[0] + halves[1]) / 2,
-             "N2N on full": full}, {"train_s": seconds, "denoise_both_halves_s": t_den})
+             "N2N on full": full}, {"train_s": seconds, "denoise_both_halves_s": t_den,
+                                     "steps": history[-1]["step"],
+                                     "val_loss_first": history[0]["val_loss"],
+                                     "val_loss_best": min(h["val_loss"] for h in history)})
 
 
 def panel(volumes, truth, path):
@@ -179,11 +196,14 @@ def main(argv=None):
     args = docopt(__doc__, argv=argv)
     quick = args["--quick"]
     o = {"minutes": 0.2 if quick else float(args["--minutes"]),
+         "precision": args["--precision"],
          "patch": 16 if quick else int(args["--patch-size"]),
          "batch": 2 if quick else int(args["--batch-size"]),
          "seed": int(args["--seed"]), "arch": args["--arch"],
          "val_every": 5 if quick else 50,
          "f2fd": {"samples": 1, "passes": 1, "features": 8} if quick else None}
+    o["f2fd_minutes"] = (o["minutes"] if quick or args["--f2fd-minutes"] == "auto"
+                         else float(args["--f2fd-minutes"]))
     shape = (32, 64, 64) if quick else tuple(int(v) for v in args["--volume"].split("x"))
     voxel = float(args["--voxel-size"])
     methods = [m for m in args["--methods"].split(",") if m]
@@ -191,21 +211,25 @@ def main(argv=None):
     o["device"] = device.ordinal
     out = args["-o"]
     os.makedirs(out, exist_ok=True)
-    print("device: %s; volume %s voxels at %g Å; training budget %.2f min per method"
-          % (device.name, "x".join(map(str, shape)), voxel, o["minutes"]))
+    print("device: %s; volume %s voxels at %g Å; training budget %.2f min (N2N), %.2f min "
+          "(F2Fd); precision %s" % (device.name, "x".join(map(str, shape)), voxel,
+                                    o["minutes"], o["f2fd_minutes"], o["precision"]))
 
     sim, paths, t_sim = simulate(os.path.join(out, "sim"), shape, voxel, o["seed"], device.xp)
     print("simulated %d copies, %d tilts, in %.1f s" % (sim.params["particles"],
                                                       len(sim.angles), t_sim))
-    truth = central(sim.clean)
+    truth, noise_free = central(sim.clean), central(sim.expected)
     volumes = {"raw (full tomogram)": sim.full}
     rows = {"raw (full tomogram)": {}}
     blocks = scored_rows(shape[1], o["patch"])
-    best = max(SIGMAS, key=lambda s: score(gaussian_lowpass(sim.full, s, 3), truth,
-                                           blocks)["psnr"])
-    name = "Gaussian (oracle sigma %.2f voxels)" % best
-    volumes[name] = gaussian_lowpass(sim.full, best, 3).astype(numpy.float32)
-    rows[name] = {"sigma": best}
+    for against, t in (("potential", truth), ("noise-free", noise_free)):
+        best = max(SIGMAS, key=lambda s: score(gaussian_lowpass(sim.full, s, 3), t,
+                                               blocks)["psnr"])
+        name = "Gaussian (oracle sigma %.2f voxels vs %s)" % (best, against)
+        volumes[name] = gaussian_lowpass(sim.full, best, 3).astype(numpy.float32)
+        rows[name] = {"sigma": best}
+    name = "noise-free tomogram (a perfect denoiser)"
+    volumes[name], rows[name] = sim.expected, {}
     runners = {"f2fd": run_f2fd, "n2n": run_n2n}
     for method in methods:
         try:
@@ -217,23 +241,26 @@ def main(argv=None):
             volumes[key] = numpy.asarray(volume, numpy.float32)
             rows[key] = info
 
-    print("\n| method | PSNR (dB) | SSIM | training s | notes |\n|---|---|---|---|---|")
+    print("\n| method | PSNR vs potential (dB) | SSIM vs potential | PSNR vs noise-free (dB) | "
+          "SSIM vs noise-free | training s | notes |\n|---|---|---|---|---|---|---|")
     results = {"params": sim.params, "simulation_s": t_sim, "device": device.name,
                "scored": "z slices %d..%d, y rows %s (not N2N's validation rows), affine "
-                         "least-squares match to the potential"
+                         "least-squares match to each truth (potential, noise-free tomogram)"
                          % (shape[0] // 2 - HALF_WIDTH, shape[0] // 2 + HALF_WIDTH, blocks),
                "rows": {}}
     for key, info in rows.items():
         if key in volumes:
             s = score(volumes[key], truth, blocks)
-            info = dict(info, **s)
-            print("| %s | %.2f | %.3f | %s | %s |" % (
-                key, s["psnr"], s["ssim"],
+            n = score(volumes[key], noise_free, blocks)
+            info = dict(info, **s, psnr_noise_free=n["psnr"], ssim_noise_free=n["ssim"])
+            print("| %s | %.2f | %.3f | %.2f | %.3f | %s | %s |" % (
+                key, s["psnr"], s["ssim"], n["psnr"], n["ssim"],
                 "%.0f" % info["train_s"] if "train_s" in info else "",
-                ", ".join("%s %.1f" % (k, v) for k, v in info.items()
-                          if k.endswith("_s") and k != "train_s")))
+                ", ".join(["%s %.1f" % (k, v) for k, v in info.items()
+                           if k.endswith("_s") and k != "train_s"]
+                          + (["%d steps" % info["steps"]] if "steps" in info else []))))
         else:
-            print("| %s | | | | %s |" % (key, info["error"]))
+            print("| %s | | | | | | %s |" % (key, info["error"]))
         results["rows"][key] = info
     with open(os.path.join(out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)

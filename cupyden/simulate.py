@@ -1278,6 +1278,13 @@ class SimulatedTiltSeries(NamedTuple):
         z, row, column (voxels), qw, qx, qy, qz of each copy.
     params : dict
         Every parameter, the dose before each tilt, the defocus at each tilt's centre.
+    expected : float32 (D, H, W)
+        The noise-free tomogram: the weighted back-projection of each tilt's expected
+        contrast (the image intensity without Poisson noise), the expectation of ``even``,
+        ``odd`` and ``full`` over the noise (the reconstruction is linear in the images).
+        It has the CTF and the missing wedge of the tomograms: it is what a denoiser of
+        the halves estimates (Noise2Noise's minimiser, E[odd | even]; Lehtinen et al.
+        2018), whereas ``clean`` is what no denoiser sees.
     """
     clean: numpy.ndarray
     even: numpy.ndarray
@@ -1290,6 +1297,7 @@ class SimulatedTiltSeries(NamedTuple):
     pixel_size: float
     particles: list
     params: dict
+    expected: numpy.ndarray = None
 
 
 ORDERS = ("dose-symmetric", "sequential")
@@ -1327,7 +1335,9 @@ def simulate_tilt_series(xyz, z, shape=(96, 256, 256), voxel_size=8.0, angles=No
        reconstructed by weighted back-projection (:func:`weighted_back_projection`,
        Radermacher 1988). Protein is dark (negative) at underfocus, as in IMOD's
        reconstructions. The noise of a tomogram is correlated between voxels and has
-       the missing wedge; the two halves' noises are independent.
+       the missing wedge; the two halves' noises are independent. The expected
+       contrast (no Poisson draw) is reconstructed the same way: ``expected``, the
+       noise-free tomogram.
 
     The images are formed at the voxel size (no oversampling: detail beyond its Nyquist
     frequency aliases; choose ``optics.bfactor`` to damp it).
@@ -1402,7 +1412,7 @@ def simulate_tilt_series(xyz, z, shape=(96, 256, 256), voxel_size=8.0, angles=No
     seeds[acquisition] = rng.integers(2 ** 63, size=T)
     n_even, n_odd = (frames + 1) // 2, frames // 2
     counts = xp.zeros((2, T, H, W), numpy.float32)
-    contrast = xp.zeros((2, T, H, W), numpy.float32)
+    contrast = xp.zeros((3, T, H, W), numpy.float32)      # even, odd, expected (no noise)
     for t in acquisition:
         if n:
             v = tilted_projection(xyz, z, slab.centres, rotations, angles[t], shape,
@@ -1424,7 +1434,9 @@ def simulate_tilt_series(xyz, z, shape=(96, 256, 256), voxel_size=8.0, angles=No
         counts[0, t], counts[1, t] = even, odd
         contrast[0, t] = even / (blank * n_even / frames) - 1
         contrast[1, t] = odd / (blank * n_odd / frames) - 1
-    halves = weighted_back_projection(contrast, angles, D)              # (2, D, H, W)
+        # the expectation of both halves' contrast: expected counts over blank, no draw
+        contrast[2, t] = intensity * (per_tilt * voxel_size ** 2) / blank - 1
+    halves = weighted_back_projection(contrast, angles, D)              # (3, D, H, W)
     full = (n_even * halves[0] + n_odd * halves[1]) / frames
     table = [{"z": float(c[0]), "row": float(c[1]), "column": float(c[2]), "qw": float(q[0]),
               "qx": float(q[1]), "qy": float(q[2]), "qz": float(q[3])}
@@ -1445,5 +1457,6 @@ def simulate_tilt_series(xyz, z, shape=(96, 256, 256), voxel_size=8.0, angles=No
               "scattering_factors": "Peng et al. 1996, Acta Cryst. A52:257, Table 1",
               "radiation_damage": "Grant & Grigorieff 2015, eLife 4:e06980 (300 kV)"}
     volumes = [to_host(a).astype(numpy.float32)
-               for a in (clean, halves[0], halves[1], full, counts[0], counts[1])]
-    return SimulatedTiltSeries(*volumes, angles, acquisition, float(voxel_size), table, params)
+               for a in (clean, halves[0], halves[1], full, counts[0], counts[1], halves[2])]
+    return SimulatedTiltSeries(*volumes[:6], angles, acquisition, float(voxel_size), table,
+                               params, expected=volumes[6])

@@ -288,3 +288,25 @@ def test_cli_tilt_series_writes_tomograms_with_the_voxel_size_and_a_relion5_star
     # a bad tilt list is one line and exit status 2
     assert cli.main(["tilt-series", out, "--tilts", "-95:95:5"]) == 2
     assert "--tilts" in capsys.readouterr().err
+
+
+def test_expected_tomogram_is_the_noise_free_limit_of_the_halves():
+    """``expected`` (the reconstruction of the expected contrast) is the mean of the
+    tomograms over the Poisson noise: the halves scatter about it with independent,
+    zero-mean noise, and at a 100x higher dose the full tomogram converges to it."""
+    xyz, z = sim.read_atoms(GROEL)
+    kw = dict(angles=sim.tilt_angles(-60, 60, 10), particles=2, damage=False, seed=3)
+    r = sim.simulate_tilt_series(xyz, z, (24, 48, 48), 8.0, dose=120, frames=2, **kw)
+    assert r.expected.shape == r.full.shape and r.expected.dtype == numpy.float32
+    ne, no = r.even - r.expected, r.odd - r.expected
+    assert abs(numpy.corrcoef(ne.ravel(), no.ravel())[0, 1]) < 0.03
+    assert abs(ne.mean()) < 0.05 * ne.std()
+    # the signal is weak against the noise at 120 e/Å^2 (8 Å voxels)...
+    assert r.expected.std() < 0.3 * ne.std()
+    # ...and the noise falls as 1 / sqrt(dose); without radiation damage (which grows with
+    # the dose) the specimen and the expectation do not change
+    hi = sim.simulate_tilt_series(xyz, z, (24, 48, 48), 8.0, dose=12000, frames=64, **kw)
+    assert numpy.allclose(hi.expected, r.expected, atol=1e-6 * abs(r.expected).max())
+    assert (hi.full - hi.expected).std() == pytest.approx((r.full - r.expected).std() / 10,
+                                                         rel=0.1)
+    assert numpy.corrcoef(hi.full.ravel(), hi.expected.ravel())[0, 1] > 0.5

@@ -209,11 +209,13 @@ def test_train_on_half_tomograms(trained):
     ck = load_checkpoint(out + "/model.h5")
     assert ck["config"]["model"] == {"arch": "unet3d", "base": 2, "depth": 3, "seed": 0}
     store = PatchStore(out + "/patches.h5")
-    # y: training rows [0, 24) at stride 8 (3 x 3 x 3 subvolumes); validation rows
-    # [24, 36): origins 24 and 28 (flush with the slab's end), 3 x 2 x 3
-    assert store.ndim == 3 and store.size("train") == 27 and store.size("val") == 18
+    # y: training rows [0, 24) at the automatic stride, 2 (volume_stride: 8 and 4 give
+    # 3^3 and 5^3 subvolumes, under 512): 9 x 9 x 9; validation rows [24, 36): origins 24
+    # and 28 (flush with the slab's end, at the patch size), 3 x 2 x 3
+    assert store.ndim == 3 and store.size("train") == 729 and store.size("val") == 18
     info = store.micrographs()[0]
     assert info["shape"] == [24, 48, 24] and info["heldout_rows"] == [36, 48]
+    assert info["stride"] == 2
     store.close()
     ev = json.load(open(out + "/evaluation.json"))
     assert ev["rows"] == [36, 48] and ev["rows_are"].startswith("held out")
@@ -285,7 +287,7 @@ def test_relion5_tomograms_star_in_and_out(trained, halves_denoised, tmp_path):
     star = tmp_path / "tomograms.star"
     _tomograms_star(star, [even, odd])
     o = recipe([str(star)], pairs="halves")
-    assert o["volumes"] and o["arch"] == "unet3d" and o["stride"] == o["patch_size"]
+    assert o["volumes"] and o["arch"] == "unet3d" and o["stride"] is None   # per tomogram
     assert sources(o) == [(even, odd)]
     dest = tmp_path / "den"
     assert denoise.main([out + "/model.h5", str(star), "-o", str(dest), "-d", "-1",
@@ -298,3 +300,15 @@ def test_relion5_tomograms_star_in_and_out(trained, halves_denoised, tmp_path):
     assert g["rlnTomoReconstructedTomogramDenoised"].tolist() == [str(dest / "TS_01.mrc")]
     assert g["rlnTomoReconstructedTomogramHalf1"].tolist() == [even]
     assert len(blocks["TS_01"]) == 3
+
+
+def test_volume_stride_gives_enough_training_subvolumes():
+    """The automatic stride of tomograms: non-overlapping 64^3 subvolumes of a large
+    tomogram, overlapping ones of a small tomogram (8 at the patch size would be all of
+    a 96 x 256 x 256 tomogram's training slab)."""
+    from cupyden.pipeline.train import volume_stride
+    assert volume_stride((512, 1024, 1024), (0, 768), 64) == 64        # 8 x 12 x 16 = 1536
+    assert volume_stride((96, 256, 256), (0, 128), 64) == 16           # 3 x 5 x 13 = 195
+    assert volume_stride((128, 512, 512), (0, 384), 64) == 16          # at 32: 3 x 11 x 15 = 495
+    assert volume_stride((160, 512, 512), (0, 384), 64) == 32          # 4 x 11 x 15 = 660
+    assert volume_stride((8, 8, 8), (0, 8), 2) == 1                    # never below one voxel

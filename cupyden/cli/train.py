@@ -69,8 +69,9 @@ Options:
                       [default: 3]
   --batch-size N      Patch pairs per step [default: 16]
   --patch-size PX     Patch side in pixels (after binning) [default: 64]
-  --stride PX         Step between training patch origins in pixels; auto = 32, and the
-                      patch size for tomograms (subvolumes that do not overlap)
+  --stride PX         Step between training patch origins in pixels; auto = 32, and for
+                      tomograms the largest of the patch size, its half and its quarter
+                      that gives at least 512 training subvolumes per tomogram
                       [default: auto]
   --steps N           Optimisation steps; auto = 150 for the embedded crop (under 3
                       minutes on 2 CPU cores), else 2000 [default: auto]

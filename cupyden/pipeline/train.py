@@ -44,7 +44,7 @@ from ..io.checkpoint import load_checkpoint
 from ..io.movies import even_odd_sums, open_movie, read_gain
 from ..io.mrc import read_mrc, write_mrc
 from ..io.pairs import check_distinct_views, count_split, expand, pair_halves, synthetic_pair
-from ..io.patches import fourier_bin, normalization, patch_rows
+from ..io.patches import fourier_bin, normalization, patch_origins, patch_rows
 from ..io.star import is_tomograms_star, read_tomogram_halves
 from ..io.store import PatchStore, PatchStoreWriter
 from ..io.tiff import image_shape, read_image
@@ -106,7 +106,8 @@ def recipe(inputs=(), **options):
     -------
     dict
         Every such option, ``inputs`` as a list, ``lr``, ``steps``, ``bin``, ``arch``,
-        ``base`` and ``stride`` resolved, ``f2fd`` completed from ``F2FD_DEFAULTS``,
+        ``base`` and ``stride`` resolved (an automatic stride of tomograms stays None:
+        :func:`volume_stride` chooses it per tomogram), ``f2fd`` completed from ``F2FD_DEFAULTS``,
         "embedded" (no inputs and no store: the shipped K2 crop) and "volumes" (the
         inputs are half tomograms: 3-D training).
 
@@ -130,8 +131,8 @@ def recipe(inputs=(), **options):
         o["arch"] = "unet3d" if o["volumes"] else "dncnn"
     if o["base"] is None:
         o["base"] = 16 if o["arch"] == "unet3d" else 32
-    if o["stride"] is None:
-        o["stride"] = o["patch_size"] if o["volumes"] else 32
+    if o["stride"] is None and not o["volumes"]:
+        o["stride"] = 32                    # tomograms: per tomogram (volume_stride)
     for name, choices in (("pairs", SOURCES), ("arch", ARCHS), ("loss", ("mse", "l1")),
                           ("normalize", NORMALIZATIONS),
                           ("lr_schedule", SCHEDULES), ("precision", PRECISIONS)):
@@ -298,6 +299,39 @@ def row_split(H, o):
     return split, end
 
 
+#: Training subvolumes wanted from each tomogram when the stride is automatic: cryoCARE
+#: draws about 1200 per tomogram (Buchholz et al. 2019); non-overlapping 64^3 subvolumes
+#: of a 96 x 256 x 256 tomogram are only 8 (with the validation and held-out slabs).
+VOLUME_PATCHES = 512
+
+
+def volume_stride(shape, rows, patch):
+    """The automatic stride of a tomogram's training subvolumes: the largest of patch,
+    patch / 2 and patch / 4 whose origins (``io.patches.patch_origins`` along z, the
+    training rows of y and x) give at least :data:`VOLUME_PATCHES` subvolumes, else
+    patch / 4. A 512 x 1024 x 1024 tomogram keeps non-overlapping 64^3 subvolumes (1536,
+    3 GB in the store); a 96 x 256 x 256 one gets 195 at a stride of 16 instead of 8.
+
+    Parameters
+    ----------
+    shape : (D, H, W)
+    rows : (int, int)
+        The training rows [r0, r1) along y.
+    patch : int
+
+    Returns
+    -------
+    int
+    """
+    D, _, W = shape
+    lengths = (D, rows[1] - rows[0], W)
+    for stride in (patch, patch // 2):
+        if stride >= 1 and numpy.prod([len(patch_origins(n, patch, stride))
+                                       for n in lengths]) >= VOLUME_PATCHES:
+            return stride
+    return max(1, patch // 4)
+
+
 def append_view(writer, v, index, o):
     """Normalise one view pair (the statistic of the input view), cut its patches row by
     row (training rows at --stride, validation rows below them at the patch size; the
@@ -322,15 +356,16 @@ def append_view(writer, v, index, o):
     if min(split, end - split) < P:
         raise InputError("%s: a region of %d px along y is smaller than one %d px patch; use "
                          "a smaller --patch-size" % (v.name, min(split, end - split), P))
+    stride = o["stride"] or volume_stride(shape, (0, split), P)
     norm = normalization(v.a, o["normalize"], v.name)
     a, b = norm.apply(v.a), norm.apply(v.b)
     start = {s: writer.size(s) for s in ("train", "val")}
-    for part, stride, rows in (("train", o["stride"], (0, split)), ("val", P, (split, end))):
-        for pa, pb in patch_rows(a, b, P, stride, rows):
+    for part, step, rows in (("train", stride, (0, split)), ("val", P, (split, end))):
+        for pa, pb in patch_rows(a, b, P, step, rows):
             writer.append(part, backend.to_host(pa), backend.to_host(pb))
     info = dict(v.info, name=v.name, index=index, shape=list(shape), pixel_size=v.pixel_size,
-                loc=norm.loc, scale=norm.scale, method=norm.method, val_rows=[split, end],
-                heldout_rows=[end, H])
+                stride=stride, loc=norm.loc, scale=norm.scale, method=norm.method,
+                val_rows=[split, end], heldout_rows=[end, H])
     for s in ("train", "val"):
         info[s] = [start[s], writer.size(s)]
     writer.add_micrograph(info)
@@ -604,9 +639,11 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     patch_size : int
         Patch side, pixels after binning (subvolume side for tomograms).
     stride : int or None
-        Step between training patch origins, pixels after binning; None: 32, and the
-        patch size for tomograms (subvolumes that do not overlap: a 512 x 1024 x 1024
-        tomogram gives ~1500 subvolumes of 64^3, 3 GB in the store).
+        Step between training patch origins, pixels after binning; None: 32, and for
+        each tomogram the largest of the patch size, its half and its quarter that cuts
+        at least ``VOLUME_PATCHES`` (512) training subvolumes (:func:`volume_stride`: a
+        512 x 1024 x 1024 tomogram gives ~1500 non-overlapping subvolumes of 64^3, 3 GB
+        in the store; a 96 x 256 x 256 one 195 at a stride of 16).
     steps : int or None
         Optimisation steps; None: 150 for the embedded crop, else 2000.
     epochs : float or None
