@@ -231,7 +231,7 @@ def _candidate_shifts(max_shift):
     return t[(t ** 2).sum(1) <= max_shift ** 2 + 1e-9].astype(numpy.float64)
 
 
-def align(images, references, which=None, max_shift=4.0, chunk=64):
+def align(images, references, which=None, max_shift=4.0, chunk=64, rotate=True):
     """In-plane angle and shift of each image against its reference (module docstring).
 
     Parameters
@@ -244,6 +244,9 @@ def align(images, references, which=None, max_shift=4.0, chunk=64):
         Largest shift searched, px.
     chunk : int
         Images per batch (memory: chunk x S x P x A samples, S the candidate centres).
+    rotate : bool
+        Search the in-plane angle (step 1); False: the angle is 0 and only the shift is
+        searched (particles known not to be turned).
 
     Returns
     -------
@@ -262,21 +265,23 @@ def align(images, references, which=None, max_shift=4.0, chunk=64):
     references = references - references.mean(axis=(1, 2), keepdims=True)
     P, A = _rings(min(H, W), max_shift)
     cand = _candidate_shifts(max_shift)                                     # (S, 2)
-    ref_rings = polar(references, numpy.zeros((1, 2)), P, A)[:, 0]         # (K, P, A)
+    ref_rings = polar(references, numpy.zeros((1, 2)), P, A)[:, 0] if rotate else None  # (K, P, A)
     angles, shifts, scores = numpy.zeros(N), numpy.zeros((N, 2)), numpy.zeros(N)
     for s in range(0, N, chunk):
         x = images[s:s + chunk]
         n = len(x)
         w = which[s:s + n]
-        c = rotational_correlation(polar(x, cand, P, A), ref_rings[xp.asarray(w)][:, None])
-        c = c.reshape(n, -1)                                                # (n, S * A)
-        best = c.argmax(axis=1)
-        a = best % A
-        rows = xp.arange(n)
-        centre = c[rows, best]
-        base = best - a                                                     # start of its row
-        left, right = c[rows, base + (a - 1) % A], c[rows, base + (a + 1) % A]
-        phi = (to_host(a + _parabola(left, centre, right)) * 360.0 / A) % 360.0
+        phi = numpy.zeros(n)
+        if rotate:
+            c = rotational_correlation(polar(x, cand, P, A), ref_rings[xp.asarray(w)][:, None])
+            c = c.reshape(n, -1)                                            # (n, S * A)
+            best = c.argmax(axis=1)
+            a = best % A
+            rows = xp.arange(n)
+            centre = c[rows, best]
+            base = best - a                                                 # start of its row
+            left, right = c[rows, base + (a - 1) % A], c[rows, base + (a + 1) % A]
+            phi = (to_host(a + _parabola(left, centre, right)) * 360.0 / A) % 360.0
         turned = transform(references[xp.asarray(w)], phi, numpy.zeros((n, 2)))
         t, score = _translation(x, turned, max_shift + 1)
         angles[s:s + n], shifts[s:s + n], scores[s:s + n] = phi, t, score
@@ -305,7 +310,8 @@ def _translation(images, references, radius):
     return to_host(t).astype(numpy.float64), to_host(peak / norm).astype(numpy.float64)
 
 
-def align_classes(images, labels, k, iterations=3, max_shift=4.0, seed=0, first=16):
+def align_classes(images, labels, k, iterations=3, max_shift=4.0, seed=0, first=16,
+                  rotate=True):
     """Aligned class averages by iterative alignment of each class's members to its
     average (module docstring).
 
@@ -323,6 +329,8 @@ def align_classes(images, labels, k, iterations=3, max_shift=4.0, seed=0, first=
         Order in which members build the first reference.
     first : int
         Members added one by one to build the first reference.
+    rotate : bool
+        Search in-plane angles (False: shifts only, every angle 0; :func:`align`).
 
     Returns
     -------
@@ -344,13 +352,14 @@ def align_classes(images, labels, k, iterations=3, max_shift=4.0, seed=0, first=
             continue
         total = images[int(members[0])].copy()
         for m, idx in enumerate(members[1:], start=1):
-            a, t, _ = align(images[int(idx)][None], (total / m)[None], None, max_shift)
+            a, t, _ = align(images[int(idx)][None], (total / m)[None], None, max_shift,
+                            rotate=rotate)
             ia, it = inverse(a, t)
             total += transform(images[int(idx)][None], ia, it)[0]
         refs[c] = total / len(members)
     angles, shifts = numpy.zeros(N), numpy.zeros((N, 2))
     for _ in range(iterations):
-        angles, shifts, _ = align(images, refs, labels, max_shift)
+        angles, shifts, _ = align(images, refs, labels, max_shift, rotate=rotate)
         refs = average_aligned(images, labels, k, angles, shifts)
     return to_host(refs).astype(numpy.float32), angles, shifts
 

@@ -17,6 +17,15 @@ then embeds every image, averaged over ``turns`` in-plane rotations
 (:func:`invariant_embedding`), and reclusters by k-means. Class averages of particles at
 random angles blur unless the members are aligned first: :func:`cupyden.align.align_classes`.
 
+Which round is the result. The rounds' embedding ignores the in-plane angle, so on
+particles that are not turned it cannot tell apart two views that differ mostly by an
+in-plane rotation (a side view of a barrel at two tilts of its axis), which round 0's
+principal components separate. Every round's classes are therefore scored without labels
+(:func:`round_score`: the silhouette of the images in their classes, with one minus the
+correlation after alignment as the distance, under the better of two alignment models,
+shifts only or in-plane angle and shift), and the round with the highest score is
+returned; round 0 is kept unless a later round beats it.
+
 Metrics against known labels (simulations): purity (the share of images whose cluster's
 majority class is their own class) and normalised mutual information
 NMI = I(U; V) / sqrt(H(U) H(V)) (Strehl & Ghosh 2002).
@@ -25,7 +34,7 @@ NMI = I(U; V) / sqrt(H(U) H(V)) (Strehl & Ghosh 2002).
 import numpy
 import scipy.cluster.vq
 
-from .align import transform
+from .align import align, align_classes, inverse, transform
 from .backend import get_array_module, to_device, to_host
 from .losses.contrastive import contrastive_backward, contrastive_forward
 from .models import Siamese
@@ -118,6 +127,114 @@ def class_averages(images, labels, k):
         if (labels == c).any():
             out[c] = images[labels == c].mean(axis=0)
     return out
+
+
+def _disc_correlation(a, b, disc):
+    """Pearson correlation of a[n] with b[n] over the pixels where ``disc`` is 1: (N,) host
+    float64. a (N, H, W), b (N or 1, H, W), disc (H, W) of 0 and 1, one array module."""
+    m = disc.sum()
+    a = (a - (a * disc).sum(axis=(1, 2), keepdims=True) / m) * disc
+    b = (b - (b * disc).sum(axis=(1, 2), keepdims=True) / m) * disc
+    num = (a * b).sum(axis=(1, 2))
+    return to_host(num / ((a * a).sum(axis=(1, 2)) * (b * b).sum(axis=(1, 2)) + 1e-30) ** 0.5)
+
+
+def silhouette(images, labels, k, rotate=True, max_shift=2.0, iterations=2, seed=0, chunk=256):
+    """Mean silhouette of the images in their classes, with one minus the correlation after
+    alignment as the distance (Rousseeuw 1987, J. Comput. Appl. Math. 20:53-65).
+
+    Each class's members are aligned to its average (:func:`cupyden.align.align_classes`).
+    For image n of class c, a_n = 1 - corr(n aligned, average of the *other* members of c)
+    (leaving n out, so that an image does not match itself in a small class), b_n = the
+    least 1 - corr(n aligned to the average of c', that average) over the other non-empty
+    classes c', and s_n = (b_n - a_n) / max(a_n, b_n), in [-1, 1]; s_n = 0 for an image
+    alone in its class (as Rousseeuw defines it) or when there is no other class. corr is
+    Pearson's correlation inside the disc of diameter min(H, W). No true labels are used.
+
+    Parameters
+    ----------
+    images : float array (N, H, W) (NumPy or CuPy)
+    labels : int array (N,)
+        Class of each image, 0 .. k - 1.
+    k : int
+    rotate : bool
+        Align by in-plane angle and shift (True) or by shift only.
+    max_shift : float
+        Largest shift searched, px.
+    iterations : int
+        Alignment rounds of :func:`cupyden.align.align_classes`.
+    seed : int
+    chunk : int
+        Images per batch.
+
+    Returns
+    -------
+    float
+        The mean of s_n over the images.
+    """
+    xp = get_array_module(images)
+    labels = numpy.asarray(to_host(labels), int)
+    N, H, W = images.shape
+    averages, angles, shifts = align_classes(images, labels, k, iterations, max_shift, seed,
+                                             rotate=rotate)
+    averages = xp.asarray(averages, numpy.float64)
+    counts = numpy.bincount(labels, minlength=k)
+    yy, xx = numpy.mgrid[:H, :W]
+    disc = xp.asarray(((yy - H // 2) ** 2 + (xx - W // 2) ** 2 < (min(H, W) // 2) ** 2)
+                      .astype(numpy.float64))
+    own, other = numpy.zeros(N), numpy.full(N, -numpy.inf)      # correlations
+    ia, it = inverse(angles, shifts)
+    for s in range(0, N, chunk):
+        lab = labels[s:s + chunk]
+        back = transform(images[s:s + chunk], ia[s:s + chunk], it[s:s + chunk]).astype(numpy.float64)
+        n = xp.asarray(counts[lab], numpy.float64)[:, None, None]
+        # the class average without image n: (n_c average - image) / (n_c - 1)
+        own[s:s + chunk] = _disc_correlation(
+            back, (n * averages[xp.asarray(lab)] - back) / xp.maximum(n - 1, 1), disc)
+    for c in numpy.flatnonzero(counts):
+        a, t, _ = align(images, averages[c][None].astype(images.dtype), None, max_shift,
+                        rotate=rotate)
+        ia, it = inverse(a, t)
+        for s in range(0, N, chunk):
+            back = transform(images[s:s + chunk], ia[s:s + chunk], it[s:s + chunk])
+            r = _disc_correlation(back.astype(numpy.float64), averages[c][None], disc)
+            elsewhere = labels[s:s + chunk] != c
+            other[s:s + chunk][elsewhere] = numpy.maximum(other[s:s + chunk], r)[elsewhere]
+    a, b = 1 - own, 1 - other
+    alone = (counts[labels] < 2) | ~numpy.isfinite(other)
+    sil = numpy.where(alone, 0.0, (b - a) / numpy.maximum(numpy.maximum(a, b), 1e-12))
+    return float(sil.mean())
+
+
+def round_score(images, labels, k, max_shift=2.0, seed=0):
+    """The unsupervised score that chooses the round: the larger of the :func:`silhouette`
+    with shifts only and with in-plane angle and shift.
+
+    Why two models: with angles searched, two classes whose averages differ mostly by an
+    in-plane rotation are no farther apart than one class split in two, so on particles
+    that are not turned a rotation-invariant clustering scores as well as the true one;
+    with shifts only, classes of particles at random angles score near 0. The model that
+    fits the data better decides.
+
+    Parameters
+    ----------
+    images : float array (N, H, W) (NumPy or CuPy)
+    labels : int array (N,)
+    k : int
+    max_shift : float
+        Largest shift searched, px.
+    seed : int
+
+    Returns
+    -------
+    score : float
+        In [-1, 1]; higher is better.
+    rotate : bool
+        Whether the score is that of the in-plane angle and shift model.
+    """
+    plain = silhouette(images, labels, k, False, max_shift, seed=seed)
+    turned = silhouette(images, labels, k, True, max_shift, seed=seed)
+    return (turned, True) if turned > plain else (plain, False)
 
 
 def sample_pairs(labels, n, rng):
@@ -223,7 +340,8 @@ def view_pairs(labels, n, rng, mined):
 
 
 def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, truth=None,
-            log=print, progress=False, view_shift=1.5, view_noise=0.5, turns=8):
+            log=print, progress=False, view_shift=1.5, view_noise=0.5, turns=8,
+            max_shift=2.0):
     """Cluster particle images seen at any in-plane angle (see the module docstring).
 
     Parameters
@@ -254,13 +372,18 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
         Standard deviation of the noise added to each view (images have unit variance).
     turns : int
         In-plane rotations the embedding is averaged over (:func:`invariant_embedding`).
+    max_shift : float
+        Largest shift searched when scoring each round's classes (:func:`round_score`),
+        px of ``images``.
 
     Returns
     -------
     labels : int array (N,)
+        The classes of the chosen round (the highest :func:`round_score`, the earliest of
+        equals); one line saying which and why goes to ``log``.
     history : list of dict
-        Per round: "round", "labels" (N,), "losses" (per step), and with ``truth``
-        "purity", "nmi".
+        Per round: "round", "labels" (N,), "losses" (per step), "score" and "rotate"
+        (:func:`round_score`), "chosen" (bool), and with ``truth`` "purity", "nmi".
     """
     rng = numpy.random.default_rng(seed)
     x = normalize_images(images)
@@ -269,12 +392,14 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
     history = [{"round": 0, "labels": labels, "losses": []}]
 
     def record(h):
+        h["score"], h["rotate"] = round_score(xd[:, 0], labels, k, max_shift, seed)
         if truth is not None:
             h["purity"], h["nmi"] = purity(labels, truth), nmi(labels, truth)
-            log("round %d: purity %.3f, NMI %.3f" % (h["round"], h["purity"], h["nmi"]))
+            log("round %d: purity %.3f, NMI %.3f, score %.3f" % (h["round"], h["purity"],
+                                                                  h["nmi"], h["score"]))
 
-    record(history[0])
     xd = to_device(x[:, None], xp)
+    record(history[0])
     model = Siamese(box=box, seed=seed).to(xp, numpy.float32)
     params = Parameters(model)
     opt = Adam(params, lr=lr)
@@ -301,4 +426,11 @@ def cluster(images, k, rounds, xp, steps=150, batch_size=32, lr=1e-3, seed=0, tr
         history.append({"round": r, "labels": labels, "losses": losses})
         record(history[-1])
     bar.close()
-    return labels, history
+    best = max(history, key=lambda h: h["score"])              # the first of equal scores
+    for h in history:
+        h["chosen"] = h is best
+    log("round %d chosen: the highest silhouette of the images in their classes, %.3f, "
+        "aligned by %s (rounds 0..%d: %s)"
+        % (best["round"], best["score"], "angle and shift" if best["rotate"] else "shift only",
+           rounds, ", ".join("%.3f" % h["score"] for h in history)))
+    return best["labels"], history

@@ -76,6 +76,16 @@ def test_align_recovers_known_angles_and_shifts(xp, groel):
     assert (scores > 0.3).all()
 
 
+def test_align_without_rotation_finds_the_shift_only(xp, groel):
+    """rotate=False: every angle 0, the shift of unturned images recovered."""
+    xyz, z = groel
+    st = particle_stack(xyz, z, 2, 4, 64, 4.0, 5.0, numpy.random.default_rng(3))
+    moved = transform(xp.asarray(st.clean[st.labels]), numpy.zeros(8), st.shifts)
+    angles, shifts, scores = align(moved, xp.asarray(st.clean), st.labels, 4.0, rotate=False)
+    assert (angles == 0).all() and numpy.abs(shifts - st.shifts).max() < 0.3
+    assert (scores > 0.9).all()                       # at the whole-pixel peak
+
+
 def test_aligned_class_averages_beat_plain_ones(xp, groel):
     """Members at random angles: the plain average blurs into rings, the aligned one
     resembles the projection (PSNR against it at least 3 dB higher)."""

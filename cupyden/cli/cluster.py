@@ -7,8 +7,12 @@ views (random in-plane rotation, shift and added noise: two views of one image a
 positive pair; from round 2 on also two images of one cluster, and images of different
 clusters are negatives), embeds every image averaged over in-plane rotations and
 reclusters. The images are resampled to --box pixels for the network (Fourier cropping: a
-low-pass that helps at low SNR). Each class's members are then aligned (in-plane angle and
-shift) to the class average at the images' own size, iteratively, and averaged.
+low-pass that helps at low SNR). The classes kept are those of the round with the highest
+silhouette of the images in their classes (one minus the correlation with the class
+averages after alignment by shift, or by in-plane angle and shift, whichever scores higher;
+no labels needed), so round 0 stays when no Siamese round beats it; one line says which
+round and why. Each class's members are then aligned (in-plane angle and shift) to the
+class average at the images' own size, iteratively, and averaged.
 
 Usage:
   cupyden-cluster [options] STACK -k K
@@ -24,8 +28,8 @@ Options:
   --steps N           Training steps per round [default: 150]
   --batch-size N      Pairs per step [default: 32]
   --lr LR             Adam learning rate [default: 0.001]
-  --max-shift PX      Largest shift searched when aligning, in pixels of the stack
-                      [default: 4]
+  --max-shift PX      Largest shift searched when aligning (and when scoring the
+                      rounds), in pixels of the stack [default: 4]
   --align-iterations N  Rounds of aligning the members to their class average and
                       averaging again; 0 = plain averages [default: 3]
   --seed N            Seed of pairs, weights and k-means [default: 0]
@@ -38,7 +42,8 @@ Options:
   --no-progress       No progress bar.
   -h, --help          Show this help.
 
-Outputs in DIR: class_averages.mrcs (K aligned averages, the stack's pixel size),
+Outputs in DIR, all of the chosen round: class_averages.mrcs (K aligned averages, the
+stack's pixel size),
 labels.csv (image index, class, in-plane angle in degrees, shift x and y in pixels),
 particles.star (RELION 3.1: rlnImageName n@STACK, rlnClassNumber from 1, rlnAnglePsi,
 rlnOriginXAngst/rlnOriginYAngst, or rlnOriginX/rlnOriginY in pixels when the stack has no
@@ -100,7 +105,8 @@ def _body(args):
           % (device.name, len(images), images.shape[-1], box, k, rounds))
     small = fourier_resize(images, (box, box))
     labels, history = cluster(small, k, rounds, device.xp, steps, batch, lr, seed,
-                              progress=not args["--no-progress"])
+                              progress=not args["--no-progress"],
+                              max_shift=max_shift * box / images.shape[-1])
     angles, shifts = numpy.zeros(len(images)), numpy.zeros((len(images), 2))
     averages = class_averages(images, labels, k)
     if iterations:
