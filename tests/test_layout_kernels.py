@@ -43,6 +43,11 @@ def _compile(tmp_path, name, ctype, bits):
                     str(c)], check=True)
     fn = ctypes.CDLL(str(so)).run
 
+    def raw(*args, size):
+        """As CuPy calls it: every argument in order (lanes included), then ``size``."""
+        fn(*[a.ctypes.data_as(ctypes.c_void_p) if kind == "array" else _CTYPES[kind][1](a)
+             for a, kind in zip(args, kinds)], ctypes.c_longlong(size))
+
     def call(*args, C, pixels):
         from cupyden.kernels.layout import PER_THREAD, lanes
         L, LS = lanes(C, PER_THREAD[name])
@@ -53,6 +58,7 @@ def _compile(tmp_path, name, ctype, bits):
             conv.append(a.ctypes.data_as(ctypes.c_void_p) if kind == "array"
                         else _CTYPES[kind][1](a))
         fn(*conv, ctypes.c_longlong(size))
+    call.raw = raw
     return call
 
 
@@ -169,3 +175,27 @@ def test_upsample_concat_kernels_equal_numpy(kernels, shape, size, dtype, bits):
     tol = 1e-6 if dtype == numpy.float32 else 1e-14
     assert numpy.abs(dx - dx_ref).max() <= tol * numpy.abs(dx_ref).max()
 
+
+
+@pytest.mark.parametrize("shape,channels", [((2, 97, 5, 6), 128), ((3, 5, 2, 3, 4), 8),
+                                            ((64, 97, 5, 5), 128), ((1, 4, 3, 3), 4)])
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_pad_channels_wrapper(kernels, monkeypatch, shape, channels, dtype):
+    """``layout.pad_channels`` (cuDNN's zero channels: Topaz's 97-channel input and its
+    filters) run end to end on NumPy arrays through the C-compiled kernels, so the
+    wrapper's arguments, spans and launch size are checked too: [a, 0], channels-last."""
+    from cupyden.kernels import layout
+    ctype = "float" if dtype == numpy.float32 else "double"
+    fake = {(n, b): kernels[n, ctype, b].raw for n in layout.SOURCES for b in (32, 64)}
+    monkeypatch.setattr(layout, "_KERNELS", fake)
+    rng = numpy.random.default_rng(2)
+    a = rng.standard_normal(shape).astype(dtype)             # plain (NCHW) memory: copied
+    y = layout.pad_channels(a, channels)
+    assert y.shape == (shape[0], channels) + shape[2:]
+    assert numpy.moveaxis(y, 1, -1).flags.c_contiguous           # dense channels-last
+    assert numpy.array_equal(y[:, :shape[1]], a) and numpy.all(y[:, shape[1]:] == 0)
+    skip = channels_last(rng.standard_normal((shape[0], 2) + shape[2:]).astype(dtype))
+    z = layout.upsample_concat(channels_last(a), skip, channels=channels + 2)
+    assert numpy.array_equal(z[:, :shape[1]], a)
+    assert numpy.array_equal(z[:, shape[1]:shape[1] + 2], skip)
+    assert numpy.all(z[:, shape[1] + 2:] == 0)
