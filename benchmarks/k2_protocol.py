@@ -7,7 +7,8 @@ Usage:
 Options:
   --recipe NAME   Training options, by name (--list shows them) [default: topaz-finetune]
   --minutes M     Training budget in minutes (--max-minutes of cupyden-train) [default: 4]
-  --extra OPTS    More cupyden-train options, one string (they come last and win).
+  --extra OPTS    More cupyden-train options, one string (they replace the recipe's same
+                  options).
   -o DIR          Output folder [default: k2-protocol]
   --panel PNG     Before/after panel of the held-out A half, shown Fourier-binned 4x
                   [default: docs/k2_protocol_before_after.png]
@@ -76,6 +77,19 @@ RECIPES = {
 }
 
 
+def override(recipe, extra):
+    """The recipe's options with those of ``extra`` replacing the same options (docopt
+    refuses an option given twice), then extra's. Tokens: ``--name [value]``."""
+    names = {t for t in extra if t.startswith("--")}
+    kept, skip = [], False
+    for t in recipe:
+        if t.startswith("--"):
+            skip = t in names
+        if not skip:
+            kept.append(t)
+    return kept + extra
+
+
 def main():
     args = docopt(__doc__)
     if args["--list"]:
@@ -94,7 +108,7 @@ def main():
     write_mrc(held_a, a[SPLIT_ROW:], mic.pixel_size)
     A, B = a[SPLIT_ROW:], b[SPLIT_ROW:]
 
-    opts = shlex.split(RECIPES[args["--recipe"]]) + shlex.split(args["--extra"] or "")
+    opts = override(shlex.split(RECIPES[args["--recipe"]]), shlex.split(args["--extra"] or ""))
     cmd = [train_mrc, "--pairs", "count-split", "--dose", str(DOSE), "--max-minutes",
            args["--minutes"], "-d", "0", "-o", out, "--no-progress"] + opts
     print("cupyden-train " + " ".join(cmd), flush=True)
