@@ -127,6 +127,25 @@ def test_read_real_tiff_tomogram():
     assert vol.pixel_size == pytest.approx(10.52)         # 1.052 nm/voxel
 
 
+def test_real_microtubule_tomogram_still_denoises(tmp_path):
+    """The real crop (TIFF, uint8, 10.52 Å/voxel) through the commands as a user runs them:
+    F2Fd trained a few steps on it, then cupyden-denoise; the output keeps the shape and
+    the voxel size and differs from the input (issue 18: both ways stay usable)."""
+    tif = shared_data("tomograms", "cylindra_13pf_MT.tif")
+    out = str(tmp_path / "train")
+    assert train.main(F2FD_SMALL + [tif, "-o", out, "--steps", "2"]) == 0
+    den = str(tmp_path / "den")
+    assert denoise.main([os.path.join(out, "model.h5"), tif, "-o", den, "--samples", "1",
+                         "--passes", "1", "-d", "-1", "--no-progress"]) == 0
+    raw = read_image(tif).data.astype(numpy.float64)
+    with mrcfile.open(os.path.join(den, "cylindra_13pf_MT.mrc")) as m:
+        assert m.data.shape == (36, 206, 94)
+        assert float(m.voxel_size.x) == pytest.approx(10.52, rel=1e-4)
+        data = m.data.astype(numpy.float64)
+    assert numpy.isfinite(data).all()
+    assert abs(numpy.corrcoef(data.ravel(), raw.ravel())[0, 1]) < 0.999
+
+
 def test_read_tiff_volume_and_errors(tmp_path):
     import tifffile
 
