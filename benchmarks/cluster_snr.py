@@ -31,8 +31,8 @@ given defocus, 300 kV, Cs 2.7 mm, amplitude contrast 0.07; white Gaussian noise 
 Round 0 is k-means on principal components; rounds 1.. train the Siamese embedding on
 augmented views (cupyden.cluster), which returns the round with the highest unsupervised
 score (silhouette after alignment; "chosen" column). Per SNR and round it prints purity
-and NMI against the true orientations, the score, and the PSNR of the class averages against the clean, aligned
-projection of each class's majority orientation, with the members averaged as they are
+and NMI against the true orientations, the score, and the PSNR of the class averages
+against the clean, aligned projection of each class's majority orientation, with the members averaged as they are
 ("unaligned") and after iterative rotational and translational alignment to the class
 average ("aligned", cupyden.align.align_classes). Before scoring, each average is brought
 onto its clean projection by one alignment (both kinds alike) and compared inside the disc

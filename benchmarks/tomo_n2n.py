@@ -31,8 +31,9 @@ dark, the truth a potential in V: the sign and the scale are arbitrary), over th
 voxels; PSNR (range of the truth there) over them, SSIM (cupyden.metrics.ssim) averaged
 over the slices and the two row blocks (weighted by rows). The affine match makes a
 constant estimate score 20 log10(range / std) of the truth (about 17 dB on the
-potential), the floor of every row. Training uses the tomograms only, never a truth. (F2Fd draws its few validation patches from the whole volume, as
-its method trains on the one volume it denoises.)
+potential), the floor of every row. Training uses the tomograms only, never a truth.
+(F2Fd draws its few validation patches from the whole volume, as its method trains on
+the one volume it denoises.)
 
 Writes OUT/sim/{half1,half2,full,clean}/tomo.mrc, OUT/results.json, OUT/central_slices.png
 (z and y central slices of every row).

@@ -186,7 +186,8 @@ def silhouette(images, labels, k, rotate=True, max_shift=2.0, iterations=2, seed
     ia, it = inverse(angles, shifts)
     for s in range(0, N, chunk):
         lab = labels[s:s + chunk]
-        back = transform(images[s:s + chunk], ia[s:s + chunk], it[s:s + chunk]).astype(numpy.float64)
+        back = transform(images[s:s + chunk], ia[s:s + chunk],
+                         it[s:s + chunk]).astype(numpy.float64)
         n = xp.asarray(counts[lab], numpy.float64)[:, None, None]
         # the class average without image n: (n_c average - image) / (n_c - 1)
         own[s:s + chunk] = _disc_correlation(
