@@ -213,6 +213,43 @@ def test_fused_activation_bias_backward(dtype, shape, slope):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp64", "fp32", "tf32", "fp16"])
+@pytest.mark.parametrize("shape,F,K,slope", [((2, 32, 33, 31), 16, 3, 0.1),
+                                             ((1, 1, 40, 48), 48, 11, 0.0),
+                                             ((2, 8, 6, 7, 5), 8, 3, None),
+                                             ((1, 32, 24, 24), 1, 3, None)])
+def test_both_forward_routes_equal_the_direct_sum(precision, shape, F, K, slope):
+    """The fused graph (conv + bias + activation) and the split route (the convolution's
+    graph, then ``bias_activation_kernel``) both equal a float64 convolution of the same
+    rounded inputs; so does whichever route ``conv_forward`` chose. float64 has the split
+    route only (no fused double engines before Blackwell)."""
+    from cupyden.settings import using
+    cp, cudnn_fe = _cudnn()
+    dtype = {"fp64": numpy.float64, "fp16": numpy.float16}.get(precision, numpy.float32)
+    rng = numpy.random.default_rng(5)
+    C, nd, p = shape[1], len(shape) - 2, K // 2
+    x = rng.standard_normal(shape).astype(dtype)
+    w = (rng.standard_normal((F, C) + (K,) * nd) / numpy.sqrt(C * K ** nd)).astype(dtype)
+    b = rng.standard_normal(F).astype(dtype)
+    with using(precision="fp32"):                # float64 data: double engines
+        ref = backend.to_host(cudnn_fe.conv_forward(
+            cp.asarray(x, numpy.float64), cp.asarray(w, numpy.float64), None, 1, p, None))
+    ref = ref + b.astype(numpy.float64).reshape((1, F) + (1,) * nd)
+    if slope is not None:
+        ref = numpy.where(ref > 0, ref, slope * ref)
+    xd, wd, bd = cp.asarray(x), cp.asarray(w), cp.asarray(b)
+    with using(precision="fp32" if precision == "fp64" else precision):
+        split = cudnn_fe._fprop(cudnn_fe.operand(xd), wd, None, 1, p, None)
+        cudnn_fe._bias_activation(split, bd, slope)
+        outs = {"split": split, "chosen": cudnn_fe.conv_forward(xd, wd, bd, 1, p, slope)}
+        if dtype != numpy.float64:
+            outs["fused"] = cudnn_fe._fprop(cudnn_fe.operand(xd), wd, bd, 1, p, slope)
+    tol = {"fp64": 1e-12, "fp32": 1e-5, "tf32": 2e-3, "fp16": 2e-3}[precision]
+    for route, y in outs.items():
+        assert rel(y, ref) < tol, route
+
+
+@pytest.mark.gpu
 def test_cudnn_can_be_turned_off(monkeypatch):
     _, cudnn_fe = _cudnn()
     monkeypatch.setenv("CUPYDEN_CUDNN", "0")

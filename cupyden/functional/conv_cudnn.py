@@ -2,7 +2,8 @@
 
 The same math as conv.py's docstring, run as cuDNN Frontend graphs (``kernels.cudnn_fe``):
 
-    forward   y = act(conv(x, w) + b)                  one fused graph (fprop + bias + act)
+    forward   y = act(conv(x, w) + b)                  one fused graph (fprop + bias + act),
+                                                       or fprop, then bias + act in one pass
     backward  dz = dy * act'(y),  db = sum of dz over N and space     one pass (below)
               dw = wgrad(x, dz),  dx = dgrad(dz, w)                   two graphs
 
@@ -25,7 +26,7 @@ import numpy
 from ..backend import (channels_last_span, copy_like, empty_like_memory, get_array_module,
                        is_gpu_array)
 from ..settings import SETTINGS
-from .activation import activate_, activation_backward
+from .activation import activation_backward
 
 #: Convolutions cuDNN had no plan for, which ran through im2col instead (said once each).
 IM2COL_FALLBACKS = []
@@ -141,21 +142,13 @@ def conv_forward(x, w, b, stride, padding, slope, keep_cache):
     has no plan for this shape (the caller then takes the im2col path).
 
     Parameters and result as ``functional.conv.conv2d_forward`` (x, w also 3-D); y is
-    channels-last. When cuDNN has no fused graph for this shape (double precision before
-    Blackwell), the convolution runs alone and bias and activation follow as array ops.
+    channels-last. Bias and activation are fused into cuDNN's graph or follow it in one
+    pass, whichever ran faster for this shape (``kernels.cudnn_fe.conv_forward``).
     """
     from ..kernels import cudnn_fe
     x = cudnn_fe.operand(x)
     try:
-        try:
-            y = cudnn_fe.conv_forward(x, w, b, stride, padding, slope)
-        except cudnn_fe.Unsupported:
-            if b is None and slope is None:
-                raise
-            y = cudnn_fe.conv_forward(x, w, None, stride, padding, None)
-            if b is not None:
-                y += b.reshape((1, -1) + (1,) * (x.ndim - 2))
-            activate_(y, slope)
+        y = cudnn_fe.conv_forward(x, w, b, stride, padding, slope)
     except cudnn_fe.Unsupported as exc:
         _fell_back(exc)
         return None

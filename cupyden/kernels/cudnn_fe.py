@@ -19,10 +19,11 @@ layer's dx), which would tie each layer to its neighbour.
 Plans. A graph is keyed by (op, shapes, strides, data type, stride, padding, activation,
 TF32 allowed). Engines that reduce in less than float32 (numerical note
 REDUCED_PRECISION_REDUCTION) are used for float16 data only (as PyTorch allows by default;
-float16 wgrad without them ran 5 ms per layer); loss scaling catches their overflows. When
-cuDNN has no engine for a fused graph (float64 before Blackwell: the runtime-fusion engines
-do not take doubles), :class:`Unsupported` is raised and ``functional.conv_cudnn`` runs the
-convolution alone, then bias and activation. The first time a key is seen, up to
+float16 wgrad without them ran 5 ms per layer); loss scaling catches their overflows. The
+forward pass has two routes, timed once per shape (:func:`conv_forward`): the fused graph,
+or the convolution's graph alone followed by bias and activation in one pass (the only
+route when cuDNN has no engine for the fused graph: float64 before Blackwell, whose
+runtime-fusion engines do not take doubles). The first time a key is seen, up to
 ``SETTINGS.tune_plans`` candidate plans (``cupyden.settings``) from the
 heuristics (mode A, then the fallback list) are built and timed on the real buffers (one
 warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events), and the fastest is kept: the
@@ -431,7 +432,17 @@ def _padded_channels(dtype, C):
 
 
 def conv_forward(x, w, b, stride, padding, slope):
-    """y = act(conv(x, w) + b) in one cuDNN graph.
+    """y = act(conv(x, w) + b), through the faster of two routes (tuned per shape).
+
+    - fused: one cuDNN graph, conv_fprop -> bias -> (Leaky)ReLU;
+    - split: the convolution's graph alone, then bias and activation in one in-place pass
+      (``kernels.activation.bias_activation_kernel``), as PyTorch's eager mode does.
+
+    The first call for a key times both (after their plans are tuned) and keeps the faster;
+    the choice is kept on disk with the plans (``plan_cache``). On an H200 (cuDNN 9.19,
+    benchmarks/RESULTS.md, session 9) the U-Net's 3 x 3 96 -> 32 convolution of a 4096^2
+    image took 24.1 ms fused in tf32 and 7.3 ms without its bias. A graph cuDNN cannot fuse
+    (float64 before Blackwell) takes the split route.
 
     Parameters
     ----------
@@ -444,23 +455,88 @@ def conv_forward(x, w, b, stride, padding, slope):
 
     Returns
     -------
-    y : cupy array (N, F, *S'), dtype of x, channels-last memory
+    y : cupy array (N, F, *S'), dtype of x, dense channels-last memory
 
     Raises
     ------
     Unsupported
-        When cuDNN has no working plan for this graph (for a fused graph, the caller may
-        run the convolution alone and add bias and activation itself).
+        When cuDNN has no working plan for the convolution itself.
     """
     Cp = _padded_channels(x.dtype, x.shape[1])
     if Cp != x.shape[1]:            # zero channels in input and filters: the same result
         return conv_forward(_pad_channels(x, Cp), _pad_channels(w, Cp), b, stride, padding,
                             slope)
+    x = operand(x)
+    if b is None and slope is None:
+        return _fprop(x, w, None, stride, padding, None)
+    key = _key("epilogue", (x, w), x.dtype, stride, padding, b is not None, slope)
+    split = _SPLIT.get(key)
+    if split is None:
+        split = _SPLIT[key] = _choose_route(key, x, w, b, stride, padding, slope)
+    if not split:
+        return _fprop(x, w, b, stride, padding, slope)
+    y = _fprop(x, w, None, stride, padding, None)
+    _bias_activation(y, b, slope)
+    return y
+
+
+#: key -> True when the split route (convolution, then bias and activation) is faster.
+_SPLIT = {}
+
+
+def _bias_activation(y, b, slope):
+    """y = act(y + b) in place; ``y`` dense channels-last (N, F, *S), ``b`` (F,) or None."""
+    from .activation import bias_activation_kernel
+    xp = backend.get_array_module(y)
+    F = y.shape[1]
+    b = xp.zeros(F, y.dtype) if b is None else xp.ascontiguousarray(b, y.dtype)
+    flat = backend.channels_last_span(y)[0]
+    bias_activation_kernel(b, float(slope or 0.0), slope is not None, numpy.uint32(F),
+                           flat.size < 2 ** 32, flat)
+
+
+def _choose_route(key, x, w, b, stride, padding, slope):
+    """True (split) or False (fused) for ``key``: the plan cache's choice when it has one,
+    else both routes timed here (CUDA events, ``TUNE_REPEATS`` runs after a warm-up)."""
+    try:
+        entry = plan_cache.lookup(_cache_context(), repr(key))
+        if entry is not None:
+            return bool(entry["split"])
+    except Exception:
+        pass
+    try:
+        _fprop(x, w, b, stride, padding, slope)                      # tunes its plans
+        fused = backend.gpu_time_ms(lambda: _fprop(x, w, b, stride, padding, slope),
+                                    TUNE_REPEATS)
+    except Unsupported:
+        return True
+    y = _fprop(x, w, None, stride, padding, None)                  # tunes its plans
+
+    def split():
+        _fprop(x, w, None, stride, padding, None, out=y)
+        _bias_activation(y, b, slope)
+
+    try:
+        ms = backend.gpu_time_ms(split, TUNE_REPEATS)
+    except Unsupported:
+        return False
+    try:
+        plan_cache.remember(_cache_context(), repr(key),
+                            {"split": ms < fused, "fused_ms": fused, "split_ms": ms})
+    except Exception:
+        pass
+    return ms < fused
+
+
+def _fprop(x, w, b, stride, padding, slope, out=None):
+    """One fprop graph (with bias and activation fused when given) on a channels-last x;
+    the output is allocated, or ``out`` (dense channels-last, the output's shape)."""
     xp = backend.get_array_module(x)
     nd = x.ndim - 2
     x, sx = _operand(x)
     w, sw = _operand(w, count=False)
-    y = empty_channels_last(xp, output_shape(x.shape, w.shape, stride, padding), x.dtype)
+    y = out if out is not None else empty_channels_last(
+        xp, output_shape(x.shape, w.shape, stride, padding), x.dtype)
     sy = channels_last_strides(y.shape)
     buffers = {"x": x, "w": w, "y": y}
     F = w.shape[0]
