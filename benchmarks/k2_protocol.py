@@ -59,12 +59,15 @@ DOSE = 47.6
 #: 298 px) from Topaz's general pretrained weights, fine-tuned in float16 on 384 px patches
 #: (Topaz trains on 800 px crops), cosine learning rate. A first trial (2026-11-30, H200,
 #: lr 2e-4, cosine over 10000 steps) ran 3410 steps of 12 x 384^2 in 240 s (14.1 steps/s)
-#: and its validation loss was lowest at step 500, then rose: hence 1e-4, a cosine that
-#: ends within the budget (4000 steps), validation every 250 steps.
+#: and its validation loss was lowest at step 500, then rose: hence 1e-4 and validation
+#: every 250 steps. A cosine over a fixed 4000 steps scored +7.56 dB but ended after 173 s
+#: of the 240 s: the step count cannot fit a time budget on an unknown GPU, so the budget
+#: decides (--steps 1000000): with --max-minutes, cupyden-train re-estimates the cosine's
+#: length at every validation so it ends with the time (Li et al., ICLR 2020).
 RECIPES = {
     "topaz-finetune": "--arch topaz --init topaz:unet --normalize meanstd --precision fp16 "
                       "--patch-size 384 --stride 128 --batch-size 12 --lr 0.0001 "
-                      "--lr-schedule cosine --warmup 100 --steps 4000 --val-fraction 0.14 "
+                      "--lr-schedule cosine --warmup 100 --steps 1000000 --val-fraction 0.14 "
                       "--holdout-fraction 0 --val-every 250 --val-patches 64",
     "topaz-scratch": "--arch topaz --normalize meanstd --precision fp16 --patch-size 384 "
                      "--stride 128 --batch-size 12 --lr 0.001 --lr-schedule cosine "

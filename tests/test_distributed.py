@@ -170,6 +170,43 @@ def test_fit_on_two_ranks_matches_one_process(tmp_path):
         assert rel(w2[name], w1[name]) < 1e-5, name
 
 
+def test_ranks_share_rank_0s_time_budget(tmp_path, monkeypatch):
+    """A cosine fitted to a time budget: every rank uses rank 0's T (and stop), even when
+    another rank's clock runs 3x faster (each rank's clock advances per training step)."""
+    from cupyden import training
+
+    path = make_store(tmp_path / "s.h5")
+    config = {"model": {"arch": "dncnn", "depth": 2, "width": 4, "seed": 0}, "loss": "mse",
+              "lr": 1e-3, "batch_size": 8, "steps": 1000000, "val_every": 5,
+              "val_patches": 9, "seed": 5, "lr_schedule": "cosine", "max_seconds": 30}
+    clocks = threading.local()
+    step = training.train_step
+
+    def timed_step(model, params, opt, loss, x, y, scaler, comm):
+        clocks.now = getattr(clocks, "now", 0.0) + (1.0 if comm.rank == 0 else 3.0)
+        return step(model, params, opt, loss, x, y, scaler, comm)
+
+    monkeypatch.setattr(training.time, "perf_counter", lambda: getattr(clocks, "now", 0.0))
+    monkeypatch.setattr(training, "train_step", timed_step)
+    for r in range(2):
+        (tmp_path / str(r)).mkdir()
+
+    def rank(r, comm):
+        s = PatchStore(path)
+        try:
+            return fit(s, str(tmp_path / str(r)), config, numpy, progress=False,
+                       log=lambda *a: None, comm=comm)
+        finally:
+            s.close()
+
+    got = run_ranks(2, rank)
+    lrs = [[(row["step"], row["lr"]) for row in h] for h in got]
+    assert lrs[0] == lrs[1]
+    assert [k for k, _ in lrs[0]] == [5, 10, 15, 20, 25, 30, 35]    # rank 0: 1 step/s
+    assert lrs[0][-2][1] == 0.0                                      # T = 30, rank 0's
+    assert load_checkpoint(str(tmp_path / "0" / "checkpoint.h5"))["provenance"]["schedule"]["T"] == 35
+
+
 def test_ranks_whose_parameters_differ_are_stopped():
     def body(r, comm):
         model = DnCNN(3, 4, seed=r).to(numpy, numpy.float32)       # other weights on rank 1
