@@ -16,10 +16,12 @@ from cupyden.distributed import plan, supervise
 from cupyden.errors import InputError
 from cupyden.io.checkpoint import load_checkpoint
 from cupyden.io.loader import Loader
-from cupyden.io.store import PatchStore, PatchStoreWriter
+from cupyden.io.store import PatchStore
 from cupyden.models import DnCNN
 from cupyden.optim import Adam, Parameters
 from cupyden.training import check_identical, fit, train_step
+
+from conftest import make_store
 
 
 class ThreadGroup:
@@ -82,17 +84,6 @@ def run_ranks(world, fn):
 def rel(a, b):
     a, b = numpy.asarray(a, numpy.float64), numpy.asarray(b, numpy.float64)
     return float(numpy.linalg.norm(a - b) / numpy.linalg.norm(b))
-
-
-def make_store(path, n_train=44, n_val=9, P=16, seed=0):
-    """Smooth 'signal' patches and noisy views of them."""
-    rng = numpy.random.default_rng(seed)
-    with PatchStoreWriter(str(path), P, attrs={"pairs": "gaussian"}) as w:
-        for split, n in (("train", n_train), ("val", n_val)):
-            clean = numpy.cumsum(numpy.cumsum(rng.standard_normal((n, 1, P, P)), 2), 3) / P
-            w.append(split, clean + 0.5 * rng.standard_normal(clean.shape),
-                     clean + 0.5 * rng.standard_normal(clean.shape))
-    return str(path)
 
 
 def test_ranks_read_the_one_process_batches(tmp_path):
@@ -204,7 +195,8 @@ def test_ranks_share_rank_0s_time_budget(tmp_path, monkeypatch):
     assert lrs[0] == lrs[1]
     assert [k for k, _ in lrs[0]] == [5, 10, 15, 20, 25, 30, 35]    # rank 0: 1 step/s
     assert lrs[0][-2][1] == 0.0                                      # T = 30, rank 0's
-    assert load_checkpoint(str(tmp_path / "0" / "checkpoint.h5"))["provenance"]["schedule"]["T"] == 35
+    ck = load_checkpoint(str(tmp_path / "0" / "checkpoint.h5"))
+    assert ck["provenance"]["schedule"]["T"] == 35
 
 
 def test_ranks_whose_parameters_differ_are_stopped():

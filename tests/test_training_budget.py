@@ -12,19 +12,10 @@ import pytest
 
 from cupyden import training
 from cupyden.io.checkpoint import load_checkpoint
-from cupyden.io.store import PatchStore, PatchStoreWriter
+from cupyden.io.store import PatchStore
 from cupyden.training import fit, read_history
 
-
-def make_store(path, n_train=24, n_val=4, P=16, seed=0):
-    """Smooth patches and two noisy views of them."""
-    rng = numpy.random.default_rng(seed)
-    with PatchStoreWriter(str(path), P, attrs={"pairs": "gaussian"}) as w:
-        for split, n in (("train", n_train), ("val", n_val)):
-            clean = numpy.cumsum(numpy.cumsum(rng.standard_normal((n, 1, P, P)), 2), 3) / P
-            w.append(split, clean + 0.5 * rng.standard_normal(clean.shape),
-                     clean + 0.5 * rng.standard_normal(clean.shape))
-    return str(path)
+from conftest import make_store
 
 
 @pytest.fixture
@@ -43,7 +34,7 @@ def clock(monkeypatch):
 
 
 def test_cosine_ends_when_the_time_budget_does(tmp_path, clock):
-    store = PatchStore(make_store(tmp_path / "s.h5"))
+    store = PatchStore(make_store(tmp_path / "s.h5", n_train=24, n_val=4))
     lr0, warmup, budget = 1e-3, 2, 30
     config = {"model": {"arch": "dncnn", "depth": 2, "width": 4, "seed": 0}, "loss": "mse",
               "lr": lr0, "batch_size": 4, "steps": 1000000, "val_every": 5, "val_patches": 4,
@@ -56,7 +47,10 @@ def test_cosine_ends_when_the_time_budget_does(tmp_path, clock):
     # 1 step/s: the run stops after step 31 (31 s > 30 s); from the first validation on,
     # T = step + (30 - step) = 30
     assert [r["step"] for r in history] == [5, 10, 15, 20, 25, 30, 31]
-    cosine = lambda t, T: lr0 * (1 + math.cos(math.pi * (t - warmup) / (T - warmup))) / 2  # noqa: E731
+
+    def cosine(t, T):
+        return lr0 * (1 + math.cos(math.pi * (t - warmup) / (T - warmup))) / 2
+
     assert history[0]["lr"] == pytest.approx(cosine(5, 1000000))       # before any estimate
     for r in history[1:-1]:
         assert r["lr"] == pytest.approx(cosine(r["step"], 30), rel=1e-9, abs=1e-15)
