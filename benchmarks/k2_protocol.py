@@ -1,7 +1,8 @@
 """The K2 protocol of DATA.md through the commands: train on rows [0, 2816), judge on unseen rows.
 
 Usage:
-  k2_protocol.py MRC [--recipe NAME] [--minutes M] [--extra OPTS] [-o DIR] [--panel PNG]
+  k2_protocol.py MRC [--recipe NAME] [--minutes M] [--extra OPTS] [--tta N] [-o DIR]
+                 [--panel PNG]
   k2_protocol.py --list
 
 Options:
@@ -9,6 +10,9 @@ Options:
   --minutes M     Training budget in minutes (--max-minutes of cupyden-train) [default: 4]
   --extra OPTS    More cupyden-train options, one string (they replace the recipe's same
                   options).
+  --tta N         Also score the trained model with cupyden-denoise --tta N (test-time
+                  augmentation: the mean over N flips and rotations, N times the network
+                  time; 1 skips that row) [default: 8]
   -o DIR          Output folder [default: k2-protocol]
   --panel PNG     Before/after panel of the held-out A half, shown Fourier-binned 4x
                   [default: docs/k2_protocol_before_after.png]
@@ -22,7 +26,8 @@ Steps, as a user would run them:
 2. the protocol's count split of the whole micrograph (counts = round(x / scale), scale =
    mean / (47.6 x 0.8538^2), A and B by Binomial(counts, 1/2), seed 0) gives the held-out
    halves of rows [2816, 3838); ``cupyden-denoise DIR/model.h5 DIR/heldout_A.mrc`` denoises
-   the A half;
+   the A half, once as it is and once with ``--tta N`` (the self-ensemble of Lim et al.
+   2017; the panel shows the plain one);
 3. corr(f(A), B) after a Gaussian high-pass at 1/200 px^-1, SNR = c / (1 - c), gain =
    20 log10(SNR_f / SNR_raw) (``cupyden.metrics.halves_gain``), beside: raw, the best
    Gaussian low-pass (sigma of the highest corr(G(A), B) on rows [2304, 2816), training
@@ -121,22 +126,27 @@ def main():
     precision = opts[opts.index("--precision") + 1] if "--precision" in opts else "fp32"
     rows = {}
 
-    def score(name, model, precision):
-        den_dir = os.path.join(out, "den_" + name.split()[0].replace(":", "_"))
+    def score(name, model, precision, folder, extra=()):
+        den_dir = os.path.join(out, folder)
         assert denoise.main([model, held_a, "-o", den_dir, "-d", "0", "--no-progress",
-                             "--precision", precision]) == 0
+                             "--precision", precision] + list(extra)) == 0
         den = read_mrc(os.path.join(den_dir, "heldout_A.mrc"), ndim=2).data
         rows[name] = halves_gain(den, A, B)
         return den
 
-    den = score("cupyden " + args["--recipe"], os.path.join(out, "model.h5"), precision)
+    den = score("cupyden " + args["--recipe"], os.path.join(out, "model.h5"), precision,
+                "den_cupyden")
+    if args["--tta"] != "1":
+        score("cupyden %s, --tta %s" % (args["--recipe"], args["--tta"]),
+              os.path.join(out, "model.h5"), precision, "den_cupyden_tta",
+              ["--tta", args["--tta"]])
     rows["raw"] = halves_gain(A, A, B)
     sa, sb = a[SPLIT_ROW - 512:SPLIT_ROW], b[SPLIT_ROW - 512:SPLIT_ROW]   # a training strip
     sigma = max(SIGMAS, key=lambda s: halves_gain(gaussian_lowpass(sa, s), sa, sb)["cc_denoised"])
     rows["best Gaussian (sigma %.3g px)" % sigma] = halves_gain(gaussian_lowpass(A, sigma), A, B)
     import importlib.util
     if importlib.util.find_spec("topaz") is not None:
-        score("topaz:unet pretrained (in cupyden)", "topaz:unet", "fp32")
+        score("topaz:unet pretrained (in cupyden)", "topaz:unet", "fp32", "den_topaz_unet")
     history = read_history(os.path.join(out, "history.csv"))
     print("\nK2 protocol, held-out rows [%d, %d), %s, training %.0f s wall (budget %s min)"
           % (SPLIT_ROW, H, args["--recipe"], t_train, args["--minutes"]))
@@ -145,8 +155,8 @@ def main():
     for name, g in rows.items():
         print("| %s | %.4f | %+.2f dB |" % (name, g["cc_denoised"], g["gain_db"]))
     with open(os.path.join(out, "k2_protocol.json"), "w") as f:
-        json.dump({"recipe": args["--recipe"], "options": opts, "train_seconds": t_train,
-                   "rows": rows, "history": history}, f, indent=1)
+        json.dump({"recipe": args["--recipe"], "options": opts, "tta": int(args["--tta"]),
+                   "train_seconds": t_train, "rows": rows, "history": history}, f, indent=1)
     report.before_after(fourier_bin(A, 4), fourier_bin(den, 4), args["--panel"],
                         ("held-out A half, raw (shown binned 4x)",
                          "cupyden %s, %+.1f dB" % (args["--recipe"],
