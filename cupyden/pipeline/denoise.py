@@ -237,7 +237,7 @@ def _bin_and_normalize(model, x, factor, times):
     return image, norm
 
 
-def _denoise_2d(model, x, factor, tile, batch_size, times, tta=1):
+def _denoise_2d(model, x, factor, tile, batch_size, times, tta):
     """One micrograph already on the model's device -> (denoised on the device, stats)."""
     image, norm = _bin_and_normalize(model, x, factor, times)
     with times.stage("network", model.device.xp):
@@ -305,11 +305,10 @@ def check_tta(model, tta):
         raise InputError("tta must be one of %s, got %r" % (", ".join(map(str, TTA_COUNTS)),
                                                             tta))
     if model is not None and tta > 1 and (model.ndim == 3 or model.is_f2fd):
+        what = ("an F2Fd model (it averages its own samples)" if model.is_f2fd else
+                "a tomogram model (a missing wedge cannot be rotated)")
         raise InputError("test-time augmentation (tta %d) flips and rotates micrographs; %s "
-                         "is %s: use tta 1" % (tta, model.source, "an F2Fd model (it averages"
-                                               " its own samples)" if model.is_f2fd else
-                                               "a tomogram model (a missing wedge cannot be "
-                                               "rotated)"))
+                         "is %s: use tta 1" % (tta, model.source, what))
 
 
 def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4, odd=None,
