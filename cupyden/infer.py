@@ -21,6 +21,14 @@ Volumes: the core is chosen from a GPU memory budget (:func:`volume_tile`). For 
 U-Net (``models.UNet3d``: halo 48 voxels, 16 channels at full resolution) and a
 512 x 1024 x 1024 tomogram in float16: cores of 256^3, windows of 352^3, 32 windows,
 2.6x the tomogram's voxels processed (arithmetic in :data:`TILE_BUDGET`).
+
+Test-time augmentation (``tta``, micrographs only): the mean over flips and rotations g of
+g^-1(f(g(x))), the self-ensemble of EDSR+ (Lim et al. 2017, "Enhanced Deep Residual
+Networks for Single Image Super-Resolution", section 4.3). A micrograph's noise and signal
+have no preferred orientation, so each g gives another estimate whose errors are partly
+independent of the others'; the network runs once per transform (``tta`` times the time).
+A tomogram is refused: its missing wedge has an orientation (about the tilt axis) that
+rotating the volume would change.
 """
 
 import itertools
@@ -190,7 +198,65 @@ def volume_tile(shape, model, itemsize=4, budget=TILE_BUDGET):
     return tuple(out)
 
 
-def denoise_array(model, image, xp, tile=None, batch_size=4, norm=None):
+#: Test-time augmentation: for each count, the transforms g = (transpose, flip axes) of
+#: the micrograph, applied as flips then transpose; the inverse transposes, then flips.
+#: 2: identity and left-right flip; 4: the four flips (both = 180 degree rotation); 8:
+#: those and their transposes, the dihedral group D4 of the square (rotations by 90
+#: degrees and reflections).
+TTA = {1: ((False, ()),),
+       2: ((False, ()), (False, (1,))),
+       4: tuple((False, f) for f in ((), (0,), (1,), (0, 1)))}
+TTA[8] = TTA[4] + tuple((True, f) for _, f in TTA[4])
+
+
+def _flip(a, axes):
+    """``a`` reversed along ``axes`` (a view)."""
+    return a[tuple(slice(None, None, -1) if i in axes else slice(None) for i in range(a.ndim))]
+
+
+def _transform(a, transpose, flips):
+    """g(a) for g = (transpose, flips) of :data:`TTA`: the flips, then the transpose (a
+    view)."""
+    a = _flip(a, flips)
+    return a.T if transpose else a
+
+
+def _untransform(a, transpose, flips):
+    """g^-1(a): the transpose, then the flips (a view)."""
+    return _flip(a.T if transpose else a, flips)
+
+
+def _forward_tiles(model, x, xp, tile, halo, batch_size):
+    """The network over one normalised image (or volume) in tiles: (float32 output of x's
+    shape, in normalised units; the tiles).
+
+    x : array of xp, already normalised; mirrored into a halo here.
+    """
+    shape = tuple(x.shape)
+    # (n + 2 halo) per axis: the image mirrored into a halo at its borders (module
+    # docstring); tile windows in these coordinates are the cores widened by the halo
+    x = xp.pad(x, halo, mode="reflect")
+    boxes = [b._replace(window=tuple((c0, c1 + 2 * halo) for c0, c1 in b.core))
+             for b in plan_boxes(shape, tile, halo, getattr(model, "multiple", 1))]
+    out = xp.empty(shape, numpy.float32)
+    groups = {}
+    for b in boxes:                                   # batch tiles of equal shape
+        groups.setdefault(tuple(w1 - w0 for w0, w1 in b.window), []).append(b)
+    for wshape, group in groups.items():
+        per_pass = max(1, min(batch_size, PASS_PIXELS // int(numpy.prod(wshape))))
+        for i in range(0, len(group), per_pass):
+            chunk = group[i:i + per_pass]
+            batch = xp.stack([x[tuple(slice(*w) for w in b.window)] for b in chunk])[:, None]
+            batch = batch.astype(getattr(model, "dtype", x.dtype), copy=False)   # fp16 model
+            y = model.forward(batch)                  # (n, 1, *window), on xp
+            for b, yb in zip(chunk, y[:, 0]):
+                out[tuple(slice(*c) for c in b.core)] = yb[tuple(
+                    slice(halo, halo + c1 - c0) for c0, c1 in b.core)]
+            del batch, y
+    return out, boxes
+
+
+def denoise_array(model, image, xp, tile=None, batch_size=4, norm=None, tta=1):
     """Denoise one micrograph or one volume.
 
     The tiles are cut from, and the output assembled in, ``xp``'s memory: an image already
@@ -211,6 +277,12 @@ def denoise_array(model, image, xp, tile=None, batch_size=4, norm=None):
         Tiles of the same shape per forward pass, at most ``PASS_PIXELS`` pixels.
     norm : Normalization or None
         None computes the robust statistic of the whole image.
+    tta : int
+        Test-time augmentation (micrographs only; module docstring): the mean of
+        g^-1(f(g(x))) over the first ``tta`` transforms of :data:`TTA` (1: none, 2: and
+        the left-right flip, 4: the four flips, 8: the dihedral group D4), each denoised
+        in tiles as without, with the same ``norm``; ``tta`` times the network time (Lim
+        et al. 2017, EDSR+'s self-ensemble).
 
     Returns
     -------
@@ -218,39 +290,44 @@ def denoise_array(model, image, xp, tile=None, batch_size=4, norm=None):
         CuPy)
         In the input's units (normalisation inverted).
     stats : dict
-        "tiles", "pixels_processed", "ratio" (processed / image pixels), "halo", "tile"
-        (the core sides).
+        "tiles" and "pixels_processed" (both summed over the ``tta`` passes), "ratio"
+        (processed / image pixels), "halo", "tile" (the core sides of the first pass),
+        "tta".
+
+    Raises
+    ------
+    ValueError
+        ``tta`` not in :data:`TTA`, or ``tta`` > 1 for a volume.
     """
+    if tta not in TTA:
+        raise ValueError("tta must be one of %s, got %r" % (sorted(TTA), tta))
+    if tta > 1 and image.ndim != 2:
+        raise ValueError("test-time augmentation flips and rotates micrographs (H, W); a "
+                         "volume's missing wedge forbids it (got shape %s)"
+                         % (tuple(image.shape),))
     shape = tuple(image.shape)
     norm = norm or normalization(image)
     halo = halo_for(model)
     if tile is None:
         tile = 2048 if image.ndim == 2 else volume_tile(
             shape, model, numpy.dtype(getattr(model, "dtype", numpy.float32)).itemsize)
-    # (n + 2 halo) per axis: the image mirrored into a halo at its borders (module
-    # docstring); tile windows in these coordinates are the cores widened by the halo
-    x = xp.pad(to_device(norm.apply(image), xp), halo, mode="reflect")
-    boxes = [b._replace(window=tuple((c0, c1 + 2 * halo) for c0, c1 in b.core))
-             for b in plan_boxes(shape, tile, halo, getattr(model, "multiple", 1))]
-    out = xp.empty(shape, numpy.float32)
-    groups = {}
-    for b in boxes:                                   # batch tiles of equal shape
-        groups.setdefault(tuple(w1 - w0 for w0, w1 in b.window), []).append(b)
-    for wshape, group in groups.items():
-        per_pass = max(1, min(batch_size, PASS_PIXELS // int(numpy.prod(wshape))))
-        for i in range(0, len(group), per_pass):
-            chunk = group[i:i + per_pass]
-            batch = xp.stack([x[tuple(slice(*w) for w in b.window)] for b in chunk])[:, None]
-            batch = batch.astype(getattr(model, "dtype", x.dtype), copy=False)   # fp16 model
-            y = model.forward(batch)                  # (n, 1, *window), on xp
-            for b, yb in zip(chunk, y[:, 0]):
-                out[tuple(slice(*c) for c in b.core)] = yb[tuple(
-                    slice(halo, halo + c1 - c0) for c0, c1 in b.core)]
-            del batch, y
-    del x
+    out, boxes = None, []
+    for g in TTA[tta]:
+        # g of a fresh normalised copy, which the padding in _forward_tiles replaces: one
+        # normalised image on the device at a time (a tomogram's 2 GiB, see TILE_BUDGET)
+        y, b = _forward_tiles(model, _transform(to_device(norm.apply(image), xp), *g), xp,
+                              tile, halo, batch_size)
+        if out is None:                               # the identity comes first: y itself
+            out = y
+        else:
+            out += _untransform(y, *g)                # float32 sum of the passes
+        boxes += b
+        del y
+    if tta > 1:
+        out /= tta
     n = pixels_processed(boxes)
     stats = {"tiles": len(boxes), "pixels_processed": n, "ratio": n / int(numpy.prod(shape)),
-             "halo": halo, "tile": tuple(c1 - c0 for c0, c1 in boxes[0].core)}
+             "halo": halo, "tile": tuple(c1 - c0 for c0, c1 in boxes[0].core), "tta": tta}
     out *= norm.scale                                 # norm.invert, in place (no copy of a
     out += norm.loc                                   # volume)
     return (out if get_array_module(image) is xp else to_host(out)), stats

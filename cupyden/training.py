@@ -10,6 +10,12 @@ global batch; after the backward pass the flat gradient buffer is summed over th
 (one all-reduce per step) and Adam divides it by R while it unscales (its ``grad_scale``),
 so every rank applies the gradient of the global batch's mean loss, as one process with
 the whole batch would, and the parameters stay identical (checked at each validation).
+
+Time budget (``max_seconds``): the run stops after validating once its training time
+exceeds the budget; with the cosine schedule the curve's length T is re-estimated at
+every validation so that the learning rate reaches its floor when the time runs out
+(``optim.schedules``; Li, Yumer & Ramanan, ICLR 2020). With several ranks T is rank 0's
+estimate, shared with the others, so every rank applies the same learning rate.
 """
 
 import csv
@@ -365,7 +371,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         "val_patches", "seed"; optionally "loss_weights" ({"fourier", "ssim", "gradient"}),
         "fourier_frc", "lr_schedule" and "lr_options" (see ``optim.schedules``), "precision"
         ("fp32", "tf32" or "fp16"; see ``functional.conv.set_precision``), "max_seconds"
-        (stop after validating once the training time exceeds it), "init" (initial
+        (stop after validating once the training time exceeds it; a cosine schedule then
+        ends with the budget, see the module's docstring), "init" (initial
         weights for fine-tuning, :func:`initial_weights`'s ``spec``; ignored when
         resuming), and anything else worth keeping (pair source, binning); all of it is
         saved in the checkpoints.
@@ -380,7 +387,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         Data parallel (see the module's docstring): each rank trains on its share of
         every batch and validates its share of the validation patches (the losses are
         reduced over the ranks); with max_seconds the ranks agree to stop at a validation,
-        by rank 0's clock. Rank 0 alone logs and writes files.
+        by rank 0's clock, and a cosine's length T is rank 0's estimate. Rank 0 alone
+        logs and writes files.
 
     Returns
     -------
@@ -442,6 +450,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                                 start, ck["epoch"], None, ck["rng"], {"best": [None, start]})
     B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
+    budgeted = bool(max_seconds) and sched.kind == "cosine"     # T ends with the time
     n_val = min(store.size("val"), config["val_patches"])
     vx, vy = store.read("val", numpy.arange(*share(n_val, comm)))
     vx, vy = xp.asarray(vx), xp.asarray(vy)
@@ -474,6 +483,14 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                 sched.observe(val_loss)
                 now = time.perf_counter()
                 rate = n_running * B / (now - t_last)
+                if budgeted:
+                    # the steps the rest of the budget holds at this interval's rate (not
+                    # since t0: the first interval holds cuDNN's plan tuning); rank 0's
+                    # number on every rank (the others give 0), so lr(step) stays the same
+                    left = (max_seconds - (now - t0)) * n_running / (now - t_last)
+                    left = comm.values([max(0.0, left) if root else 0.0], "max")[0]
+                    sched.fit_budget(step, int(left))
+                    bar.total = sched.T
                 history.append({"step": step, "train_loss": train_loss, "val_loss": val_loss,
                                 "lr": opt.lr, "seconds": elapsed0 + now - t0})
                 bar.set_postfix(loss="%.4g" % train_loss, val="%.4g" % val_loss,

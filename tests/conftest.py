@@ -58,3 +58,17 @@ def smooth(shape, seed=0):
     f = numpy.fft.rfft2(rng.standard_normal(shape))
     k2 = numpy.fft.fftfreq(shape[0])[:, None] ** 2 + numpy.fft.rfftfreq(shape[1])[None, :] ** 2
     return (numpy.fft.irfft2(f * numpy.exp(-k2 / 0.005), s=shape) * 20).astype(numpy.float32)
+
+
+def make_store(path, n_train=44, n_val=9, P=16, seed=0):
+    """A small patch store: smooth 'signal' patches and two noisy views of each (sigma
+    0.5); returns the path."""
+    from cupyden.io.store import PatchStoreWriter
+
+    rng = numpy.random.default_rng(seed)
+    with PatchStoreWriter(str(path), P, attrs={"pairs": "gaussian"}) as w:
+        for split, n in (("train", n_train), ("val", n_val)):
+            clean = numpy.cumsum(numpy.cumsum(rng.standard_normal((n, 1, P, P)), 2), 3) / P
+            w.append(split, clean + 0.5 * rng.standard_normal(clean.shape),
+                     clean + 0.5 * rng.standard_normal(clean.shape))
+    return str(path)

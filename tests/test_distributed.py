@@ -16,10 +16,12 @@ from cupyden.distributed import plan, supervise
 from cupyden.errors import InputError
 from cupyden.io.checkpoint import load_checkpoint
 from cupyden.io.loader import Loader
-from cupyden.io.store import PatchStore, PatchStoreWriter
+from cupyden.io.store import PatchStore
 from cupyden.models import DnCNN
 from cupyden.optim import Adam, Parameters
 from cupyden.training import check_identical, fit, train_step
+
+from conftest import make_store
 
 
 class ThreadGroup:
@@ -82,17 +84,6 @@ def run_ranks(world, fn):
 def rel(a, b):
     a, b = numpy.asarray(a, numpy.float64), numpy.asarray(b, numpy.float64)
     return float(numpy.linalg.norm(a - b) / numpy.linalg.norm(b))
-
-
-def make_store(path, n_train=44, n_val=9, P=16, seed=0):
-    """Smooth 'signal' patches and noisy views of them."""
-    rng = numpy.random.default_rng(seed)
-    with PatchStoreWriter(str(path), P, attrs={"pairs": "gaussian"}) as w:
-        for split, n in (("train", n_train), ("val", n_val)):
-            clean = numpy.cumsum(numpy.cumsum(rng.standard_normal((n, 1, P, P)), 2), 3) / P
-            w.append(split, clean + 0.5 * rng.standard_normal(clean.shape),
-                     clean + 0.5 * rng.standard_normal(clean.shape))
-    return str(path)
 
 
 def test_ranks_read_the_one_process_batches(tmp_path):
@@ -168,6 +159,44 @@ def test_fit_on_two_ranks_matches_one_process(tmp_path):
     w1 = load_checkpoint(str(outs[0] / "checkpoint.h5"))["weights"]
     for name in w1:
         assert rel(w2[name], w1[name]) < 1e-5, name
+
+
+def test_ranks_share_rank_0s_time_budget(tmp_path, monkeypatch):
+    """A cosine fitted to a time budget: every rank uses rank 0's T (and stop), even when
+    another rank's clock runs 3x faster (each rank's clock advances per training step)."""
+    from cupyden import training
+
+    path = make_store(tmp_path / "s.h5")
+    config = {"model": {"arch": "dncnn", "depth": 2, "width": 4, "seed": 0}, "loss": "mse",
+              "lr": 1e-3, "batch_size": 8, "steps": 1000000, "val_every": 5,
+              "val_patches": 9, "seed": 5, "lr_schedule": "cosine", "max_seconds": 30}
+    clocks = threading.local()
+    step = training.train_step
+
+    def timed_step(model, params, opt, loss, x, y, scaler, comm):
+        clocks.now = getattr(clocks, "now", 0.0) + (1.0 if comm.rank == 0 else 3.0)
+        return step(model, params, opt, loss, x, y, scaler, comm)
+
+    monkeypatch.setattr(training.time, "perf_counter", lambda: getattr(clocks, "now", 0.0))
+    monkeypatch.setattr(training, "train_step", timed_step)
+    for r in range(2):
+        (tmp_path / str(r)).mkdir()
+
+    def rank(r, comm):
+        s = PatchStore(path)
+        try:
+            return fit(s, str(tmp_path / str(r)), config, numpy, progress=False,
+                       log=lambda *a: None, comm=comm)
+        finally:
+            s.close()
+
+    got = run_ranks(2, rank)
+    lrs = [[(row["step"], row["lr"]) for row in h] for h in got]
+    assert lrs[0] == lrs[1]
+    assert [k for k, _ in lrs[0]] == [5, 10, 15, 20, 25, 30, 35]    # rank 0: 1 step/s
+    assert lrs[0][-2][1] == 0.0                                      # T = 30, rank 0's
+    ck = load_checkpoint(str(tmp_path / "0" / "checkpoint.h5"))
+    assert ck["provenance"]["schedule"]["T"] == 35
 
 
 def test_ranks_whose_parameters_differ_are_stopped():

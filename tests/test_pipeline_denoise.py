@@ -14,7 +14,7 @@ from cupyden.errors import InputError
 from cupyden.infer import denoise_array
 from cupyden.io.checkpoint import save_checkpoint
 from cupyden.io.patches import fourier_bin, normalization
-from cupyden.models import DnCNN
+from cupyden.models import DnCNN, UNet3d
 from cupyden.pipeline.denoise import (_HostBuffers, fp16_allowed, plan_jobs, preview,
                                       resolve_precision)
 
@@ -249,6 +249,8 @@ def test_dask_local_cluster_equals_one_process(tmp_path, model_file):
             kept = [denoise_files_dask(model_file, mics[k:k + 2], str(tmp_path / "kept"),
                                        client=client, device=-1, log=lambda line: None)
                     for k in (0, 2)]
+            tta = denoise_files_dask(model_file, mics[:1], str(tmp_path / "tta"), tta=2,
+                                     client=client, device=-1, log=lambda line: None)
             assert client.status == "running"
     assert [j.source for r in kept for j in r.written] == mics[:4]
     for m in mics[:4]:
@@ -265,6 +267,42 @@ def test_dask_local_cluster_equals_one_process(tmp_path, model_file):
         name = os.path.basename(m)
         numpy.testing.assert_array_equal(read(os.path.join(tmp_path, "dask", name))[0],
                                          cupyden.denoise(model, read(m)[0]))
+    assert len(tta.written) == 1                # the workers got --tta 2 (issue 15)
+    numpy.testing.assert_array_equal(read(os.path.join(tmp_path, "tta", "d0.mrc"))[0],
+                                     cupyden.denoise(model, read(mics[0])[0], tta=2))
+
+
+def test_the_command_equals_the_api_and_refuses_tta_3(tmp_path, model_file, capsys):
+    mic = write(tmp_path / "mic.mrc", noisy((64, 80), 4), 1.5)
+    out = str(tmp_path / "den")
+    assert cli.main([model_file, mic, "-o", out, "--tta", "4"] + RUN) == 0
+    model = cupyden.load_model(model_file, device=-1)
+    with mrcfile.open(os.path.join(out, "mic.mrc")) as m:
+        got = m.data.copy()
+    with mrcfile.open(mic) as m:
+        raw = m.data.copy()
+    numpy.testing.assert_array_equal(got, cupyden.denoise(model, raw, tta=4))
+    assert rel(got, cupyden.denoise(model, raw)) > 1e-4
+    capsys.readouterr()
+    assert cli.main([model_file, mic, "-o", str(tmp_path / "bad"), "--tta", "3"] + RUN) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--tta must be one of 1, 2, 4, 8" in err
+    assert not os.path.exists(str(tmp_path / "bad"))
+
+
+def test_a_tomogram_model_refuses_tta_before_writing(tmp_path, capsys):
+    net = UNet3d(base=2, depth=1, seed=3)
+    path = str(tmp_path / "tomo.h5")
+    save_checkpoint(path, net.state(), {"model": net.config(), "bin": 1, "normalize": "robust",
+                                        "pairs": "halves"})
+    vol = write(tmp_path / "tomo.mrc", numpy.random.default_rng(0).standard_normal(
+        (8, 16, 16)).astype(numpy.float32))
+    model = cupyden.load_model(path, device=-1)
+    with pytest.raises(InputError, match="missing wedge"):
+        cupyden.denoise_files(model, [vol], str(tmp_path / "out"), tta=8)
+    assert cli.main([path, vol, "-o", str(tmp_path / "out"), "--tta", "2"] + RUN) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert not os.path.exists(str(tmp_path / "out"))
 
 
 @pytest.mark.gpu

@@ -67,6 +67,12 @@ Options:
   --samples K         F2Fd: Fourier-sample inputs averaged [default: 4]
   --passes T          F2Fd: dropout passes per input (1 = no dropout) [default: 4]
   --batch-size N      Tiles per forward pass [default: 4]
+  --tta N             Test-time augmentation of micrographs: the mean of the network's
+                      output over N flips and rotations of each micrograph, each turned
+                      back: 1 none, 2 and the left-right flip, 4 the four flips, 8 those
+                      and their transposes (all 90-degree rotations and reflections);
+                      N times the network time (Lim et al. 2017, EDSR+'s
+                      self-ensemble). Not for tomograms or F2Fd models [default: 1]
   --precision P       auto, fp32, tf32 or fp16: the convolutions' arithmetic; auto =
                       fp16 on a GPU with cuDNN when the weights fit float16, else tf32;
                       fp32 on a GPU without cuDNN and on the CPU; tf32 and fp16 need a
@@ -100,7 +106,7 @@ from .common import as_choice, as_int, run
 
 def _parse(args):
     """Options as Python values (InputError for bad ones)."""
-    from ..pipeline.denoise import FORMATS
+    from ..pipeline.denoise import FORMATS, TTA_COUNTS
 
     o = {"model": args["MODEL"], "inputs": args["INPUT"], "output": args["--output"],
          "device": args["--device"], "precision": args["--precision"],
@@ -112,6 +118,7 @@ def _parse(args):
         "bin": None if args["--bin"] == "auto" else as_int(args, "--bin", 1),
         "batch_size": as_int(args, "--batch-size", 1), "samples": as_int(args, "--samples", 1),
         "passes": as_int(args, "--passes", 1), "float16": args["--float16"],
+        "tta": int(as_choice(args, "--tta", tuple(map(str, TTA_COUNTS)))),
         "only_unfinished": args["--only-unfinished"],
         "star_columns": (args["--star-column"],)}
     if args["--odd"]:

@@ -61,7 +61,9 @@ Options:
   --lr LR             Adam learning rate (per step, unitless); auto = 0.001, and
                       0.0001 with --pairs f2fd (F2Fd's U-Net diverged at 0.001 on a
                       256^3 tomogram, benchmarks/RESULTS.md) [default: auto]
-  --lr-schedule S     constant, step, cosine or plateau [default: constant]
+  --lr-schedule S     constant, step, cosine or plateau; with --max-minutes, cosine
+                      ends when the time does (its length re-estimated at every
+                      validation, at most --steps) [default: constant]
   --warmup N          Steps of linear learning-rate warm-up [default: 0]
   --lr-step N         step: steps between reductions [default: 1000]
   --lr-gamma G        step and plateau: factor of each reduction [default: 0.5]
@@ -77,7 +79,9 @@ Options:
                       minutes on 2 CPU cores), else 2000 [default: auto]
   --epochs E          Passes over the training patches; overrides --steps when given.
   --max-minutes M     Stop (after a last validation) once training has run this long,
-                      in minutes; 0 = no limit [default: 0]
+                      in minutes; 0 = no limit. With --lr-schedule cosine the schedule
+                      ends when the time does: give a large --steps and let the time
+                      decide (Li et al., ICLR 2020, "Budgeted Training") [default: 0]
   --val-fraction F    Share of each micrograph's rows (a tomogram's y extent), below the
                       training rows, that validate: they choose the best checkpoint
                       [default: 0.125]

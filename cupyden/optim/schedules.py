@@ -11,6 +11,21 @@
              ReduceLROnPlateau)
 
 ``warmup`` applies to every kind. Steps t count from 1.
+
+Cosine under a time budget (``fit``'s ``max_seconds``): a fixed T cannot fit a budget on
+an unknown device (the curve ends early and the rest of the time trains at min_lr, or the
+time ends mid-curve at a high rate). Annealing to the end of the budget is what Li, Yumer
+& Ramanan find best for any budget ("Budgeted Training: Rethinking Deep Neural Network
+Training Under Resource Constraints", ICLR 2020), so at every validation the training loop
+re-estimates T (:meth:`LRSchedule.fit_budget`):
+
+    T = min(total_steps, t + floor(seconds_left x steps_per_second))
+
+with t the current step, seconds_left the budget minus the run's training time so far and
+steps_per_second the rate of the last validation interval (the first contains cuDNN plan
+tuning). Between validations lr(t) is the formula above with that T, so it stays a pure
+function of (t, T); T is part of :meth:`LRSchedule.state` so a resumed run continues the
+same curve.
 """
 
 import math
@@ -28,7 +43,8 @@ class LRSchedule:
     lr : float
         Base learning rate lr0.
     total_steps : int
-        T, for cosine.
+        T, for cosine: its length, and its upper bound under a time budget
+        (:meth:`fit_budget`).
     warmup : int
         Steps of linear warm-up.
     step_size : int
@@ -41,13 +57,21 @@ class LRSchedule:
         Factor of plateau.
     min_lr : float
         Floor of cosine and plateau.
+
+    Attributes
+    ----------
+    T : int
+        The cosine's current length in steps: ``total_steps``, or what :meth:`fit_budget`
+        set.
     """
 
     def __init__(self, kind="constant", lr=1e-3, total_steps=1, warmup=0, step_size=1000,
                  gamma=0.5, patience=3, factor=0.5, min_lr=0.0):
         if kind not in KINDS:
             raise ValueError("unknown schedule %r" % kind)
-        self.kind, self.lr0, self.T, self.warmup = kind, lr, max(1, total_steps), warmup
+        self.kind, self.lr0, self.warmup = kind, lr, warmup
+        self.total_steps = max(1, total_steps)
+        self.T = self.total_steps
         self.step_size, self.gamma = step_size, gamma
         self.patience, self.factor, self.min_lr = patience, factor, min_lr
         self.scale, self.best, self.bad = 1.0, float("inf"), 0     # plateau state
@@ -75,9 +99,26 @@ class LRSchedule:
                 self.scale *= self.factor
                 self.bad = 0
 
+    def fit_budget(self, step, steps_left):
+        """End the cosine where a time budget ends (module docstring; Li et al. 2020):
+        T = min(total_steps, step + steps_left).
+
+        Parameters
+        ----------
+        step : int
+            The current step.
+        steps_left : int
+            Steps the rest of the budget holds (seconds left x steps per second, rounded
+            down; negative counts as 0).
+        """
+        self.T = max(1, min(self.total_steps, int(step) + max(0, int(steps_left))))
+
     def state(self):
-        """JSON-serialisable state (plateau's counters)."""
-        return {"scale": self.scale, "best": self.best, "bad": self.bad}
+        """JSON-serialisable state: plateau's counters and the cosine's length T."""
+        return {"scale": self.scale, "best": self.best, "bad": self.bad, "T": self.T}
 
     def load_state(self, state):
+        """Restore :meth:`state` (a state without T, from a checkpoint written before
+        budgets, keeps ``total_steps``)."""
         self.scale, self.best, self.bad = state["scale"], state["best"], state["bad"]
+        self.T = int(state.get("T", self.T))

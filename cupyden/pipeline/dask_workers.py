@@ -36,8 +36,8 @@ import time
 
 from ..errors import InputError
 from ..io.atomic import output_folder
-from .denoise import (STAGES, Settings, default_log, finish_batch, load_model, plan_jobs,
-                      run_jobs)
+from .denoise import (STAGES, Settings, check_tta, default_log, finish_batch, load_model,
+                      plan_jobs, run_jobs)
 
 #: Chunks per worker: small enough to balance the load, few enough that the pipeline's
 #: fill and drain at each chunk's start and end (reading the first file, writing the
@@ -129,7 +129,7 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, cli
                        device=None, precision="auto", suffix="", bin=None, tile=None,
                        batch_size=4, samples=4, passes=4, float16=False, fmt="mrc",
                        only_unfinished=False, star_columns=("rlnMicrographName",),
-                       progress=False, log=None):
+                       progress=False, log=None, tta=1):
     """:func:`cupyden.pipeline.denoise_files` on Dask workers (module docstring).
 
     Parameters
@@ -150,7 +150,7 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, cli
     precision : str
         As in :func:`load_model`.
     suffix, bin, tile, batch_size, samples, passes, float16, fmt, only_unfinished,
-    star_columns, progress, log
+    star_columns, progress, log, tta
         As in :func:`cupyden.pipeline.denoise_files`.
 
     Returns
@@ -161,15 +161,17 @@ def denoise_files_dask(model, inputs, output_dir, gpus=None, scheduler=None, cli
     Raises
     ------
     InputError
-        As :func:`cupyden.pipeline.denoise_files`; Dask or dask-cuda missing; a GPU that
-        cannot be used; an unreachable scheduler.
+        As :func:`cupyden.pipeline.denoise_files` (a ``tta`` the model cannot take: from
+        the first worker); Dask or dask-cuda missing; a GPU that cannot be used; an
+        unreachable scheduler.
     """
     t_start = time.perf_counter()
+    check_tta(None, tta)                        # the model's own refusal comes from a worker
     jobs, skipped, stars = plan_jobs(inputs, output_dir, suffix, fmt, only_unfinished,
                                      star_columns)
     output_folder(output_dir)
     settings = Settings(_model_bin(model) if bin is None else int(bin), tile, int(batch_size),
-                        int(samples), int(passes), bool(float16), fmt)
+                        int(samples), int(passes), bool(float16), fmt, int(tta))
     if gpus is not None:
         device = 0                              # each worker sees its own GPU as device 0
     own = client is None

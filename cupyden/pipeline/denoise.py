@@ -42,7 +42,7 @@ import numpy
 from .. import backend
 from ..errors import InputError
 from ..functional.conv import PRECISIONS, cudnn_problem, set_precision
-from ..infer import denoise_array
+from ..infer import TTA, denoise_array
 from ..io.atomic import atomic_output, output_folder
 from ..io.mrc import check_image, read_mrc_into, write_mrc
 from ..io.pairs import expand_sources
@@ -237,11 +237,12 @@ def _bin_and_normalize(model, x, factor, times):
     return image, norm
 
 
-def _denoise_2d(model, x, factor, tile, batch_size, times):
+def _denoise_2d(model, x, factor, tile, batch_size, times, tta):
     """One micrograph already on the model's device -> (denoised on the device, stats)."""
     image, norm = _bin_and_normalize(model, x, factor, times)
     with times.stage("network", model.device.xp):
-        return denoise_array(model.network, image, model.device.xp, tile, batch_size, norm)
+        return denoise_array(model.network, image, model.device.xp, tile, batch_size, norm,
+                             tta)
 
 
 def _denoise_f2fd(model, data, factor, tile, samples, passes, times):
@@ -281,7 +282,37 @@ def _tile(model, tile):
     return None if model.ndim == 3 else TILE
 
 
-def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4, odd=None):
+#: Test-time augmentation counts (``infer.TTA``): 1 (none), 2, 4, 8.
+TTA_COUNTS = tuple(sorted(TTA))
+
+
+def check_tta(model, tta):
+    """Refuse a test-time augmentation the model cannot take.
+
+    Parameters
+    ----------
+    model : DenoiseModel or None
+        None checks the count only (a Dask client, which does not load the model).
+    tta : int
+
+    Raises
+    ------
+    InputError
+        ``tta`` not in :data:`TTA_COUNTS`; above 1 for a tomogram model (the missing
+        wedge has an orientation) or an F2Fd model (its own averaged inference).
+    """
+    if tta not in TTA_COUNTS:
+        raise InputError("tta must be one of %s, got %r" % (", ".join(map(str, TTA_COUNTS)),
+                                                            tta))
+    if model is not None and tta > 1 and (model.ndim == 3 or model.is_f2fd):
+        what = ("an F2Fd model (it averages its own samples)" if model.is_f2fd else
+                "a tomogram model (a missing wedge cannot be rotated)")
+        raise InputError("test-time augmentation (tta %d) flips and rotates micrographs; %s "
+                         "is %s: use tta 1" % (tta, model.source, what))
+
+
+def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4, odd=None,
+            tta=1):
     """Denoise one micrograph, a stack of micrographs, or a tomogram (a 3-D model).
 
     The image is binned as the model was trained (Fourier cropping), normalised with one
@@ -312,6 +343,11 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
         F2Fd only: K Fourier-sample inputs x T dropout passes averaged.
     odd : numpy or cupy array (D, H, W) or None
         Tomogram models only: the odd half tomogram, denoised and averaged with ``image``.
+    tta : int
+        Test-time augmentation of micrographs (2-D models other than F2Fd's): the mean of
+        the network's output over 1, 2, 4 or 8 flips and rotations of each micrograph,
+        each transformed back (``infer.denoise_array``; Lim et al. 2017, EDSR+'s
+        self-ensemble); ``tta`` times the network time.
 
     Returns
     -------
@@ -323,8 +359,10 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
     InputError
         NaN/Inf or constant images, a volume for a 2-D model or the reverse, an image
         smaller than the network's size multiple, ``odd`` of another shape or for a model
-        other than a tomogram model's, binning of a tomogram.
+        other than a tomogram model's, binning of a tomogram, ``tta`` not 1, 2, 4 or 8,
+        or above 1 for a tomogram or an F2Fd model (:func:`check_tta`).
     """
+    check_tta(model, tta)
     xp_in = backend.get_array_module(image)
     factor = model.bin if bin is None else int(bin)
     tile = _tile(model, tile)
@@ -354,10 +392,10 @@ def denoise(model, image, bin=None, tile=None, batch_size=4, samples=4, passes=4
     elif model.is_f2fd:
         out = _denoise_f2fd(model, x, factor, tile, samples, passes, times)
     elif x.ndim == 2:
-        out = _denoise_2d(model, x, factor, tile, batch_size, times)[0]
+        out = _denoise_2d(model, x, factor, tile, batch_size, times, tta)[0]
     else:
-        out = model.device.xp.stack([_denoise_2d(model, s, factor, tile, batch_size, times)[0]
-                                     for s in x])
+        out = model.device.xp.stack([_denoise_2d(model, s, factor, tile, batch_size, times,
+                                                 tta)[0] for s in x])
     return backend.to_host(out) if xp_in is numpy else backend.to_device(out, xp_in)
 
 
@@ -598,6 +636,7 @@ class Settings(NamedTuple):
     passes: int
     float16: bool
     fmt: str
+    tta: int
 
     def resolved(self, model):
         """These settings with the model's binning and tile where they are None."""
@@ -680,7 +719,7 @@ def _compute(model, job, mic, settings, buffers, times):
         scale = settings.factor if out.ndim == 2 else 1
     else:
         out, _ = _denoise_2d(model, x, settings.factor, settings.tile, settings.batch_size,
-                             times)
+                             times, settings.tta)
         scale = settings.factor
     if settings.fmt == "png":
         out = preview(out)
@@ -728,7 +767,7 @@ def default_log(line):
 def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, batch_size=4,
                   samples=4, passes=4, float16=False, fmt="mrc", only_unfinished=False,
                   star_columns=("rlnMicrographName",), progress=False, callback=None,
-                  log=None, odd=None):
+                  log=None, odd=None, tta=1):
     """Denoise many files, streaming: reads, device and writes overlap (module docstring).
 
     Each output has the input's basename (plus ``suffix``), in ``output_dir``; an MRC output
@@ -770,6 +809,8 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
     odd : str or list of str or None
         Tomogram models: the odd half tomograms, paired with ``inputs`` by name; each pair
         is denoised and averaged into one output (:func:`denoise`).
+    tta : int
+        Test-time augmentation of micrographs: 1, 2, 4 or 8 transforms (:func:`denoise`).
 
     Returns
     -------
@@ -779,11 +820,13 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
     ------
     InputError
         Before anything is written: a pattern matching nothing, outputs that would clash
-        (:func:`plan_jobs`), an unwritable output folder, an unreadable STAR file.
+        (:func:`plan_jobs`), an unwritable output folder, an unreadable STAR file, a
+        ``tta`` the model cannot take (:func:`check_tta`).
     KeyboardInterrupt
         After the writers finished the files they were writing (no partial file).
     """
     t_start = time.perf_counter()
+    check_tta(model, tta)
     volume = model.ndim == 3 and not model.is_f2fd
     if odd and not volume:
         raise InputError("--odd pairs half tomograms for a tomogram model (trained with "
@@ -798,7 +841,7 @@ def denoise_files(model, inputs, output_dir, suffix="", bin=None, tile=None, bat
                                          star_columns)
     output_folder(output_dir)
     settings = Settings(bin, tile, int(batch_size), int(samples), int(passes), bool(float16),
-                        fmt).resolved(model)
+                        fmt, int(tta)).resolved(model)
     bar = None
     if progress:
         from tqdm import tqdm
@@ -861,11 +904,14 @@ def run_jobs(model, jobs, settings, callback=None, log=None, advance=None):
 
     Raises
     ------
+    InputError
+        ``settings.tta`` the model cannot take (:func:`check_tta`).
     KeyboardInterrupt
         After the writers finished the files they were writing.
     """
     log = log or default_log
     settings = settings.resolved(model)
+    check_tta(model, settings.tta)          # a Dask worker's model is known only here
     times = StageTimes()
     buffers = _HostBuffers(backend.pinned_empty if model.device.is_gpu else numpy.empty)
     inbox, outbox, done = queue.Queue(QUEUE_DEPTH), queue.Queue(QUEUE_DEPTH), queue.Queue()
