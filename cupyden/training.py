@@ -458,7 +458,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
               store.loader(B, xp, seed=config["seed"], start=start, rank=comm.rank,
                            world=comm.size))        # (F2Fd's pair source has no shares)
     per_epoch = loader.per_epoch
-    t0, t_last, running, n_running = time.perf_counter(), time.perf_counter(), 0.0, 0
+    t0, running, n_running = time.perf_counter(), 0.0, 0
+    t_start = t_last = t0
     elapsed0 = history[-1]["seconds"] if history else 0.0
     bar = tqdm(total=steps, initial=start, unit="step", disable=not progress, dynamic_ncols=True)
     try:
@@ -483,10 +484,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                 sched.observe(val_loss)
                 now = time.perf_counter()
                 rate = n_running * B / (now - t_last)
-                if budgeted:
+                if budgeted and t_last > t_start:
                     # the steps the rest of the budget holds at this interval's rate (not
-                    # since t0: the first interval holds cuDNN's plan tuning); rank 0's
-                    # number on every rank (the others give 0), so lr(step) stays the same
+                    # the first interval's, nor since t0: they hold cuDNN's plan tuning);
+                    # rank 0's number on every rank (the others give 0), so lr(step) stays
+                    # the same
                     left = (max_seconds - (now - t0)) * n_running / (now - t_last)
                     left = comm.values([max(0.0, left) if root else 0.0], "max")[0]
                     sched.fit_budget(step, int(left))

@@ -62,8 +62,8 @@ Options:
                       0.0001 with --pairs f2fd (F2Fd's U-Net diverged at 0.001 on a
                       256^3 tomogram, benchmarks/RESULTS.md) [default: auto]
   --lr-schedule S     constant, step, cosine or plateau; with --max-minutes, cosine
-                      ends when the time does (its length re-estimated at every
-                      validation, at most --steps) [default: constant]
+                      ends when the time does (its length re-estimated at each
+                      validation after the first, at most --steps) [default: constant]
   --warmup N          Steps of linear learning-rate warm-up [default: 0]
   --lr-step N         step: steps between reductions [default: 1000]
   --lr-gamma G        step and plateau: factor of each reduction [default: 0.5]

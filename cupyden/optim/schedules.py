@@ -17,7 +17,7 @@ an unknown device (the curve ends early and the rest of the time trains at min_l
 time ends mid-curve at a high rate). Annealing to the end of the budget is what Li, Yumer
 & Ramanan find best for any budget ("Budgeted Training: Rethinking Deep Neural Network
 Training Under Resource Constraints", ICLR 2020), so at every validation the training loop
-re-estimates T (:meth:`LRSchedule.fit_budget`):
+re-estimates T (:meth:`LRSchedule.fit_budget`), from its second validation on:
 
     T = min(total_steps, t + floor(seconds_left x steps_per_second))
 
