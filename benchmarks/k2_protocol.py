@@ -2,7 +2,7 @@
 
 Usage:
   k2_protocol.py MRC [--recipe NAME] [--minutes M] [--extra OPTS] [--tta N] [-o DIR]
-                 [--panel PNG]
+                 [--panel PNG] [--pretrained P]
   k2_protocol.py --list
 
 Options:
@@ -16,6 +16,8 @@ Options:
   -o DIR          Output folder [default: k2-protocol]
   --panel PNG     Before/after panel of the held-out A half, shown Fourier-binned 4x
                   [default: docs/k2_protocol_before_after.png]
+  --pretrained P  Precision of the Topaz pretrained row (fp32, tf32 or fp16), or none to
+                  skip it (strict fp32 runs Topaz's network slowly) [default: fp32]
   --list          Print the recipes and exit.
 
 Steps, as a user would run them:
@@ -68,12 +70,16 @@ DOSE = 47.6
 #: every 250 steps. A cosine over a fixed 4000 steps scored +7.56 dB but ended after 173 s
 #: of the 240 s: the step count cannot fit a time budget on an unknown GPU, so the budget
 #: decides (--steps 1000000): with --max-minutes, cupyden-train re-estimates the cosine's
-#: length at every validation so it ends with the time (Li et al., ICLR 2020).
+#: length at every validation so it ends with the time (Li et al., ICLR 2020). The first
+#: such run (session 9, H200) kept the step-1500 weights of 4954: the validation loss of
+#: the 20 validation patches moved by 1e-4 relative over the run, too little to choose
+#: by, so the recipe keeps the annealed end (--keep last).
 RECIPES = {
     "topaz-finetune": "--arch topaz --init topaz:unet --normalize meanstd --precision fp16 "
                       "--patch-size 384 --stride 128 --batch-size 12 --lr 0.0001 "
-                      "--lr-schedule cosine --warmup 100 --steps 1000000 --val-fraction 0.14 "
-                      "--holdout-fraction 0 --val-every 250 --val-patches 64",
+                      "--lr-schedule cosine --warmup 100 --steps 1000000 --keep last "
+                      "--val-fraction 0.14 --holdout-fraction 0 --val-every 250 "
+                      "--val-patches 64",
     "topaz-scratch": "--arch topaz --normalize meanstd --precision fp16 --patch-size 384 "
                      "--stride 128 --batch-size 12 --lr 0.001 --lr-schedule cosine "
                      "--warmup 100 --steps 10000 --val-fraction 0.14 --holdout-fraction 0 "
@@ -145,8 +151,9 @@ def main():
     sigma = max(SIGMAS, key=lambda s: halves_gain(gaussian_lowpass(sa, s), sa, sb)["cc_denoised"])
     rows["best Gaussian (sigma %.3g px)" % sigma] = halves_gain(gaussian_lowpass(A, sigma), A, B)
     import importlib.util
-    if importlib.util.find_spec("topaz") is not None:
-        score("topaz:unet pretrained (in cupyden)", "topaz:unet", "fp32", "den_topaz_unet")
+    if importlib.util.find_spec("topaz") is not None and args["--pretrained"] != "none":
+        score("topaz:unet pretrained (in cupyden, %s)" % args["--pretrained"], "topaz:unet",
+              args["--pretrained"], "den_topaz_unet")
     history = read_history(os.path.join(out, "history.csv"))
     print("\nK2 protocol, held-out rows [%d, %d), %s, training %.0f s wall (budget %s min)"
           % (SPLIT_ROW, H, args["--recipe"], t_train, args["--minutes"]))

@@ -372,7 +372,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         "fourier_frc", "lr_schedule" and "lr_options" (see ``optim.schedules``), "precision"
         ("fp32", "tf32" or "fp16"; see ``functional.conv.set_precision``), "max_seconds"
         (stop after validating once the training time exceeds it; a cosine schedule then
-        ends with the budget, see the module's docstring), "init" (initial
+        ends with the budget, see the module's docstring), "keep" ("best", the default:
+        model.h5 holds the weights of the lowest validation loss; "last": those of the last
+        validation), "init" (initial
         weights for fine-tuning, :func:`initial_weights`'s ``spec``; ignored when
         resuming), and anything else worth keeping (pair source, binning); all of it is
         saved in the checkpoints.
@@ -450,6 +452,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                                 start, ck["epoch"], None, ck["rng"], {"best": [None, start]})
     B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
+    keep_last = config.get("keep", "best") == "last"     # model.h5: the last weights
     budgeted = bool(max_seconds) and sched.kind == "cosine"     # T ends with the time
     n_val = min(store.size("val"), config["val_patches"])
     vx, vy = store.read("val", numpy.arange(*share(n_val, comm)))
@@ -510,7 +513,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                 if improved:
                     best = (val_loss, step)
                 if root:
-                    if improved:
+                    if improved or keep_last:
                         save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
                                         step, step // per_epoch, None, {"seed": config["seed"]},
                                         {"best": list(best)})

@@ -62,3 +62,23 @@ def test_cosine_ends_when_the_time_budget_does(tmp_path, clock):
     ck = load_checkpoint(os.path.join(str(tmp_path), "checkpoint.h5"))
     assert ck["provenance"]["schedule"]["T"] == 31      # out of time: T = the last step,
     #                                                     kept for --resume
+
+
+@pytest.mark.parametrize("keep", ["best", "last"])
+def test_keep_chooses_what_model_h5_holds(tmp_path, keep):
+    """keep="last": model.h5 is the last validation's weights (with a budgeted cosine, the
+    annealed end), not the lowest validation loss's."""
+    store = PatchStore(make_store(tmp_path / "s.h5", n_train=24, n_val=4))
+    config = {"model": {"arch": "dncnn", "depth": 2, "width": 4, "seed": 0}, "loss": "mse",
+              "lr": 0.05, "batch_size": 4, "steps": 12, "val_every": 4, "val_patches": 4,
+              "seed": 0, "keep": keep}
+    try:
+        history = fit(store, str(tmp_path), config, numpy, progress=False, log=lambda *a: None)
+    finally:
+        store.close()
+    best = min(history, key=lambda r: r["val_loss"])["step"]
+    ck = load_checkpoint(os.path.join(str(tmp_path), "model.h5"))
+    assert ck["step"] == (12 if keep == "last" else best)
+    last = load_checkpoint(os.path.join(str(tmp_path), "checkpoint.h5"))
+    same = all(numpy.array_equal(ck["weights"][k], last["weights"][k]) for k in last["weights"])
+    assert same == (keep == "last" or best == 12)

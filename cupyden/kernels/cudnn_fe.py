@@ -441,8 +441,12 @@ def conv_forward(x, w, b, stride, padding, slope):
     The first call for a key times both (after their plans are tuned) and keeps the faster;
     the choice is kept on disk with the plans (``plan_cache``). On an H200 (cuDNN 9.19,
     benchmarks/RESULTS.md, session 9) the U-Net's 3 x 3 96 -> 32 convolution of a 4096^2
-    image took 24.1 ms fused in tf32 and 7.3 ms without its bias. A graph cuDNN cannot fuse
-    (float64 before Blackwell) takes the split route.
+    image took 24.1 ms fused in tf32 and 7.3 ms without its bias, and Topaz's 11 x 11
+    1 -> 48 convolution of a 4096^2 image 44.9 ms fused and 11.5 ms split. A graph cuDNN
+    cannot fuse (float64 before Blackwell) takes the split route. float16 data keeps the
+    fused graph untimed: the slow fused graphs measured were tf32's, and timing both
+    routes doubles a fresh process's plan tuning (the K2 recipe's first 250 float16
+    training steps took 85 s with it, 59 s without).
 
     Parameters
     ----------
@@ -469,6 +473,8 @@ def conv_forward(x, w, b, stride, padding, slope):
     x = operand(x)
     if b is None and slope is None:
         return _fprop(x, w, None, stride, padding, None)
+    if x.dtype == numpy.float16:    # fused: see the docstring
+        return _fprop(x, w, b, stride, padding, slope)
     key = _key("epilogue", (x, w), x.dtype, stride, padding, b is not None, slope)
     split = _SPLIT.get(key)
     if split is None:

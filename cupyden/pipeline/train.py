@@ -473,7 +473,8 @@ def training_config(o, store):
             "lr_options": _lr_options(o), "lr": o["lr"], "batch_size": o["batch_size"],
             "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
             "seed": o["seed"], "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
-            "patch_size": store.patch, "bin": store.attr("bin", 1), "pairs": store.attr("pairs"),
+            "keep": o["keep"], "patch_size": store.patch, "bin": store.attr("bin", 1),
+            "pairs": store.attr("pairs"),
             "normalize": store.attr("normalize", "robust"),
             "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"]}
 
@@ -499,7 +500,7 @@ def check_resume(path, config):
         return
     saved = load_checkpoint(path)["config"]
     diff = sorted(k for k in set(saved) | set(config)
-                  if k not in ("steps", "max_seconds") and saved.get(k) != config.get(k))
+                  if k not in ("steps", "max_seconds", "keep") and saved.get(k) != config.get(k))
     if diff:
         raise InputError("%s was trained with other settings (%s); resume with the same "
                          "options" % (path, ", ".join(diff)))
@@ -548,7 +549,10 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     split, end = row_split(H, o)
     first = end if end < H else split
     used = ("held out: neither training nor the checkpoint choice saw them" if end < H else
-            "validation: they chose the checkpoint, so this is not a held-out score")
+            "validation: they chose the checkpoint, so this is not a held-out score"
+            if o.get("keep", "best") == "best" else
+            "validation rows, unseen by training (the last weights were kept: they chose "
+            "nothing)")
     rows = (Ellipsis, slice(first, H), slice(None))        # [first, H) along y
     den_a, _ = denoise_array(model, a[rows], xp, norm=normalization(a, o["normalize"]))
     g = halves_gain(den_a, a[rows], b[rows])
@@ -577,7 +581,7 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
           fourier_frc=False, ssim_weight=0.0, msssim_weight=0.0, grad_weight=0.0, lr=None,
           lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
           batch_size=16, patch_size=64, stride=None, steps=None, epochs=None, max_minutes=0.0,
-          val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50,
+          val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50, keep="best",
           val_patches=256, binning=None, dose=None, angpix=None, drop_frames=0,
           align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
           normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
@@ -664,6 +668,10 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         the architecture is then the weights' (``arch`` and its sizes are ignored).
     val_every, val_patches : int
         Validate, log and checkpoint every N steps, on at most this many patches.
+    keep : str
+        "best": model.h5 holds the weights with the lowest validation loss; "last": the
+        weights at the last validation (with a time-budgeted cosine, the annealed end),
+        and the validation rows then choose nothing.
     binning : int or None
         Fourier-crop binning factor, applied after splitting; None: 4 for the embedded
         crop, else 1.
