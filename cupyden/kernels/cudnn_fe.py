@@ -441,8 +441,9 @@ def conv_forward(x, w, b, stride, padding, slope):
     The first call for a key times both (after their plans are tuned) and keeps the faster;
     the choice is kept on disk with the plans (``plan_cache``). On an H200 (cuDNN 9.19,
     benchmarks/RESULTS.md, session 9) the U-Net's 3 x 3 96 -> 32 convolution of a 4096^2
-    image took 24.1 ms fused in tf32 and 7.3 ms without its bias, and Topaz's 11 x 11
-    1 -> 48 convolution of a 4096^2 image 44.9 ms fused and 11.5 ms split. A graph cuDNN
+    image took 24.1 ms fused in tf32 and 7.3 ms without its bias; Topaz's 11 x 11 1 -> 48
+    convolution of a 4096^2 image took 44.9 ms fused, 11.5 ms once the routes were timed
+    (per-layer profiles). A graph cuDNN
     cannot fuse (float64 before Blackwell) takes the split route. float16 data keeps the
     fused graph untimed: the slow fused graphs measured were tf32's, and timing both
     routes doubles a fresh process's plan tuning (the K2 recipe's first 250 float16
