@@ -770,9 +770,10 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     store = PatchStore(store_path)
     config = training_config(o, store)
     check_resume(resume, config)
-    log("training %s on %d patch pairs, %d steps of %d" % (
+    log("training %s on %d patch pairs, %s%d steps of %d%s" % (
         build_model(config["model"]).__class__.__name__, store.size("train"),
-        config["steps"], o["batch_size"]))
+        "at most " if o["max_minutes"] else "", config["steps"], o["batch_size"],
+        " or %.3g minutes, whichever ends first" % o["max_minutes"] if o["max_minutes"] else ""))
     if plan.world == 1:
         history = fit(store, output_dir, config, dev.xp, resume=resume, progress=progress,
                       log=log)
