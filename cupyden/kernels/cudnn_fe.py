@@ -443,11 +443,10 @@ def conv_forward(x, w, b, stride, padding, slope):
     benchmarks/RESULTS.md, session 9) the U-Net's 3 x 3 96 -> 32 convolution of a 4096^2
     image took 24.1 ms fused in tf32 and 7.3 ms without its bias; Topaz's 11 x 11 1 -> 48
     convolution of a 4096^2 image took 44.9 ms fused, 11.5 ms once the routes were timed
-    (per-layer profiles). A graph cuDNN
-    cannot fuse (float64 before Blackwell) takes the split route. float16 data keeps the
-    fused graph untimed: the slow fused graphs measured were tf32's, and timing both
-    routes doubles a fresh process's plan tuning (the K2 recipe's first 250 float16
-    training steps took 85 s with it, 59 s without).
+    (per-layer profiles). A graph cuDNN cannot fuse (float64 before Blackwell) takes the
+    split route. float16 data keeps the fused graph untimed: the slow fused graphs
+    measured were tf32's, and timing both routes doubles a fresh process's plan tuning
+    (the K2 recipe's first 250 float16 training steps took 85 s with it, 59 s without).
 
     Parameters
     ----------
@@ -511,13 +510,14 @@ def _choose_route(key, x, w, b, stride, padding, slope):
             return bool(entry["split"])
     except Exception:
         pass
+    # gpu_time_ms's untimed first call of each route tunes that route's plans
     try:
-        _fprop(x, w, b, stride, padding, slope)                      # tunes its plans
         fused = backend.gpu_time_ms(lambda: _fprop(x, w, b, stride, padding, slope),
                                     TUNE_REPEATS)
     except Unsupported:
         return True
-    y = _fprop(x, w, None, stride, padding, None)                  # tunes its plans
+    y = empty_channels_last(backend.get_array_module(x),
+                            output_shape(x.shape, w.shape, stride, padding), x.dtype)
 
     def split():
         _fprop(x, w, None, stride, padding, None, out=y)
