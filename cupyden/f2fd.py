@@ -316,8 +316,11 @@ class F2FdPairs:
             raise ValueError("F2Fd training pairs are drawn by the loader, not read")
         return self.val[0][indices], self.val[1][indices]
 
-    def loader(self, batch_size, xp, seed=0, start=0):
-        """Endless training batches from step ``start`` (batch k depends only on seed, k)."""
+    def loader(self, batch_size, xp, seed=0, start=0, resplit=False):
+        """Endless training batches from step ``start`` (batch k depends only on seed, k);
+        ``resplit`` must be False (F2Fd draws its own pairs)."""
+        if resplit:
+            raise ValueError("F2Fd draws its own pairs: there is no count split to redraw")
         return F2FdLoader(self, batch_size, seed, start)
 
     def attr(self, name, default=None):

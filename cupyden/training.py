@@ -457,9 +457,11 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
     n_val = min(store.size("val"), config["val_patches"])
     vx, vy = store.read("val", numpy.arange(*share(n_val, comm)))
     vx, vy = xp.asarray(vx), xp.asarray(vy)
-    loader = (store.loader(B, xp, seed=config["seed"], start=start) if comm.size == 1 else
+    resplit = bool(config.get("resplit"))
+    loader = (store.loader(B, xp, seed=config["seed"], start=start, resplit=resplit)
+              if comm.size == 1 else
               store.loader(B, xp, seed=config["seed"], start=start, rank=comm.rank,
-                           world=comm.size))        # (F2Fd's pair source has no shares)
+                           world=comm.size, resplit=resplit))   # (F2Fd's pairs: no shares)
     per_epoch = loader.per_epoch
     t0, running, n_running = time.perf_counter(), 0.0, 0
     t_start = t_last = t0

@@ -94,6 +94,9 @@ Options:
   --keep K            What model.h5 holds: best (the weights of the lowest validation
                       loss) or last (those of the last validation: with --max-minutes
                       and a cosine, the annealed end) [default: best]
+  --resplit           Draw a new count split of every training batch: the same signal
+                      with new noise at every step (count-split pairs, --bin 1;
+                      recorrupted-to-recorrupted training, Pang et al. 2021)
   --bin B             Fourier-crop binning factor applied to both views after splitting;
                       auto = 4 for the embedded crop, else 1 [default: auto]
   --dose D            Dose in e/A^2 for the count split; auto = from the FEI extended
@@ -179,7 +182,7 @@ def _parse(args):
           "holdout_fraction": as_float(args, "--holdout-fraction", 0, 0.9),
           "init": args["--init"],
           "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
-          "keep": as_choice(args, "--keep", ("best", "last")),
+          "keep": as_choice(args, "--keep", ("best", "last")), "resplit": args["--resplit"],
           "fourier_frc": bool(args["--fourier-frc"]),
           "warmup": as_int(args, "--warmup", 0), "lr_step": as_int(args, "--lr-step", 1),
           "lr_gamma": as_float(args, "--lr-gamma", 0, 1), "patience": as_int(args, "--patience", 1),

@@ -2,12 +2,13 @@
 
 Which patches make batch k is a pure function of (seed, k): epoch e = k // batches_per_epoch
 uses the permutation ``default_rng([seed, e]).permutation(n)``, and the augmentation of
-batch k draws from ``default_rng([seed, e, k])``. So a run resumed at step k sees exactly
+batch k draws from ``default_rng([seed, e, k])`` (a new count split of its sample j, with
+``resplit``, from ``default_rng([seed, e, k, j, 1])``). So a run resumed at step k sees exactly
 the batches an uninterrupted run would, with no generator state to save.
 
 On a GPU, a background thread prepares batch k+1 while the model trains on batch k:
 
-    host thread:  wait for a free slot s -> read the store into pinned[s] -> augment
+    host thread:  wait for a free slot s -> read the store into pinned[s] -> (resplit) -> augment
                   -> copy stream waits on event freed[s] (the GPU is done with device[s])
                   -> device[s] <- pinned[s] on the copy stream -> record copied[s]
     consumer:     record freed[previous slot] on the compute stream, release that slot
@@ -31,6 +32,7 @@ import threading
 import numpy
 
 from .. import backend
+from .pairs import resplit
 from .patches import augment
 
 
@@ -54,6 +56,9 @@ class Loader:
     rank, world : int
         This process's rank and the number of processes of a data-parallel run;
         ``batch_size`` is the global batch, a multiple of ``world``.
+    resplit : bool
+        Draw a new count split of every sample (``io.pairs.resplit``; the store must hold
+        count-split halves, ``PatchStore.count_units``).
 
     Yields
     ------
@@ -63,8 +68,12 @@ class Loader:
     """
 
     def __init__(self, store, batch_size, xp, seed=0, start=0, split="train", do_augment=True,
-                 slots=2, rank=0, world=1):
+                 slots=2, rank=0, world=1, resplit=False):
         self.store, self.B, self.xp = store, batch_size, xp
+        self.units = store.count_units(split) if resplit else None
+        if resplit and self.units is None:
+            raise ValueError("a new count split per batch needs a store of count-split "
+                             "halves that were not binned")
         self.seed, self.step, self.split, self.do_augment = seed, start, split, do_augment
         self.n = store.size(split)
         if self.n < batch_size:
@@ -114,9 +123,15 @@ class Loader:
                 hx, hy = self.host[s]
                 if self.xp is not numpy:
                     self.copied[s].synchronize()      # the last copy out of pinned[s] is done
-                self.store.read(self.split, self.indices(step), hx, hy)
+                idx = self.indices(step)
+                self.store.read(self.split, idx, hx, hy)
+                epoch, k = divmod(step, self.per_epoch)
+                if self.units is not None:
+                    loc, scale = self.units
+                    rngs = [numpy.random.default_rng([self.seed, epoch, k, j, 1])
+                            for j in range(self.part.start, self.part.start + len(idx))]
+                    resplit(hx, hy, loc[idx], scale[idx], rngs)
                 if self.do_augment:
-                    epoch, k = divmod(step, self.per_epoch)
                     augment(hx, hy, numpy.random.default_rng([self.seed, epoch, k]),
                             self.B, self.part)
                 if self.xp is not numpy:

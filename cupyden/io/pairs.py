@@ -343,3 +343,65 @@ def synthetic_pair(clean, noise="gaussian", level=1.0, seed=0):
         lam *= level / max(lam.mean(), 1e-12)
         return rng.poisson(lam).astype(numpy.float32), lam.astype(numpy.float32)
     raise InputError("noise must be 'gaussian' or 'poisson', got %r" % noise)
+
+
+def binomial_half(n, rng):
+    """Binomial(n, 1/2) draws, exactly, as the number of ones among n random bits.
+
+    Each of a pixel's n electrons goes to the first half with probability 1/2,
+    independently: one random bit per electron, so the count is a popcount of n bits of
+    uniform random words (64 bits per word; ``numpy.bitwise_count``). About 10x faster
+    than ``Generator.binomial`` for the few tens of counts of a micrograph pixel, which
+    matters when the loader draws a new split for every batch.
+
+    Parameters
+    ----------
+    n : numpy int array, any shape, >= 0
+        Electron counts.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    numpy int64 array, n's shape
+    """
+    n = numpy.asarray(n, numpy.int64)
+    a = numpy.zeros(n.shape, numpy.int64)
+    one = numpy.uint64(1)
+    for w in range(int(n.max(initial=0)) // 64 + 1):
+        m = numpy.clip(n - 64 * w, 0, 64).astype(numpy.uint64)     # this word's coins
+        lo = numpy.minimum(m, numpy.uint64(32))                     # (shifts stay < 64)
+        mask = ((one << lo) - one) | (((one << (m - lo)) - one) << numpy.uint64(32))
+        mask &= rng.bit_generator.random_raw(n.size).reshape(n.shape)
+        a += numpy.bitwise_count(mask)
+    return a
+
+
+def resplit(x, y, loc, scale, rngs):
+    """Draw a new count split of patch pairs, in place: the two halves of each pixel's
+    electrons are shuffled anew, so every batch shows the network new noise on the same
+    signal.
+
+    A pair of count-split halves holds n = a + b electrons per pixel; a' ~ Binomial(n,
+    1/2), b' = n - a' is another pair with independent Poisson noise of the same means
+    (the thinning property in this module's docstring), as valid as the first. Drawing one
+    per batch is the data augmentation of recorrupted-to-recorrupted training (Pang et al.
+    2021, CVPR, "Recorrupted-to-Recorrupted"; for Poisson noise by binomial splitting,
+    Monroy et al. 2025, CVPR, "Generalized Recorrupted-to-Recorrupted"): fine-tuning
+    Topaz's network on one K2 micrograph overfitted the fixed split's noise after about
+    2000 steps (benchmarks/RESULTS.md, session 9).
+
+    Parameters
+    ----------
+    x, y : numpy float32 arrays (N, 1, P, P)
+        Normalised halves: counts = x * scale + loc (rounded: the store may hold float16).
+    loc, scale : numpy arrays (N,)
+        Each patch's normalisation (its micrograph's, ``io.patches.normalization``).
+    rngs : sequence of N numpy.random.Generator
+        One per patch.
+    """
+    for j in range(x.shape[0]):
+        ca = numpy.rint(x[j] * scale[j] + loc[j])
+        n = numpy.clip(ca + numpy.rint(y[j] * scale[j] + loc[j]), 0, None).astype(numpy.int64)
+        a = binomial_half(n, rngs[j])
+        x[j] = (a - loc[j]) / scale[j]
+        y[j] = (n - a - loc[j]) / scale[j]

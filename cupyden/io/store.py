@@ -156,6 +156,20 @@ class PatchStore:
             return []
         return [json.loads(v) for v in self.f["micrographs"].asstr()[()]]
 
+    def count_units(self, split="train"):
+        """Each patch's normalisation, when its two views are count-split halves that can
+        be split anew (``io.pairs.resplit``): (loc, scale) float64 arrays (size(split),),
+        counts = value * scale + loc. None for any other store: other pair sources, or
+        halves binned after the split (--bin > 1: no longer counts)."""
+        mics = self.micrographs()
+        if self.attr("pairs") != "count-split" or self.attr("bin", 1) != 1 or not mics:
+            return None
+        loc, scale = numpy.zeros(self.size(split)), numpy.zeros(self.size(split))
+        for m in mics:
+            r0, r1 = m[split]
+            loc[r0:r1], scale[r0:r1] = m["loc"], m["scale"]
+        return loc, scale
+
     def read(self, split, indices, out_x=None, out_y=None):
         """Patch pairs at ``indices`` (any order), as float32 (n, 1, P, P) arrays
         ((n, 1, P, P, P) for a store of subvolumes).
@@ -173,11 +187,13 @@ class PatchStore:
             y[j] = dy[int(i)]
         return x, y
 
-    def loader(self, batch_size, xp, seed=0, start=0, rank=0, world=1):
+    def loader(self, batch_size, xp, seed=0, start=0, rank=0, world=1, resplit=False):
         """The double-buffered training :class:`~cupyden.io.loader.Loader` over this store
-        (``rank``'s share of each global batch of ``batch_size`` when ``world`` > 1)."""
+        (``rank``'s share of each global batch of ``batch_size`` when ``world`` > 1; a new
+        count split of every batch with ``resplit``)."""
         from .loader import Loader
-        return Loader(self, batch_size, xp, seed=seed, start=start, rank=rank, world=world)
+        return Loader(self, batch_size, xp, seed=seed, start=start, rank=rank, world=world,
+                      resplit=resplit)
 
     def close(self):
         self.f.close()

@@ -158,6 +158,9 @@ def recipe(inputs=(), **options):
         raise InputError("--bin applies to micrographs; bin tomograms before training")
     if o["gain"] and pairs != "movie":
         raise InputError("--gain applies to movies (--pairs movie), not to --pairs %s" % pairs)
+    if o["resplit"] and (pairs != "count-split" or o["bin"] != 1):
+        raise InputError("--resplit draws new count splits: it needs --pairs count-split "
+                         "and --bin 1 (binned halves are no longer counts)")
     if o["embedded"] and pairs != "count-split":
         raise InputError("the embedded default is a count split; give INPUT files for --pairs %s"
                          % pairs)
@@ -436,7 +439,7 @@ def training_config(o, store):
     ------
     InputError
         Fewer training patches than one batch, no validation patch, SSIM on patches
-        smaller than its window.
+        smaller than its window, --resplit on a store that holds no count split.
     """
     n_train, n_val = store.size("train"), store.size("val")
     if n_train < o["batch_size"] or n_val == 0:
@@ -466,6 +469,10 @@ def training_config(o, store):
     if store.ndim == 3 and any(weights.values()):
         raise InputError("the Fourier, SSIM and gradient losses are 2-D; use --loss alone "
                          "for tomograms")
+    if o["resplit"] and store.count_units() is None:
+        raise InputError("--resplit needs a store of count-split halves without binning; "
+                         "this store holds %s pairs, binned %dx"
+                         % (store.attr("pairs"), store.attr("bin", 1)))
     if (weights["ssim"] or weights["msssim"]) and store.patch < 11:
         raise InputError("--ssim-weight needs patches of at least 11 px (the SSIM window)")
     return {"model": model_cfg, "loss": o["loss"], "loss_weights": weights,
@@ -473,7 +480,7 @@ def training_config(o, store):
             "lr_options": _lr_options(o), "lr": o["lr"], "batch_size": o["batch_size"],
             "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
             "seed": o["seed"], "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
-            "keep": o["keep"], "patch_size": store.patch, "bin": store.attr("bin", 1),
+            "keep": o["keep"], "resplit": bool(o["resplit"]), "patch_size": store.patch, "bin": store.attr("bin", 1),
             "pairs": store.attr("pairs"),
             "normalize": store.attr("normalize", "robust"),
             "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"]}
@@ -582,7 +589,7 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
           lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
           batch_size=16, patch_size=64, stride=None, steps=None, epochs=None, max_minutes=0.0,
           val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50, keep="best",
-          val_patches=256, binning=None, dose=None, angpix=None, drop_frames=0,
+          val_patches=256, resplit=False, binning=None, dose=None, angpix=None, drop_frames=0,
           align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
           normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
           device=None, gpus=None, rendezvous=None, rank=None, world_size=None,
@@ -672,6 +679,9 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         "best": model.h5 holds the weights with the lowest validation loss; "last": the
         weights at the last validation (with a time-budgeted cosine, the annealed end),
         and the validation rows then choose nothing.
+    resplit : bool
+        Draw a new count split of every training batch (``io.pairs.resplit``): new noise
+        on the same signal at every step. Count-split pairs without binning only.
     binning : int or None
         Fourier-crop binning factor, applied after splitting; None: 4 for the embedded
         crop, else 1.
