@@ -128,3 +128,11 @@ def test_cupyden_train_resplit_trains_and_records_it(tmp_path):
     assert [r["step"] for r in history] == [2, 4]
     assert all(numpy.isfinite(r["train_loss"]) for r in history)
     assert load_checkpoint(str(tmp_path / "run" / "model.h5"))["config"]["resplit"] is True
+
+
+def test_the_swar_popcount_equals_numpys():
+    from cupyden.io.pairs import _popcount64_swar
+    v = numpy.random.default_rng(0).bit_generator.random_raw(1000)
+    v = numpy.concatenate([v, numpy.array([0, 1, 2 ** 64 - 1, 2 ** 63], numpy.uint64)])
+    want = numpy.array([bin(int(t)).count("1") for t in v])
+    assert numpy.array_equal(_popcount64_swar(v).astype(numpy.int64), want)

@@ -372,8 +372,34 @@ def binomial_half(n, rng):
         lo = numpy.minimum(m, numpy.uint64(32))                     # (shifts stay < 64)
         mask = ((one << lo) - one) | (((one << (m - lo)) - one) << numpy.uint64(32))
         mask &= rng.bit_generator.random_raw(n.size).reshape(n.shape)
-        a += numpy.bitwise_count(mask)
+        a += popcount64(mask)
     return a
+
+
+def popcount64(v):
+    """Ones in each 64-bit word: ``numpy.bitwise_count`` (NumPy >= 2.0), else the SWAR
+    sum of bit fields (Warren, "Hacker's Delight", 2nd ed., section 5-1).
+
+    Parameters
+    ----------
+    v : numpy uint64 array
+
+    Returns
+    -------
+    numpy array of v's shape, integers in [0, 64]
+    """
+    if hasattr(numpy, "bitwise_count"):
+        return numpy.bitwise_count(v)
+    return _popcount64_swar(v)
+
+
+def _popcount64_swar(v):
+    u = numpy.uint64
+    v = v - ((v >> u(1)) & u(0x5555555555555555))                   # 2-bit sums
+    v = (v & u(0x3333333333333333)) + ((v >> u(2)) & u(0x3333333333333333))   # 4-bit
+    v = (v + (v >> u(4))) & u(0x0F0F0F0F0F0F0F0F)                   # 8-bit sums
+    with numpy.errstate(over="ignore"):
+        return (v * u(0x0101010101010101)) >> u(56)                 # the bytes' total
 
 
 def resplit(x, y, loc, scale, rngs):
