@@ -43,6 +43,7 @@ from .backend import to_device, to_host
 from .errors import InputError
 from .fourier import rfft_k2
 from .io.patches import normalization
+from .kernels.splitmix import mix64
 
 
 class F2FdParams(NamedTuple):
@@ -102,12 +103,7 @@ def hash_uniform24(key, index):
     -------
     uint64 numpy array, ``index``'s shape, values in [0, 2^24)
     """
-    u = numpy.uint64
-    with numpy.errstate(over="ignore"):
-        z = u(key) + (numpy.asarray(index).astype(u) + u(1)) * u(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> u(30))) * u(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> u(27))) * u(0x94D049BB133111EB)
-    return (z ^ (z >> u(31))) >> u(40)
+    return mix64(key, index) >> numpy.uint64(40)
 
 
 def prepare(image, clip=(0.0005, 0.9995)):

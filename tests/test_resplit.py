@@ -10,7 +10,8 @@ from cupyden.cli import train as train_cli
 from cupyden.errors import InputError
 from cupyden.io.checkpoint import load_checkpoint
 from cupyden.io.loader import Loader
-from cupyden.io.pairs import binomial_half, resplit
+import cupyden.backend
+from cupyden.io.pairs import resplit, resplit_keys
 from cupyden.io.store import PatchStore
 from cupyden.pipeline.train import build_store, recipe
 
@@ -19,37 +20,65 @@ from conftest import make_store, smooth, write
 STORE = dict(patch_size=16, stride=8, val_fraction=0.25, holdout_fraction=0)
 
 
+def _pairs(n, a, loc, scale):
+    """Normalised halves of counts a and n - a (N, 1, P, P)."""
+    l, s = loc[:, None, None, None], scale[:, None, None, None]
+    return ((a - l) / s).astype(numpy.float32), ((n - a - l) / s).astype(numpy.float32)
+
+
+def _counts(x, loc, scale):
+    return numpy.rint(x * scale[:, None, None, None] + loc[:, None, None, None])
+
+
 @pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 63, 64, 65, 128, 200])
-def test_binomial_half_has_the_binomial_mean_and_variance(n):
-    a = binomial_half(numpy.full(200000, n), numpy.random.default_rng(n))
-    assert a.min() >= 0 and a.max() <= n
-    # standard errors: mean sqrt(n / 4 / 2e5), variance about n / 4 * sqrt(2 / 2e5)
-    assert abs(a.mean() - n / 2) <= 5 * numpy.sqrt(n / 4 / 2e5) + 1e-12
-    assert abs(a.var() - n / 4) <= 5 * (n / 4) * numpy.sqrt(2 / 2e5) + 1e-12
+def test_resplit_draws_binomial_halves_and_keeps_the_electrons(n):
+    """a' ~ Binomial(n, 1/2) for counts around the word sizes (32 and 64 coins)."""
+    N, P = 4, 100
+    counts = numpy.full((N, 1, P, P), n)
+    loc, scale = numpy.array([15.0, 14.0, 16.0, 1.0]), numpy.array([3.9, 4.1, 3.7, 1.0])
+    x, y = _pairs(counts, counts // 2, loc, scale)
+    resplit(x, y, loc, scale, resplit_keys(0, 0, n, range(N)))
+    a, b = _counts(x, loc, scale), _counts(y, loc, scale)
+    assert numpy.array_equal(a + b, counts) and a.min() >= 0
+    # standard errors: mean sqrt(n / 4 / 4e4), variance about n / 4 * sqrt(2 / 4e4)
+    assert abs(a.mean() - n / 2) <= 5 * numpy.sqrt(n / 4 / 4e4) + 1e-12
+    assert abs(a.var() - n / 4) <= 5 * (n / 4) * numpy.sqrt(2 / 4e4) + 1e-12
+    assert numpy.abs(x * scale[:, None, None, None] + loc[:, None, None, None] - a).max() < 1e-4
 
 
-def test_binomial_half_follows_the_seed_and_the_shape():
-    n = numpy.arange(60).reshape(3, 4, 5)
-    a = binomial_half(n, numpy.random.default_rng(1))
-    assert a.shape == n.shape and a.dtype == numpy.int64
-    assert numpy.array_equal(a, binomial_half(n, numpy.random.default_rng(1)))
-    assert not numpy.array_equal(a, binomial_half(n, numpy.random.default_rng(2)))
-
-
-def test_resplit_keeps_each_pixels_electrons_and_draws_new_halves():
+def test_resplit_is_a_function_of_the_keys_and_draws_new_halves():
     rng = numpy.random.default_rng(0)
     n = rng.poisson(30, (3, 1, 8, 8))
     a = rng.binomial(n, 0.5)
     loc, scale = numpy.array([15.0, 14.0, 16.0]), numpy.array([3.9, 4.1, 3.7])
-    x = ((a - loc[:, None, None, None]) / scale[:, None, None, None]).astype(numpy.float32)
-    y = ((n - a - loc[:, None, None, None]) / scale[:, None, None, None]).astype(numpy.float32)
-    resplit(x, y, loc, scale, [numpy.random.default_rng(j) for j in range(3)])
-    ca = numpy.rint(x * scale[:, None, None, None] + loc[:, None, None, None])
-    cb = numpy.rint(y * scale[:, None, None, None] + loc[:, None, None, None])
-    assert numpy.array_equal(ca + cb, n)
-    assert numpy.abs(x * scale[:, None, None, None] + loc[:, None, None, None] - ca).max() < 1e-4
-    assert (ca >= 0).all() and (cb >= 0).all()
-    assert (ca != a).mean() > 0.5                          # new halves, not the old ones
+    keys = resplit_keys(1, 2, 3, range(3))
+    assert keys.dtype == numpy.uint64 and len(set(keys.tolist())) == 3
+    assert numpy.array_equal(keys[1:], resplit_keys(1, 2, 3, [1, 2]))
+    x, y = _pairs(n, a, loc, scale)
+    resplit(x, y, loc, scale, keys)
+    x2, y2 = _pairs(n, a, loc, scale)
+    resplit(x2, y2, loc, scale, keys)
+    assert numpy.array_equal(x, x2) and numpy.array_equal(y, y2)
+    assert (_counts(x, loc, scale) != a).mean() > 0.5           # new halves, not the old
+    x3, _ = _pairs(n, a, loc, scale)
+    resplit(x3, _, loc, scale, resplit_keys(1, 2, 4, range(3)))
+    assert not numpy.array_equal(x3, x)
+
+
+def test_resplit_on_the_device_equals_numpy(xp):
+    """The GPU kernel deals the same electrons as the NumPy reference, bit for bit."""
+    rng = numpy.random.default_rng(1)
+    n = rng.poisson(35, (3, 1, 40, 24))
+    n[0, 0, :3, :3] = [[0, 64, 65], [128, 129, 300], [1, 2, 3]]
+    a = rng.binomial(n, 0.5)
+    loc, scale = numpy.array([17.5, 3.0, 20.0]), numpy.array([4.2, 0.7, 5.0])
+    keys = resplit_keys(3, 0, 7, range(3))
+    x, y = _pairs(n, a, loc, scale)
+    dx, dy = xp.asarray(x), xp.asarray(y)
+    resplit(x, y, loc, scale, keys)
+    resplit(dx, dy, xp.asarray(loc), xp.asarray(scale), xp.asarray(keys))
+    assert numpy.array_equal(cupyden.backend.to_host(dx), x)
+    assert numpy.array_equal(cupyden.backend.to_host(dy), y)
 
 
 def _count_split_store(tmp_path, binning=1):
@@ -60,10 +89,6 @@ def _count_split_store(tmp_path, binning=1):
     path = str(tmp_path / ("p%d.h5" % binning))
     build_store(path, o, numpy, log=lambda *a: None)
     return paths, PatchStore(path)
-
-
-def _counts(x, loc, scale):
-    return numpy.rint(x * scale[:, None, None, None] + loc[:, None, None, None])
 
 
 def test_the_loader_redraws_the_split_of_each_batch_and_keeps_its_electrons(tmp_path):

@@ -2,15 +2,17 @@
 
 Which patches make batch k is a pure function of (seed, k): epoch e = k // batches_per_epoch
 uses the permutation ``default_rng([seed, e]).permutation(n)``, and the augmentation of
-batch k draws from ``default_rng([seed, e, k])`` (a new count split of its sample j, with
-``resplit``, from ``default_rng([seed, e, k, j, 1])``). So a run resumed at step k sees exactly
+batch k draws from ``default_rng([seed, e, k])`` (and a new count split of its sample j,
+with ``resplit``, from the key ``io.pairs.resplit_keys(seed, e, k, [j])``, drawn on the
+device after the copy). So a run resumed at step k sees exactly
 the batches an uninterrupted run would, with no generator state to save.
 
 On a GPU, a background thread prepares batch k+1 while the model trains on batch k:
 
-    host thread:  wait for a free slot s -> read the store into pinned[s] -> (resplit) -> augment
+    host thread:  wait for a free slot s -> read the store into pinned[s] -> augment
                   -> copy stream waits on event freed[s] (the GPU is done with device[s])
-                  -> device[s] <- pinned[s] on the copy stream -> record copied[s]
+                  -> device[s] <- pinned[s] on the copy stream -> (new count split of
+                  device[s] on the copy stream) -> record copied[s]
     consumer:     record freed[previous slot] on the compute stream, release that slot
                   -> take the next ready slot -> compute stream waits on copied[s]
 
@@ -32,7 +34,7 @@ import threading
 import numpy
 
 from .. import backend
-from .pairs import resplit
+from .pairs import resplit, resplit_keys
 from .patches import augment
 
 
@@ -91,6 +93,8 @@ class Loader:
         if gpu:
             self.device = [(xp.empty(shape, numpy.float32), xp.empty(shape, numpy.float32))
                            for _ in range(slots)]
+            self.device_units = [(xp.empty(b), xp.empty(b), xp.empty(b, numpy.uint64))
+                                 for _ in range(slots)]       # resplit's loc, scale, keys
             self.copy_stream = backend.new_stream()
             self.copied = [backend.new_event() for _ in range(slots)]
             self.freed = [backend.new_event() for _ in range(slots)]
@@ -126,19 +130,27 @@ class Loader:
                 idx = self.indices(step)
                 self.store.read(self.split, idx, hx, hy)
                 epoch, k = divmod(step, self.per_epoch)
-                if self.units is not None:
-                    loc, scale = self.units
-                    rngs = [numpy.random.default_rng([self.seed, epoch, k, j, 1])
-                            for j in range(self.part.start, self.part.start + len(idx))]
-                    resplit(hx, hy, loc[idx], scale[idx], rngs)
                 if self.do_augment:
                     augment(hx, hy, numpy.random.default_rng([self.seed, epoch, k]),
                             self.B, self.part)
-                if self.xp is not numpy:
+                units = None
+                if self.units is not None:       # (loc, scale, keys) of this rank's samples,
+                    units = (self.units[0][idx], self.units[1][idx],    # keyed as in the
+                             resplit_keys(self.seed, epoch, k, range(   # one-process batch
+                                 self.part.start, self.part.start + len(idx))))
+                if self.xp is numpy:
+                    if units is not None:
+                        resplit(hx, hy, *units)
+                else:
                     dx, dy = self.device[s]
                     self.copy_stream.wait_event(self.freed[s])
                     dx.set(hx, stream=self.copy_stream)
                     dy.set(hy, stream=self.copy_stream)
+                    if units is not None:
+                        for d, h in zip(self.device_units[s], units):
+                            d.set(h, stream=self.copy_stream)
+                        with self.copy_stream:
+                            resplit(dx, dy, *self.device_units[s])
                     self.copied[s].record(self.copy_stream)
                 self.ready.put(s)
                 step += 1

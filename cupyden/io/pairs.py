@@ -21,6 +21,7 @@ import numpy
 
 from ..backend import get_array_module, to_host
 from ..errors import InputError
+from ..kernels.splitmix import mix64
 from .mrc import read_mrc
 from .tiff import image_shape
 
@@ -345,35 +346,78 @@ def synthetic_pair(clean, noise="gaussian", level=1.0, seed=0):
     raise InputError("noise must be 'gaussian' or 'poisson', got %r" % noise)
 
 
-def binomial_half(n, rng):
-    """Binomial(n, 1/2) draws, exactly, as the number of ones among n random bits.
 
-    Each of a pixel's n electrons goes to the first half with probability 1/2,
-    independently: one random bit per electron, so the count is a popcount of n bits of
-    uniform random words (64 bits per word; ``numpy.bitwise_count``). About 10x faster
-    than ``Generator.binomial`` for the few tens of counts of a micrograph pixel, which
-    matters when the loader draws a new split for every batch.
+#: Bits of a random word's index that count the words of one pixel (2^20 words of 64
+#: coins: far more electrons than a counting-mode pixel holds).
+WORD_BITS = 20
+
+
+def resplit_keys(seed, epoch, batch, samples):
+    """One 64-bit key per sample of a batch (NumPy's SeedSequence of (seed, epoch, batch,
+    sample, 1)): the key of :func:`resplit`'s draws.
 
     Parameters
     ----------
-    n : numpy int array, any shape, >= 0
-        Electron counts.
-    rng : numpy.random.Generator
+    seed, epoch, batch : int
+    samples : iterable of int
+        The samples' positions in the (global) batch.
 
     Returns
     -------
-    numpy int64 array, n's shape
+    numpy uint64 array (len(samples),)
     """
-    n = numpy.asarray(n, numpy.int64)
-    a = numpy.zeros(n.shape, numpy.int64)
+    return numpy.array([numpy.random.SeedSequence([seed, epoch, batch, j, 1]).generate_state(
+        1, numpy.uint64)[0] for j in samples], numpy.uint64)
+
+
+def resplit(x, y, loc, scale, keys):
+    """Draw a new count split of patch pairs, in place: each pixel's electrons are dealt
+    to the two halves anew, so every batch shows the network new noise on the same signal.
+
+    A pair of count-split halves holds n = a + b electrons per pixel; a' ~ Binomial(n,
+    1/2), b' = n - a' is another pair with independent Poisson noise of the same means
+    (the thinning property in this module's docstring), as valid as the first. Drawing one
+    per batch is the data augmentation of recorrupted-to-recorrupted training (Pang et al.
+    2021, CVPR, "Recorrupted-to-Recorrupted"; for Poisson noise by binomial splitting,
+    Monroy et al. 2025, CVPR, "Generalized Recorrupted-to-Recorrupted"): fine-tuning
+    Topaz's network on one K2 micrograph overfitted the fixed split's noise after about
+    2000 steps (benchmarks/RESULTS.md, session 9).
+
+    a' is exactly Binomial(n, 1/2): one fair coin per electron, the count of ones among n
+    random bits. The bits are counter-based (``kernels.splitmix``): word w of pixel p of
+    sample j is mix64(keys[j], p * 2^20 + w), so a GPU kernel (``kernels.resplit``, one
+    thread per pixel) and this NumPy code give the same halves, and the draw is a pure
+    function of the keys.
+
+    Parameters
+    ----------
+    x, y : float32 arrays (N, 1, P, P), numpy or cupy (C-contiguous)
+        Normalised halves: counts = x * scale + loc (rounded: the store may hold float16).
+    loc, scale : float64 arrays (N,), x's array module
+        Each patch's normalisation (its micrograph's, ``io.patches.normalization``).
+    keys : uint64 array (N,), x's array module
+        :func:`resplit_keys`.
+    """
+    xp = get_array_module(x)
+    plane = x[0].size
+    if xp is not numpy:
+        from ..kernels.resplit import resplit_kernel
+        resplit_kernel(keys, loc, scale, numpy.int64(plane), x, y)
+        return
+    index = numpy.arange(plane, dtype=numpy.uint64).reshape(x.shape[1:]) << numpy.uint64(
+        WORD_BITS)
     one = numpy.uint64(1)
-    for w in range(int(n.max(initial=0)) // 64 + 1):
-        m = numpy.clip(n - 64 * w, 0, 64).astype(numpy.uint64)     # this word's coins
-        lo = numpy.minimum(m, numpy.uint64(32))                     # (shifts stay < 64)
-        mask = ((one << lo) - one) | (((one << (m - lo)) - one) << numpy.uint64(32))
-        mask &= rng.bit_generator.random_raw(n.size).reshape(n.shape)
-        a += popcount64(mask)
-    return a
+    for j in range(x.shape[0]):
+        ca = numpy.rint(x[j] * scale[j] + loc[j])
+        n = numpy.maximum(ca + numpy.rint(y[j] * scale[j] + loc[j]), 0).astype(numpy.int64)
+        a = numpy.zeros(n.shape, numpy.int64)
+        for w in range(int(n.max(initial=0) + 63) // 64):
+            m = numpy.clip(n - 64 * w, 0, 64).astype(numpy.uint64)     # this word's coins
+            lo = numpy.minimum(m, numpy.uint64(32))                     # (shifts stay < 64)
+            mask = ((one << lo) - one) | (((one << (m - lo)) - one) << numpy.uint64(32))
+            a += popcount64(mix64(keys[j], index | numpy.uint64(w)) & mask)
+        x[j] = (a - loc[j]) / scale[j]
+        y[j] = (n - a - loc[j]) / scale[j]
 
 
 def popcount64(v):
@@ -401,33 +445,3 @@ def _popcount64_swar(v):
     with numpy.errstate(over="ignore"):
         return (v * u(0x0101010101010101)) >> u(56)                 # the bytes' total
 
-
-def resplit(x, y, loc, scale, rngs):
-    """Draw a new count split of patch pairs, in place: the two halves of each pixel's
-    electrons are shuffled anew, so every batch shows the network new noise on the same
-    signal.
-
-    A pair of count-split halves holds n = a + b electrons per pixel; a' ~ Binomial(n,
-    1/2), b' = n - a' is another pair with independent Poisson noise of the same means
-    (the thinning property in this module's docstring), as valid as the first. Drawing one
-    per batch is the data augmentation of recorrupted-to-recorrupted training (Pang et al.
-    2021, CVPR, "Recorrupted-to-Recorrupted"; for Poisson noise by binomial splitting,
-    Monroy et al. 2025, CVPR, "Generalized Recorrupted-to-Recorrupted"): fine-tuning
-    Topaz's network on one K2 micrograph overfitted the fixed split's noise after about
-    2000 steps (benchmarks/RESULTS.md, session 9).
-
-    Parameters
-    ----------
-    x, y : numpy float32 arrays (N, 1, P, P)
-        Normalised halves: counts = x * scale + loc (rounded: the store may hold float16).
-    loc, scale : numpy arrays (N,)
-        Each patch's normalisation (its micrograph's, ``io.patches.normalization``).
-    rngs : sequence of N numpy.random.Generator
-        One per patch.
-    """
-    for j in range(x.shape[0]):
-        ca = numpy.rint(x[j] * scale[j] + loc[j])
-        n = numpy.clip(ca + numpy.rint(y[j] * scale[j] + loc[j]), 0, None).astype(numpy.int64)
-        a = binomial_half(n, rngs[j])
-        x[j] = (a - loc[j]) / scale[j]
-        y[j] = (n - a - loc[j]) / scale[j]

@@ -1,23 +1,14 @@
 """F2Fd's Fourier mask in one pass (``cupyden.f2fd.FourierPerturbation.mask``).
 
-Random numbers are a counter-based hash of (key, index), SplitMix64's output function
-(Steele, Lea & Flood 2014, "Fast splittable pseudorandom number generators", OOPSLA),
-so a mask is a pure function of its seed, with no generator state to create (a seeded
-CuPy generator spends milliseconds initialising its XORWOW states per mask), and NumPy
+Random numbers are a counter-based hash of (key, index) (``kernels.splitmix``), so a mask
+is a pure function of its seed, with no generator state to create (a seeded CuPy
+generator spends milliseconds initialising its XORWOW states per mask), and NumPy
 (``cupyden.f2fd.hash_uniform24``) produces the same bits. The top 24 bits of the hash are
 compared with an integer threshold, exactly as the NumPy reference does.
 """
 
 from ..backend import elementwise_kernel
-
-_MIX = """
-__device__ unsigned long long cupyden_mix(unsigned long long key, unsigned long long i) {
-    unsigned long long z = key + (i + 1ull) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-"""
+from .splitmix import MIX_CUDA
 
 fourier_mask_kernel = elementwise_kernel(
     "float32 k, float32 radius, uint64 key_block, uint64 key_sign, uint64 keep_below, "
@@ -30,4 +21,4 @@ fourier_mask_kernel = elementwise_kernel(
     const bool flip = (cupyden_mix(key_sign, (unsigned long long)i) >> 40) < flip_below;
     m = kept ? (flip ? -1.0f : 1.0f) : 0.0f;
     """,
-    "cupyden_fourier_mask", preamble=_MIX)
+    "cupyden_fourier_mask", preamble=MIX_CUDA)
