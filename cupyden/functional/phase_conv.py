@@ -18,8 +18,10 @@ the coarse resolution of
 with taps t in [0, KP), KP = 2 ceil(r / 2) + 1, R = (KP - 1) / 2, and
 
     P[p, t, q, d] = 1  iff  d - r = 2 (t - R) + q - p          (0/1, shape (2, KP, 2, K))
-    v[(py, px, f), c, ty, tx] = sum_{qy, qx, dy, dx} P[py, ty, qy, dy] P[px, tx, qx, dx] w[f, c, dy, dx]
-    v[(py, px, f), Ch + (qy, qx, c), ty, tx] = sum_{dy, dx} P[py, ty, qy, dy] P[px, tx, qx, dx] w[f, Ch + c, dy, dx]
+    v[(py, px, f), c, ty, tx]
+        = sum_{qy, qx, dy, dx} P[py, ty, qy, dy] P[px, tx, qx, dx] w[f, c, dy, dx]
+    v[(py, px, f), Ch + (qy, qx, c), ty, tx]
+        = sum_{dy, dx} P[py, ty, qy, dy] P[px, tx, qx, dx] w[f, Ch + c, dy, dx]
     y = depth_to_space(act(conv_KP(z, v) + [b, b, b, b]))     (zero padding R)
 
 (for the upsampled channels the input phase q does not matter and is summed). This is
