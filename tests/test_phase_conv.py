@@ -73,6 +73,10 @@ def test_space_to_depth_and_depth_to_space(xp):
     assert to_host(z)[1, (1 * 2 + 0) * 3 + 2, 1, 2] == x[1, 2, 3, 4]
     back = pc.depth_to_space(z)
     assert _is_channels_last(back) and numpy.array_equal(to_host(back), x)
+    h = numpy.arange(2 * 5 * 2 * 3, dtype=numpy.float64).reshape(2, 5, 2, 3)
+    zz = pc.phase_concat(to_device(h, xp), to_device(x, xp))
+    assert _is_channels_last(zz)
+    assert numpy.array_equal(to_host(zz), numpy.concatenate([h, to_host(z)], axis=1))
 
 
 def test_phase_weights_and_their_adjoint(xp):

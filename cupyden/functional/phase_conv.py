@@ -115,6 +115,26 @@ def depth_to_space(z):
     return xp.moveaxis(phys.reshape(N, 2 * H, 2 * W, F), 3, 1)
 
 
+def phase_concat(h, skip):
+    """z = [h, space_to_depth(skip)]: the coarse convolution's input, in one new
+    channels-last array.
+
+    Parameters
+    ----------
+    h : array (N, Ch, H, W)
+    skip : array (N, Cs, 2H, 2W), h's dtype
+
+    Returns
+    -------
+    z : array (N, Ch + 4 Cs, H, W)
+    """
+    N, Ch, H, W = h.shape
+    z = empty_channels_last(get_array_module(h), (N, Ch + 4 * skip.shape[1], H, W), h.dtype)
+    _copy_into(z[:, :Ch], h)
+    space_to_depth(skip, out=z[:, Ch:])
+    return z
+
+
 def phase_kernel_size(K):
     """Taps KP = 2 ceil(r / 2) + 1 of the coarse convolution for a fine K x K one, r = K // 2."""
     r = K // 2
@@ -254,9 +274,7 @@ def upsample_concat_conv2d_forward(h, skip, w, b, slope=None, keep_cache=True):
         u, up = upsample_concat_forward(h, skip)
         y, conv = conv2d_forward(u, w, b, 1, K // 2, slope, keep_cache)
         return y, (UpsampleConcatConv2dCache(up, conv, w.shape, Ch) if keep_cache else None)
-    z = empty_channels_last(xp, (N, Ch + 4 * Cs, H, W), h.dtype)
-    _copy_into(z[:, :Ch], h)
-    space_to_depth(skip, out=z[:, Ch:])                  # z = [h, space_to_depth(skip)]
+    z = phase_concat(h, skip)                            # (N, Ch + 4 Cs, H, W)
     v = phase_weights(w, Ch)                             # (4F, Ch + 4 Cs, KP, KP)
     b4 = None if b is None else xp.tile(b, 4)            # channel (py, px, f) gets b[f]
     KP = phase_kernel_size(K)
