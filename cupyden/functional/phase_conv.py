@@ -89,8 +89,12 @@ def space_to_depth(x, out=None):
     H, W = H2 // 2, W2 // 2
     if out is None:
         out = empty_channels_last(xp, (N, 4 * C, H, W), x.dtype)
-    src = x.reshape(N, C, H, 2, W, 2).transpose(0, 3, 5, 1, 2, 4)   # (N, qy, qx, C, H, W)
-    _copy_into(out.reshape(N, 2, 2, C, H, W), src)                  # split channels: a view
+    # one copy per phase: both sides are basic slices, so views whatever out's strides
+    # (a reshape of a strided ``out`` may return a copy, and the writes would be lost)
+    for qy in range(2):
+        for qx in range(2):
+            j = qy * 2 + qx
+            _copy_into(out[:, j * C:(j + 1) * C], x[:, :, qy::2, qx::2])   # (N, C, H, W)
     return out
 
 
