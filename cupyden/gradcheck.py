@@ -30,7 +30,7 @@ import numpy
 from .backend import get_array_module
 from .layers import (BatchNorm2d, BatchNorm3d, Concat, Conv2d, Conv3d, Dropout, Flatten,
                      LeakyReLU, Linear, MaxPool2d, MaxPool3d, ReflectionPad2d, ReflectionPad3d,
-                     ReLU, Upsample2d, Upsample3d, UpsampleConcat)
+                     ReLU, Upsample2d, Upsample3d, UpsampleConcat, UpsampleConcatConv2d)
 from .losses import LOSSES, Objective
 from .losses.contrastive import contrastive_backward, contrastive_forward
 from .models import DnCNN, F2FdUNet, Siamese, TopazUNet, UNet, UNet3d
@@ -375,4 +375,9 @@ def all_cases(xp, seed=0, dtype=numpy.float64):
         reseed=True)
     add("model unet3d base 2 depth 2 (padded, residual)", UNet3d(base=2, depth=2, seed=seed),
         [r((1, 1, 5, 6, 7))])
+    add("upsample+concat+conv2d k5 (phases) + leaky_relu 0.1",   # last: earlier draws kept
+        UpsampleConcatConv2d(3, 4, 5, activation="leaky_relu", slope=0.1, rng=rng),
+        [r((2, 2, 3, 4)), r((2, 1, 6, 8))])
+    add("upsample+concat+conv2d k3 to 7x9", UpsampleConcatConv2d(4, 3, 3, rng=rng),
+        [r((2, 2, 3, 4)), r((2, 2, 7, 9))])
     return cases

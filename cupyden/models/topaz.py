@@ -15,6 +15,12 @@ every convolution followed by LeakyReLU(0.1) except the last:
     dec1       upsample to the input's size, concat the input: Conv(2nf+1->64, top_width),
                Conv(64->32, top_width), Conv(32->1, top_width)
 
+dec1's upsampling, concatenation and first convolution are one layer,
+``UpsampleConcatConv2d`` (named ``dec1.0`` like the convolution it holds): when the input
+is exactly twice p1's size (always with ``pad=True``) it runs as a convolution at p1's
+resolution of [p1, the input's 2x2 phases as channels] (``functional.phase_conv``,
+exact), so the (N, 2nf + 1, H, W) concatenation is never written.
+
 p{i} is enc{i}'s pooled output. Pooling floors odd sizes and the upsampling maps output
 index i to floor(i * n_in / n_out) (PyTorch's 'nearest' to a given size), so for sides
 that are not multiples of 2^d the coarse features shift by up to one coarse pixel, as in
@@ -36,7 +42,7 @@ import numpy
 from ..backend import get_array_module
 from ..functional.shape import (add_gradients, reflection_pad2d_backward,
                                 reflection_pad2d_forward)
-from ..layers import Conv2d, MaxPool2d, Sequential, UpsampleConcat
+from ..layers import Conv2d, MaxPool2d, Sequential, UpsampleConcat, UpsampleConcatConv2d
 from .base import Model
 
 #: Topaz's pretrained 2-D models: alias -> (file in topaz/pretrained/denoise, config).
@@ -88,21 +94,25 @@ class TopazUNet(Model):
         self.enc = [Sequential([("0", _conv(1, nf, base_width, rng))])]
         self.enc += [Sequential([("0", _conv(nf, nf, 3, rng))]) for _ in range(d)]
         self.pools = [MaxPool2d(2) for _ in range(d)]
-        self.ups = [UpsampleConcat() for _ in range(d)]      # upsample + concat, one op
+        self.ups = {i: UpsampleConcat() for i in range(2, d + 1)}   # upsample + concat
         self.dec = {}
         for i in range(d, 1, -1):
             cin = 2 * nf if i == d else 3 * nf
             self.dec[i] = Sequential([("0", _conv(cin, 2 * nf, 3, rng)),
                                       ("2", _conv(2 * nf, 2 * nf, 3, rng))])
-        self.dec[1] = Sequential([("0", _conv(2 * nf + 1, 64, top_width, rng)),
-                                  ("2", _conv(64, 32, top_width, rng)),
+        # dec1.0 reads [upsample(h), x] itself (forward(h, x)); dec1.2 and dec1.4 follow
+        self.top = UpsampleConcatConv2d(2 * nf + 1, 64, top_width, activation="leaky_relu",
+                                        slope=SLOPE, rng=rng)
+        self.dec[1] = Sequential([("0", self.top), ("2", _conv(64, 32, top_width, rng)),
                                   ("4", _conv(32, 1, top_width, rng, last=True))])
+        self.top_rest = Sequential(self.dec[1].named[1:])
         self.named = []
         for i in range(d):
             self.named += [("enc%d" % (i + 1), self.enc[i]), ("pool%d" % (i + 1), self.pools[i])]
         self.named.append(("enc%d" % (d + 1), self.enc[d]))
-        for i in range(d, 0, -1):
-            self.named += [("up%d" % i, self.ups[i - 1]), ("dec%d" % i, self.dec[i])]
+        for i in range(d, 1, -1):
+            self.named += [("up%d" % i, self.ups[i]), ("dec%d" % i, self.dec[i])]
+        self.named.append(("dec1", self.dec[1]))          # up1 is inside dec1.0
 
     def forward(self, x):
         """x (N, 1, H, W) -> (N, 1, H, W)."""
@@ -116,9 +126,10 @@ class TopazUNet(Model):
             h = self.pools[i].forward(self.enc[i].forward(h))
             skips.append(h)
         h = self.enc[self.depth].forward(h)
-        for i in range(self.depth, 0, -1):
+        for i in range(self.depth, 1, -1):
             skip = skips[i - 1]
-            h = self.dec[i].forward(self.ups[i - 1].forward(h, skip))   # [upsample(h), skip]
+            h = self.dec[i].forward(self.ups[i].forward(h, skip))   # [upsample(h), skip]
+        h = self.top_rest.forward(self.top.forward(h, x))          # dec1 on [upsample(h), x]
         return h[:, :, :H, :W] if self.pad else h
 
     def backward(self, dy):
@@ -131,9 +142,10 @@ class TopazUNet(Model):
             full[:, :, :H, :W] = dy
             dy = full
         dskips = [None] * self.depth
-        dh = dy
-        for i in range(1, self.depth + 1):
-            dh, dskips[i - 1] = self.ups[i - 1].backward(self.dec[i].backward(dh))
+        # dec1.0 reads the input x too: dskips[0], None during backward_params
+        dh, dskips[0] = self.top.backward(self.top_rest.backward(dy))
+        for i in range(2, self.depth + 1):
+            dh, dskips[i - 1] = self.ups[i].backward(self.dec[i].backward(dh))
         dh = self.enc[self.depth].backward(dh)           # h_d feeds only the bottleneck
         for i in range(self.depth - 1, 0, -1):           # h_{i+1} = pool(enc_i(h_i)), and
             dh = add_gradients(self.enc[i].backward(self.pools[i].backward(dh)),
@@ -145,7 +157,7 @@ class TopazUNet(Model):
         return reflection_pad2d_backward(dx, self._pad_cache) if self.pad else dx
 
     def input_layers(self):
-        return [self.enc[0].named[0][1]]
+        return [self.enc[0].named[0][1], self.top]       # enc1.0 and dec1.0 read the input
 
     def config(self):
         return {"arch": self.arch, "nf": self.nf, "base_width": self.base_width,
