@@ -28,7 +28,9 @@ mean of ``--repeats`` steps after 5 warm-up steps (cupyden's cuDNN plans are tun
 the warm-up), measured with a synchronisation before and after. Ratios are PyTorch time /
 cupyden time in the same precision (> 1: cupyden is faster); cupyden fp16 is compared with
 PyTorch's faster 16-bit autocast. Targets (issue 15): every training ratio >= 1.3 at tf32
-and 16-bit; every 4096^2 inference at most half PyTorch's time (ratio >= 2).
+and 16-bit; every 4096^2 inference at most half PyTorch's time (ratio >= 2). Run it alone
+on the host: the 16 x 256^2 steps are bound by kernel launches, and another process on the
+host's other GPU made them 1.5-4x slower (benchmarks/RESULTS.md, session 10).
 """
 
 import time

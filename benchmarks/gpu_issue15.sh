@@ -12,7 +12,9 @@
 #
 # Arguments: the K2 micrograph (3838 x 3710). Environment: LOGS (folder), STAGES (which
 # of: tests k2 bench topaz; default all), K2_RECIPE (default topaz-finetune), K2_MINUTES
-# (the training budget, default 4; session 9's best checkpoint came from a 90 s budget).
+# (the training budget, default 4). Run it with nothing else on the host: the small
+# training steps of bench_gpu are bound by the host's kernel launches, and a job on another
+# GPU of the same host made two rows 1.5-4x slower (benchmarks/RESULTS.md, session 10).
 K2=${1:-.k2/K2.mrc}
 LOGS=${LOGS:-gpu-issue15}
 STAGES=${STAGES:-"tests k2 bench topaz"}

@@ -26,11 +26,12 @@ def test_directional_check_catches_a_wrong_gradient():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", [n for n in NAMES if not n.startswith("dropout")])
+@pytest.mark.parametrize("name", [n for n in NAMES if "dropout" not in n])
 def test_cupy_equals_numpy_float32(name):
     """Every op's CuPy forward and backward equal NumPy's in float32 (rel < 1e-5).
 
-    Dropout is left out: the two modules draw different masks from the same seed.
+    Dropout, and the models with dropout (F2Fd's U-Nets), are left out: the two modules
+    draw different masks from the same seed.
     """
     cupy = pytest.importorskip("cupy")
     from cupyden.backend import gpu_count

@@ -161,3 +161,18 @@ def test_the_swar_popcount_equals_numpys():
     v = numpy.concatenate([v, numpy.array([0, 1, 2 ** 64 - 1, 2 ** 63], numpy.uint64)])
     want = numpy.array([bin(int(t)).count("1") for t in v])
     assert numpy.array_equal(_popcount64_swar(v).astype(numpy.int64), want)
+
+
+def test_the_loader_on_the_device_deals_the_hosts_electrons(tmp_path, xp):
+    """The GPU loader redraws on the device after the copy; its batches equal the NumPy
+    loader's (augmented on the host first in both)."""
+    _, store = _count_split_store(tmp_path)
+    host = Loader(store, 4, numpy, seed=5, resplit=True)
+    dev = Loader(store, 4, xp, seed=5, resplit=True)
+    for _ in range(3):
+        (hx, hy), (dx, dy) = next(host), next(dev)
+        assert numpy.array_equal(cupyden.backend.to_host(dx), hx)
+        assert numpy.array_equal(cupyden.backend.to_host(dy), hy)
+    host.close()
+    dev.close()
+    store.close()
