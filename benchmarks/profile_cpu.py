@@ -83,7 +83,7 @@ def instrument():
     wrap(conv_transform_cpu, "weight_gradient", "  conv_transform_cpu.weight_gradient")
     for name in ("im2col", "col2im_add", "pad_zeros"):
         wrap(conv, name, "  conv." + name)
-    for cls in (simple.MaxPool2d, simple.UpsampleConcat):
+    for cls in (simple.MaxPool2d, simple.UpsampleConcat, lconv.UpsampleConcatConv2d):
         wrap(cls, "forward", cls.__name__ + " forward")
         wrap(cls, "backward", cls.__name__ + " backward")
     for module in (unet, topaz):
