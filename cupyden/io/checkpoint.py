@@ -4,6 +4,7 @@ Layout (h5py):
 
     /weights/<name>     every parameter and buffer by name ("conv3.w", "bn1.running_mean")
     /adam/m/<name>, /adam/v/<name>   Adam's moments by parameter name (when saved)
+    /average/<name>     the exponential moving average of the weights (``--ema``; when saved)
     attributes: step, epoch, adam_step, config (JSON: model and training settings),
                 rng (JSON: the seed; batches are a pure function of seed and step, see
                 ``cupyden.io.loader``), provenance (JSON), format = "cupyden-checkpoint-1"
@@ -24,7 +25,7 @@ FORMAT = "cupyden-checkpoint-1"
 
 
 def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None, rng=None,
-                    provenance=None):
+                    provenance=None, average=None):
     """Write a checkpoint atomically: built in memory, written to a temporary file in the
     same folder, then renamed (``io.atomic.atomic_hdf5``).
 
@@ -40,6 +41,8 @@ def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None,
         ``Adam.state()``.
     rng, provenance : dict or None
         JSON-serialisable.
+    average : dict name -> numpy array, or None
+        The weights' moving average (``optim.ema.WeightAverage.named()``), for resuming.
 
     Raises
     ------
@@ -60,6 +63,8 @@ def save_checkpoint(path, model_state, config, step=0, epoch=0, adam_state=None,
             for moment in ("m", "v"):
                 for name, arr in adam_state[moment].items():
                     f.create_dataset("adam/%s/%s" % (moment, name), data=arr)
+        for name, arr in (average or {}).items():
+            f.create_dataset("average/" + name, data=arr)
 
 
 def non_finite(state):
@@ -91,13 +96,14 @@ def load_checkpoint(path):
     Returns
     -------
     dict with keys "weights" (name -> array), "config", "step", "epoch", "rng",
-    "provenance", and "adam" ({"step", "m", "v"}) or None.
+    "provenance", "adam" ({"step", "m", "v"}) or None, and "average" (name -> array: the
+    weights' moving average) or None.
 
     Raises
     ------
     InputError
-        Missing, unreadable, or not a cupyden checkpoint; weights, Adam moments or the
-        float16 loss scale holding NaN or Inf (a run that diverged: neither resumed nor
+        Missing, unreadable, or not a cupyden checkpoint; weights, Adam moments, the
+        weights' average or the float16 loss scale holding NaN or Inf (a run that diverged: neither resumed nor
         used to denoise).
     """
     if not os.path.isfile(path):
@@ -113,13 +119,19 @@ def load_checkpoint(path):
                "config": json.loads(f.attrs["config"]),
                "step": int(f.attrs["step"]), "epoch": int(f.attrs["epoch"]),
                "rng": json.loads(f.attrs["rng"]),
-               "provenance": json.loads(f.attrs["provenance"]), "adam": None}
+               "provenance": json.loads(f.attrs["provenance"]), "adam": None,
+               "average": ({k: f["average"][k][()] for k in f["average"]}
+                           if "average" in f else None)}
         if "adam" in f:
             out["adam"] = {"step": int(f.attrs["adam_step"]),
                            "m": {k: f["adam/m"][k][()] for k in f["adam/m"]},
                            "v": {k: f["adam/v"][k][()] for k in f["adam/v"]}}
-    bad = non_finite({"weights": out["weights"], "adam": {k: out["adam"][k] for k in "mv"}}
-                     if out["adam"] else {"weights": out["weights"]})
+    state = {"weights": out["weights"]}
+    if out["adam"]:
+        state["adam"] = {k: out["adam"][k] for k in "mv"}
+    if out["average"]:
+        state["average"] = out["average"]
+    bad = non_finite(state)
     scale = out["provenance"].get("loss_scale", {}).get("scale", 1.0)
     if bad is None and not numpy.isfinite(scale):
         bad = "the float16 loss scale"
