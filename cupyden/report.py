@@ -24,7 +24,7 @@ def save_png(fig, path, dpi=100):
         plt.close(fig)
 
 
-def loss_curve(history, path):
+def loss_curve(history, path, val_label="validation"):
     """Training and validation loss against step (log scale).
 
     Parameters
@@ -32,11 +32,13 @@ def loss_curve(history, path):
     history : list of dict
         Rows with "step", "train_loss", "val_loss".
     path : str
+    val_label : str
+        The validation curve's legend (what was validated).
     """
     fig, ax = _figure(figsize=(6, 4))
     steps = [r["step"] for r in history]
     ax.plot(steps, [r["train_loss"] for r in history], label="train")
-    ax.plot(steps, [r["val_loss"] for r in history], label="validation")
+    ax.plot(steps, [r["val_loss"] for r in history], label=val_label)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.set_yscale("log")

@@ -11,6 +11,12 @@ global batch; after the backward pass the flat gradient buffer is summed over th
 so every rank applies the gradient of the global batch's mean loss, as one process with
 the whole batch would, and the parameters stay identical (checked at each validation).
 
+Weight average (``config["ema"]``, a decay D in (0, 1); 0 or absent: none): after every
+step the float32 weights are folded into their exponential moving average
+(``optim.ema``); validation, and so the best-checkpoint choice, scores the average,
+model.h5 holds it, and checkpoint.h5 holds it beside the weights themselves so that a
+resumed run continues it.
+
 Time budget (``max_seconds``): the run stops after validating once its training time
 exceeds the budget; with the cosine schedule the curve's length T is re-estimated at
 every validation so that the learning rate reaches its floor when the time runs out
@@ -18,6 +24,7 @@ every validation so that the learning rate reaches its floor when the time runs 
 estimate, shared with the others, so every rank applies the same learning rate.
 """
 
+import contextlib
 import csv
 import os
 import shutil
@@ -36,7 +43,7 @@ from .losses import Objective
 from .losses.fourier import frc_ring_weights
 from .models import build_model
 from .models.topaz import PRETRAINED, from_topaz_state
-from .optim import Adam, Parameters
+from .optim import Adam, Parameters, WeightAverage
 from .optim.loss_scale import LossScaler
 from .optim.schedules import LRSchedule
 
@@ -376,7 +383,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         model.h5 holds the weights of the lowest validation loss; "last": those of the last
         validation), "init" (initial
         weights for fine-tuning, :func:`initial_weights`'s ``spec``; ignored when
-        resuming), and anything else worth keeping (pair source, binning); all of it is
+        resuming), "ema" (a decay in (0, 1): validation and model.h5 use the weights'
+        exponential moving average, ``optim.ema``; 0 or absent: the weights), and
+        anything else worth keeping (pair source, binning); all of it is
         saved in the checkpoints.
     xp : module
         numpy or cupy.
@@ -404,7 +413,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
     InputError
         Training diverged (a NaN or Inf loss, weight or Adam moment at a validation); the
         last good checkpoint is kept. Also from ``load_checkpoint`` (a ``resume`` holding
-        NaN or Inf) and ``save_checkpoint`` (a full disk).
+        NaN or Inf), a ``resume`` without the weight average that ``config["ema"]`` asks
+        for, and ``save_checkpoint`` (a full disk).
     """
     from tqdm import tqdm
 
@@ -420,6 +430,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
     sched = LRSchedule(config.get("lr_schedule", "constant"), config["lr"], config["steps"],
                        **config.get("lr_options", {}))
     objective = build_objective(config, store, xp)
+    ema = None                 # the weights' moving average, made once the start is known
     start, best, history = 0, (float("inf"), 0), []
     hist_path = os.path.join(out_dir, "history.csv")
     if config.get("init") and not resume:             # fine-tuning: start from these
@@ -439,6 +450,12 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         best = tuple(ck["provenance"].get("best", best))
         if "schedule" in ck["provenance"]:
             sched.load_state(ck["provenance"]["schedule"])
+        if config.get("ema"):
+            if ck["average"] is None:
+                raise InputError("%s holds no weight average; resume it without --ema, or "
+                                 "train again with --ema" % resume)
+            ema = WeightAverage(params, config["ema"])
+            ema.load_named(ck["average"])
         if root:                               # rank 0 alone writes files
             best, history = _carry_over(resume, start, out_dir, best)
         else:
@@ -448,8 +465,15 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
             log("%s is at step %d: the run is complete (--steps %d); nothing to train"
                 % (resume, start, config["steps"]))
             if root and not os.path.exists(os.path.join(out_dir, "model.h5")):   # no best model:
-                save_checkpoint(os.path.join(out_dir, "model.h5"), ck["weights"], config,
+                save_checkpoint(os.path.join(out_dir, "model.h5"),
+                                dict(ck["weights"], **(ck["average"] or {})), config,
                                 start, ck["epoch"], None, ck["rng"], {"best": [None, start]})
+    if config.get("ema") and ema is None:              # a_0: the weights the run starts from
+        ema = WeightAverage(params, config["ema"])
+    if ema is not None:
+        log("validation, model.h5 and what it denoises use the exponential moving average "
+            "of the weights (decay min(%g, (1 + t) / (10 + t)) at step t)" % config["ema"])
+    scored = contextlib.nullcontext if ema is None else ema.swapped   # the validated weights
     B, steps = config["batch_size"], config["steps"]
     max_seconds = config.get("max_seconds")
     keep_last = config.get("keep", "best") == "last"     # model.h5: the last weights
@@ -472,6 +496,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
             x, y = next(loader)
             opt.lr = sched.at(step)
             running = running + train_step(model, params, opt, objective, x, y, scaler, comm)
+            if ema is not None:
+                ema.update(step)
             n_running += 1
             bar.update(1)
             out_of_time = bool(max_seconds) and time.perf_counter() - t0 > max_seconds
@@ -482,7 +508,8 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                 # losses of the global batch and of all validation patches (one
                 # synchronisation); every rank gets the same numbers
                 train_loss = float(comm.values([float(running)])[0]) / (n_running * comm.size)
-                local = evaluate(model, objective, vx, vy, B) * len(vx) if len(vx) else 0.0
+                with scored():
+                    local = evaluate(model, objective, vx, vy, B) * len(vx) if len(vx) else 0.0
                 val_loss = float(comm.values([local])[0]) / n_val
                 if comm.size > 1:
                     check_identical(params, comm, step)
@@ -508,6 +535,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                     if params.master is not None:              # float32 master weights
                         weights.update(params.named(params.master))
                     adam = opt.state()
+                    average = ema.named() if ema is not None else None
                 _stop_if_diverged(step, train_loss if scaler is None else 0.0, val_loss,
                                   weights if root else None, adam if root else None,
                                   history[:-1], out_dir)
@@ -515,8 +543,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                 if improved:
                     best = (val_loss, step)
                 if root:
-                    if improved or keep_last:
-                        save_checkpoint(os.path.join(out_dir, "model.h5"), weights, config,
+                    if improved or keep_last:          # the validated weights
+                        save_checkpoint(os.path.join(out_dir, "model.h5"),
+                                        dict(weights, **(average or {})), config,
                                         step, step // per_epoch, None, {"seed": config["seed"]},
                                         {"best": list(best)})
                     extra = {"best": list(best), "schedule": sched.state()}
@@ -524,7 +553,7 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
                         extra["loss_scale"] = scaler.state()
                     save_checkpoint(os.path.join(out_dir, "checkpoint.h5"), weights, config,
                                     step, step // per_epoch, adam, {"seed": config["seed"]},
-                                    extra)
+                                    extra, average)
                     write_history(hist_path, history)
             if out_of_time:
                 log("stopped after %d steps: the %.0f s budget is spent" % (step, max_seconds))
@@ -537,11 +566,13 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
         loader.close()
         synchronize(xp)
     if history and root:
-        report.loss_curve(history, os.path.join(out_dir, "loss_curve.png"))
+        report.loss_curve(history, os.path.join(out_dir, "loss_curve.png"),
+                          "validation" if ema is None else "validation (weight average)")
     seconds = time.perf_counter() - t0
     done = (history[-1]["step"] - start) if history else 0
-    log("best validation loss %.5g at step %d; %d steps in %.1f s (%.1f steps/s)"
-        % (best[0], best[1], done, seconds, done / max(seconds, 1e-9)))
+    log("best validation loss %.5g%s at step %d; %d steps in %.1f s (%.1f steps/s)"
+        % (best[0], "" if ema is None else " (of the weight average)", best[1], done, seconds,
+           done / max(seconds, 1e-9)))
     if scaler is not None:
         log("float16: loss scale %g at the end, %d of %d steps skipped (Inf/NaN gradients)"
             % (scaler.scale, scaler.skipped, done))
