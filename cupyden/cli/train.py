@@ -94,6 +94,10 @@ Options:
   --keep K            What model.h5 holds: best (the weights of the lowest validation
                       loss) or last (those of the last validation: with --max-minutes
                       and a cosine, the annealed end) [default: best]
+  --ema D             Validate, keep (model.h5) and denoise with the exponential moving
+                      average of the weights, decay D per step (e.g. 0.999: about the
+                      last 1000 steps; warmed up as min(D, (1 + t) / (10 + t)) at step
+                      t, TensorFlow's rule); 0 = off, the weights themselves [default: 0]
   --resplit           Draw a new count split of every training batch: the same signal
                       with new noise at every step (count-split pairs, --bin 1;
                       recorrupted-to-recorrupted training, Pang et al. 2021)
@@ -183,6 +187,7 @@ def _parse(args):
           "init": args["--init"],
           "lr_schedule": as_choice(args, "--lr-schedule", ("constant", "step", "cosine", "plateau")),
           "keep": as_choice(args, "--keep", ("best", "last")), "resplit": args["--resplit"],
+          "ema": as_float(args, "--ema"),
           "fourier_frc": bool(args["--fourier-frc"]),
           "warmup": as_int(args, "--warmup", 0), "lr_step": as_int(args, "--lr-step", 1),
           "lr_gamma": as_float(args, "--lr-gamma", 0, 1), "patience": as_int(args, "--patience", 1),

@@ -142,6 +142,10 @@ def recipe(inputs=(), **options):
     o["bin"] = (4 if o["embedded"] else 1) if o["binning"] is None else int(o["binning"])
     o["steps"] = (150 if o["embedded"] else 2000) if o["steps"] is None else int(o["steps"])
     o["f2fd"] = dict(F2FD_DEFAULTS, **(o["f2fd"] or {}))
+    o["ema"] = float(o["ema"])
+    if not 0.0 <= o["ema"] < 1.0:
+        raise InputError("--ema must be 0 (off) or a decay in (0, 1), e.g. 0.999; got %g"
+                         % o["ema"])
     if o["val_fraction"] + o["holdout_fraction"] > 0.9:
         raise InputError("--val-fraction plus --holdout-fraction leave under a tenth of the "
                          "rows for training; make them smaller")
@@ -480,7 +484,7 @@ def training_config(o, store):
             "lr_options": _lr_options(o), "lr": o["lr"], "batch_size": o["batch_size"],
             "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
             "seed": o["seed"], "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
-            "keep": o["keep"], "resplit": bool(o["resplit"]), "patch_size": store.patch, "bin": store.attr("bin", 1),
+            "keep": o["keep"], "ema": o["ema"], "resplit": bool(o["resplit"]), "patch_size": store.patch, "bin": store.attr("bin", 1),
             "pairs": store.attr("pairs"),
             "normalize": store.attr("normalize", "robust"),
             "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"]}
@@ -496,8 +500,14 @@ def _lr_options(o):
             "factor": o["lr_gamma"], "patience": o["patience"]}
 
 
+#: Settings that checkpoints written before them do not record, and the value they ran with.
+ABSENT_MEANS = {"ema": 0.0}
+
+
 def check_resume(path, config):
-    """Refuse to resume a checkpoint trained with other settings (steps and time aside).
+    """Refuse to resume a checkpoint trained with other settings (steps, time and what
+    model.h5 keeps aside; a setting the checkpoint predates counts as its value then,
+    :data:`ABSENT_MEANS`).
 
     Raises
     ------
@@ -507,7 +517,8 @@ def check_resume(path, config):
         return
     saved = load_checkpoint(path)["config"]
     diff = sorted(k for k in set(saved) | set(config)
-                  if k not in ("steps", "max_seconds", "keep") and saved.get(k) != config.get(k))
+                  if k not in ("steps", "max_seconds", "keep")
+                  and saved.get(k, ABSENT_MEANS.get(k)) != config.get(k, ABSENT_MEANS.get(k)))
     if diff:
         raise InputError("%s was trained with other settings (%s); resume with the same "
                          "options" % (path, ", ".join(diff)))
@@ -589,7 +600,7 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
           lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
           batch_size=16, patch_size=64, stride=None, steps=None, epochs=None, max_minutes=0.0,
           val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50, keep="best",
-          val_patches=256, resplit=False, binning=None, dose=None, angpix=None, drop_frames=0,
+          ema=0.0, val_patches=256, resplit=False, binning=None, dose=None, angpix=None, drop_frames=0,
           align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
           normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
           device=None, gpus=None, rendezvous=None, rank=None, world_size=None,
@@ -679,6 +690,11 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         "best": model.h5 holds the weights with the lowest validation loss; "last": the
         weights at the last validation (with a time-budgeted cosine, the annealed end),
         and the validation rows then choose nothing.
+    ema : float
+        0: validation, model.h5 and the evaluation use the trained weights; a decay D in
+        (0, 1), e.g. 0.999: they use the weights' exponential moving average, updated after
+        every step with the decay min(D, (1 + t) / (10 + t)) at step t (``optim.ema``;
+        Polyak & Juditsky 1992; TensorFlow's warm-up).
     resplit : bool
         Draw a new count split of every training batch (``io.pairs.resplit``): new noise
         on the same signal at every step. Count-split pairs without binning only.
@@ -855,7 +871,7 @@ def _train_f2fd(o, dev, dtype, out, resume, progress, log, t0):
               "batch_size": o["batch_size"], "steps": o["steps"], "val_every": o["val_every"],
               "val_patches": pairs.size("val"), "seed": o["seed"],
               "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
-              "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
+              "ema": o["ema"], "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
               "normalize": "f2fd", "pixel_size": pixel_size, "input": name}
     check_resume(resume, config)
     kind = "tomogram" if x.ndim == 3 else "micrograph"
