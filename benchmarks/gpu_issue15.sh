@@ -11,7 +11,8 @@
 #   source .device/gpu-env.sh; bash benchmarks/gpu_issue15.sh .k2/K2.mrc
 #
 # Arguments: the K2 micrograph (3838 x 3710). Environment: LOGS (folder), STAGES (which
-# of: tests k2 bench topaz; default all), K2_RECIPE (default topaz-finetune), K2_MINUTES
+# of: tests k2 bench topaz; default all), K2_RECIPE (default topaz-finetune), K2_EXTRA
+# (more cupyden-train options for the K2 stage, e.g. "--ema 0.999"), K2_MINUTES
 # (the training budget, default 4). Run it with nothing else on the host: the small
 # training steps of bench_gpu are bound by the host's kernel launches, and a job on another
 # GPU of the same host made two rows 1.5-4x slower (benchmarks/RESULTS.md, session 10).
@@ -35,6 +36,7 @@ stage tests 400 python3 -m pytest -q -m gpu -p no:cacheprovider \
     tests/test_channels_last.py tests/test_cudnn.py
 stage k2 480 python3 benchmarks/k2_protocol.py "$K2" --recipe "${K2_RECIPE:-topaz-finetune}" \
     --minutes "${K2_MINUTES:-4}" --tta 8 --pretrained none -o /tmp/k2-protocol \
+    --extra "${K2_EXTRA:-}" \
     --panel "$LOGS/k2_protocol_before_after.png"
 cp /tmp/k2-protocol/k2_protocol.json /tmp/k2-protocol/history.csv "$LOGS/" 2>/dev/null
 # every row in one run (the issue asks for one); the first process on a machine tunes each
