@@ -171,6 +171,18 @@ def phase_matrices(K):
     return mh, ms
 
 
+_DEVICE_MATRICES = {}
+
+
+def _device_matrices(K, xp, dtype):
+    """:func:`phase_matrices` in ``dtype`` on the current device, copied there once (every
+    forward and backward pass needs them)."""
+    key = (K, numpy.dtype(dtype).str, None if xp is numpy else xp.cuda.Device().id)
+    if key not in _DEVICE_MATRICES:
+        _DEVICE_MATRICES[key] = tuple(xp.asarray(m, dtype) for m in phase_matrices(K))
+    return _DEVICE_MATRICES[key]
+
+
 def phase_weights(w, Ch):
     """The coarse filters v of the phase convolution (module docstring).
 
@@ -189,7 +201,7 @@ def phase_weights(w, Ch):
     xp = get_array_module(w)
     F, C, K, _ = w.shape
     Cs, KP = C - Ch, phase_kernel_size(K)
-    mh, ms = (xp.asarray(m, w.dtype) for m in phase_matrices(K))
+    mh, ms = _device_matrices(K, xp, w.dtype)
     vh = w[:, :Ch].reshape(F * Ch, K * K) @ mh.T                   # (F Ch, (py, px, ty, tx))
     vh = vh.reshape(F, Ch, 2, 2, KP, KP).transpose(2, 3, 0, 1, 4, 5)   # (py, px, F, Ch, ty, tx)
     vs = w[:, Ch:].reshape(F * Cs, K * K) @ ms.T             # (F Cs, (py, px, qy, qx, ty, tx))
@@ -214,7 +226,7 @@ def phase_weights_backward(dv, w_shape, Ch):
     xp = get_array_module(dv)
     F, C, K, _ = w_shape
     Cs, KP = C - Ch, phase_kernel_size(K)
-    mh, ms = (xp.asarray(m, dv.dtype) for m in phase_matrices(K))
+    mh, ms = _device_matrices(K, xp, dv.dtype)
     dvh = dv[:, :Ch].reshape(2, 2, F, Ch, KP, KP).transpose(2, 3, 0, 1, 4, 5)
     dwh = dvh.reshape(F * Ch, 4 * KP * KP) @ mh                     # (F Ch, K^2)
     dvs = dv[:, Ch:].reshape(2, 2, F, 2, 2, Cs, KP, KP).transpose(2, 5, 0, 1, 3, 4, 6, 7)
