@@ -26,7 +26,8 @@ route when cuDNN has no engine for the fused graph: float64 before Blackwell, wh
 runtime-fusion engines do not take doubles). The first time a key is seen, up to
 ``SETTINGS.tune_plans`` candidate plans (``cupyden.settings``) from the
 heuristics (mode A, then the fallback list) are built and timed on the real buffers (one
-warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events), and the fastest is kept: the
+warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events; ``WIDE_TUNING`` times as many
+when the best is slower than ``SLOW_PLAN_MS``), and the fastest is kept: the
 heuristics' first plan can be several times slower than the best (PERFORMANCE.md: 6x for a
 float16 wgrad). Engines that need run-time compilation (NVRTC, seconds per plan) are tried
 only when no precompiled engine supports the graph: with them, tuning the 3-D U-Net's
@@ -68,6 +69,14 @@ from . import layout, plan_cache
 
 #: Timed runs per candidate plan.
 TUNE_REPEATS = 2
+#: A graph whose best of ``SETTINGS.tune_plans`` candidates takes longer than this (ms) is
+#: worth more tuning: up to ``WIDE_TUNING`` times as many candidates are timed. On an H200
+#: (benchmarks/RESULTS.md, session 10) the U-Net's 3 x 3 96 -> 32 convolution of a 4096^2
+#: image in tf32 took 14.2 ms with the best of 8 candidates and 6.94 ms with candidate 12
+#: of 48; a few more candidates cost about a second for such a graph, once per process
+#: (and never again with the plan cache).
+SLOW_PLAN_MS = 4.0
+WIDE_TUNING = 4
 #: Output dtype of float16 wgrad: float16 (cuDNN 9.19 on an H200 offered one 5 ms plan per
 #: DnCNN layer for a float32 output); added to the float32 gradients.
 WGRAD_FLOAT16_DTYPE = numpy.dtype(numpy.float16)
@@ -324,8 +333,12 @@ def _plan(key, make, buffers, dtype):
         pack = {uids[k]: buffers[k].data.ptr for k in uids}
         n = g.get_execution_plan_count()
         best, built = _recall(g, key), 0         # the choice of an earlier process, built
+        limit = SETTINGS.tune_plans
         for i in range(0 if best else n):
-            if built >= SETTINGS.tune_plans:
+            if built >= limit and limit == SETTINGS.tune_plans and best is not None \
+                    and best[0] > SLOW_PLAN_MS and SETTINGS.tune_plans > 1:
+                limit = WIDE_TUNING * SETTINGS.tune_plans     # a slow graph: look further
+            if built >= limit:
                 break
             try:
                 g.build_plan_at_index(i)
