@@ -266,6 +266,26 @@ def to_host_into(x, out):
     return out
 
 
+def copy_to_host_async(x, out):
+    """Queue a copy of the CuPy array ``x`` into ``out`` (page-locked, :func:`pinned_empty`)
+    on the current stream, without waiting for it.
+
+    Parameters
+    ----------
+    x : cupy.ndarray
+    out : numpy.ndarray, C-contiguous, same shape and dtype
+
+    Returns
+    -------
+    cupy.cuda.Event
+        Recorded after the copy: ``out`` holds ``x`` once ``event.synchronize()`` returns.
+    """
+    cupy.asnumpy(x, out=out, blocking=False)
+    event = cupy.cuda.Event(block=False, disable_timing=True)
+    event.record()
+    return event
+
+
 def synchronize(xp=numpy):
     """Wait for all queued GPU work on the current device (no-op for NumPy)."""
     if xp is not numpy:
@@ -448,28 +468,39 @@ def channels_last_span(a):
     ``flat`` is a 1-D view of ``a``'s memory from its first element to its last (kernels
     index it directly).
     """
-    xp = get_array_module(a)
-    isz = a.itemsize
-    if a.ndim < 3 or a.size == 0 or any(st % isz for st in a.strides):
+    layout = _span_layout(a.shape, a.strides, a.itemsize)
+    if layout is None:
         return None
-    st = [s // isz for s in a.strides]
-    C = a.shape[1]
-    axes = list(range(a.ndim - 1, 1, -1)) + [0]       # last spatial axis first, then N
+    span, Cs = layout
+    if isinstance(a, numpy.ndarray):
+        flat = numpy.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,))
+    else:
+        flat = cupy.ndarray((span,), a.dtype, a.data)
+    return flat, Cs
+
+
+@functools.lru_cache(maxsize=4096)
+def _span_layout(shape, strides, isz):
+    """(span, Cs) of :func:`channels_last_span` from the shape and byte strides alone, or
+    None (cached: a training step asks about the same few layouts about 100 times)."""
+    if len(shape) < 3 or 0 in shape or any(st % isz for st in strides):
+        return None
+    st = [s // isz for s in strides]
+    C = shape[1]
+    axes = list(range(len(shape) - 1, 1, -1)) + [0]   # last spatial axis first, then N
     # the pixel stride: the stride of the innermost axis of more than one element
-    Cs = next((st[i] for i in axes if a.shape[i] > 1), C)
+    Cs = next((st[i] for i in axes if shape[i] > 1), C)
     if Cs < C or (C > 1 and st[1] != 1):
         return None
     acc = Cs
     for i in axes:                                   # each axis: Cs * (pixels inside it)
-        if a.shape[i] > 1 and st[i] != acc:
+        if shape[i] > 1 and st[i] != acc:
             return None
-        acc *= a.shape[i]
-    span = (a.size // C - 1) * Cs + C                 # last element's offset + 1
-    if xp is numpy:
-        flat = numpy.lib.stride_tricks.as_strided(a, shape=(span,), strides=(isz,))
-    else:
-        flat = cupy.ndarray((span,), a.dtype, a.data)
-    return flat, Cs
+        acc *= shape[i]
+    size = 1
+    for n in shape:
+        size *= n
+    return (size // C - 1) * Cs + C, Cs               # last element's offset + 1
 
 
 def gpu_module():
@@ -478,7 +509,7 @@ def gpu_module():
     return cupy
 
 
-def gpu_time_ms(fn, repeats=3):
+def gpu_time_ms(fn, repeats=3, give_up_ms=None):
     """Milliseconds per call of ``fn`` on the current stream, by CUDA events.
 
     One untimed call first (warm-up), then ``repeats`` calls between two events.
@@ -488,13 +519,25 @@ def gpu_time_ms(fn, repeats=3):
     fn : callable
         Queues GPU work on the current stream.
     repeats : int
+    give_up_ms : float or None
+        When the warm-up call alone takes longer than this, return its time without the
+        repeats (a candidate that is clearly slower than one already timed).
 
     Returns
     -------
     float
     """
-    fn()
     start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+    if give_up_ms is not None:
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        first = cupy.cuda.get_elapsed_time(start, stop)
+        if first > give_up_ms:
+            return first
+    else:
+        fn()
     start.record()
     for _ in range(repeats):
         fn()

@@ -25,7 +25,7 @@ def test_adam_first_step_by_hand():
 
 def _run(xp, fused, steps=10, wd=0.01):
     model = DnCNN(4, 8, seed=0).to(xp, numpy.float32)
-    params = Parameters(model)
+    params = Parameters(model, filters_channels_last=False)   # one flat layout on both
     opt = Adam(params, lr=1e-2, weight_decay=wd, fused=fused)
     rng = numpy.random.default_rng(0)
     for _ in range(steps):
@@ -53,3 +53,33 @@ def test_adam_state_round_trip_by_name(xp):
     opt2.load_state(state)
     assert opt2.t == 3
     assert rel(opt2.m, opt.m) == 0 and rel(opt2.v, opt.v) == 0
+
+
+@pytest.mark.parametrize("arch", [{"arch": "unet", "base": 8}, {"arch": "topaz-unet"}])
+def test_filters_stored_channels_last_train_like_contiguous_ones(xp, arch):
+    """Parameters(filters_channels_last=True) (the GPU's default) keeps each filter's
+    logical shape and values: two Adam steps give the same weights, by name, as the
+    C-ordered buffer, and the views are channels-last and 16-byte aligned."""
+    from cupyden.models import build_model
+    from cupyden.training import train_step
+    rng = numpy.random.default_rng(0)
+    x = xp.asarray(rng.standard_normal((2, 1, 32, 32)), numpy.float32)
+    t = xp.asarray(rng.standard_normal((2, 1, 32, 32)), numpy.float32)
+    out = []
+    for layout in (False, True):
+        model = build_model(dict(arch, seed=0)).to(xp, numpy.float32).train()
+        params = Parameters(model, filters_channels_last=layout)
+        opt = Adam(params, lr=1e-2)
+        losses = [float(train_step(model, params, opt, "mse", x, t)) for _ in range(2)]
+        out.append((losses, params.named(params.data), params.named(opt.m)))
+        if layout:
+            for name, layer, k in model.named_parameters():
+                w = layer.params[k]
+                if w.ndim == 4:
+                    assert name in params.channels_last and w.strides[1] == w.itemsize
+                    assert w.data.ptr % 16 == 0 if xp is not numpy else \
+                        w.__array_interface__["data"][0] % 16 == 0
+    (l0, w0, m0), (l1, w1, m1) = out
+    assert rel(numpy.array(l1), numpy.array(l0)) < 1e-6
+    for n in w0:
+        assert w1[n].flags.c_contiguous and rel(w1[n], w0[n]) < 1e-5 and rel(m1[n], m0[n]) < 1e-5

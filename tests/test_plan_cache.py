@@ -101,3 +101,42 @@ def test_second_process_builds_the_recorded_plan_untimed(cache):
     recalled = [p for k, p in cudnn_fe._PLANS.items() if k[0] == "fprop"]
     assert recalled[0].candidates == 0 and recalled[0].index == tuned[0].index
     assert bool((y1 == y2).all())
+
+
+class _Graph:
+    """Stands in for a cuDNN frontend graph: candidate names, builds counted."""
+
+    def __init__(self, names):
+        self.names, self.built = names, []
+
+    def get_execution_plan_count(self):
+        return len(self.names)
+
+    def get_plan_name_at_index(self, i):
+        return self.names[i]
+
+    def build_plan_at_index(self, i):
+        self.built.append(i)
+
+    def get_workspace_size_plan_at_index(self, i):
+        return 64 * i
+
+
+def test_a_slow_graphs_narrow_choice_is_tuned_again(cache, monkeypatch):
+    """A cached plan slower than SLOW_PLAN_MS chosen from fewer candidates than a wide
+    search visits is not recalled (the caller tunes wider, once); a fast one, or one
+    from a wide enough search, is built and reused."""
+    from cupyden.kernels import cudnn_fe
+    monkeypatch.setattr(cudnn_fe, "_cache_context", lambda: "ctx")
+    names = ["eng%d" % i for i in range(48)]
+    wide = cudnn_fe.WIDE_TUNING * 8
+    for ms, tried, recalled in [(0.5, 8, True), (14.2, 8, False), (14.2, wide, True),
+                                (14.2, 48, True)]:
+        plan_cache.remember("ctx", repr("k"), {"plan": "eng5", "ms": ms, "candidates": tried,
+                                         "tried": tried})
+        g = _Graph(names)
+        got = cudnn_fe._recall(g, "k", len(names))
+        assert (got == (ms, 5, 320)) if recalled else (got is None and g.built == [])
+    g = _Graph(names[:6])                       # a graph with 6 candidates, all tried
+    plan_cache.remember("ctx", repr("k"), {"plan": "eng5", "ms": 14.2, "candidates": 6})
+    assert cudnn_fe._recall(g, "k", 6) == (14.2, 5, 320)

@@ -26,8 +26,10 @@ route when cuDNN has no engine for the fused graph: float64 before Blackwell, wh
 runtime-fusion engines do not take doubles). The first time a key is seen, up to
 ``SETTINGS.tune_plans`` candidate plans (``cupyden.settings``) from the
 heuristics (mode A, then the fallback list) are built and timed on the real buffers (one
-warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events; ``WIDE_TUNING`` times as many
-when the best is slower than ``SLOW_PLAN_MS``), and the fastest is kept: the
+warm-up and ``TUNE_REPEATS`` timed runs each, CUDA events, the repeats skipped for a
+candidate whose warm-up is ``GIVE_UP`` times slower than the best so far; ``WIDE_TUNING``
+times as many candidates when the best is slower than ``SLOW_PLAN_MS``, also when the plan
+cache holds a narrower search's choice), and the fastest is kept: the
 heuristics' first plan can be several times slower than the best (PERFORMANCE.md: 6x for a
 float16 wgrad). Engines that need run-time compilation (NVRTC, seconds per plan) are tried
 only when no precompiled engine supports the graph: with them, tuning the 3-D U-Net's
@@ -55,6 +57,7 @@ or nvidia-cudnn-cu13 wheel when there is one, else from the system's library pat
 """
 
 import ctypes
+import functools
 import glob
 import importlib.util
 import os
@@ -77,6 +80,10 @@ TUNE_REPEATS = 2
 #: (and never again with the plan cache).
 SLOW_PLAN_MS = 4.0
 WIDE_TUNING = 4
+#: A candidate whose warm-up run is slower than this many times the best so far is not
+#: timed further (some graphs offer pathological plans: a fused 5 x 5 128 -> 64 tf32 graph
+#: at 4096^2 had an engine that took 14.5 s per run, session 10).
+GIVE_UP = 4.0
 #: Output dtype of float16 wgrad: float16 (cuDNN 9.19 on an H200 offered one 5 ms plan per
 #: DnCNN layer for a float32 output); added to the float32 gradients.
 WGRAD_FLOAT16_DTYPE = numpy.dtype(numpy.float16)
@@ -229,8 +236,12 @@ def info():
 
 # ------------------------------------------------------------------------------ layout
 
-def _matches(a, strides):
-    return all(n == 1 or st == e * a.itemsize for n, st, e in zip(a.shape, a.strides, strides))
+@functools.lru_cache(maxsize=4096)
+def _dense_channels_last(shape, strides, itemsize):
+    """True when byte ``strides`` are those of dense channels-last memory for ``shape``
+    (axes of one element may have any stride)."""
+    return all(n == 1 or st == e * itemsize
+               for n, st, e in zip(shape, strides, channels_last_strides(shape)))
 
 
 def operand(a, count=True):
@@ -238,7 +249,7 @@ def operand(a, count=True):
     else a channels-last copy. Copies of activations are counted in ``COPIES`` (the
     models' ops keep channels-last, so a training step makes none); filters, views of the
     flat parameter buffer, are copied every call (a few MB at most) and not counted."""
-    if a.data.ptr % 16 == 0 and _matches(a, channels_last_strides(a.shape)):
+    if a.data.ptr % 16 == 0 and _dense_channels_last(a.shape, a.strides, a.itemsize):
         return a
     COPIES[0] += count
     return backend.channels_last_copy(a)
@@ -332,14 +343,15 @@ def _plan(key, make, buffers, dtype):
         uids = {name: t.get_uid() for name, t in tensors.items()}
         pack = {uids[k]: buffers[k].data.ptr for k in uids}
         n = g.get_execution_plan_count()
-        best, built = _recall(g, key), 0         # the choice of an earlier process, built
+        best, built, tried = _recall(g, key, n), 0, 0   # an earlier process's choice, built
         limit = SETTINGS.tune_plans
         for i in range(0 if best else n):
-            if built >= limit and limit == SETTINGS.tune_plans and best is not None \
-                    and best[0] > SLOW_PLAN_MS and SETTINGS.tune_plans > 1:
+            if built >= limit and limit == SETTINGS.tune_plans > 1 and best is not None \
+                    and best[0] > SLOW_PLAN_MS:
                 limit = WIDE_TUNING * SETTINGS.tune_plans     # a slow graph: look further
             if built >= limit:
                 break
+            tried = i + 1
             try:
                 g.build_plan_at_index(i)
                 built += 1
@@ -347,7 +359,7 @@ def _plan(key, make, buffers, dtype):
                 wptr = _workspace(ws)
                 ms = backend.gpu_time_ms(
                     lambda i=i, wptr=wptr: g.execute_plan_at_index(pack, wptr, i, handle=handle),
-                    TUNE_REPEATS)
+                    TUNE_REPEATS, give_up_ms=None if best is None else GIVE_UP * best[0])
             except Exception:
                 continue
             if best is None or ms < best[0]:
@@ -355,7 +367,7 @@ def _plan(key, make, buffers, dtype):
         if best is None:
             raise RuntimeError("none of %d candidate plans ran" % n)
         if built:
-            _remember(g, key, best, built)
+            _remember(g, key, best, built, tried)
     except Exception as exc:
         why = "%s: %s" % (type(exc).__name__, " ".join(str(exc).split())[:300])
         UNSUPPORTED[key] = why
@@ -373,11 +385,15 @@ def _cache_context():
                                         getattr(_STATE["cudnn"], "__version__", None))
 
 
-def _recall(g, key):
+def _recall(g, key, n):
     """(ms, index, workspace) of the plan ``plan_cache`` holds for ``key``, built, or None
-    (no entry, no candidate of that name, or it fails to build: the caller tunes)."""
+    (no entry, no candidate of that name, it fails to build, or it is a slow graph's choice
+    from a narrower search than this process would make: the caller tunes)."""
     try:
         entry = plan_cache.lookup(_cache_context(), repr(key))
+        if entry and float(entry["ms"]) > SLOW_PLAN_MS and SETTINGS.tune_plans > 1 and \
+                entry.get("tried", entry["candidates"]) < min(n, WIDE_TUNING * SETTINGS.tune_plans):
+            return None
         for i in range(g.get_execution_plan_count() if entry else 0):
             if g.get_plan_name_at_index(i) == entry["plan"]:
                 g.build_plan_at_index(i)
@@ -387,11 +403,13 @@ def _recall(g, key):
     return None
 
 
-def _remember(g, key, best, built):
-    """Record the tuned plan's name in ``plan_cache`` (failures only cost time later)."""
+def _remember(g, key, best, built, tried):
+    """Record the tuned plan's name in ``plan_cache`` (failures only cost time later):
+    ``candidates`` built and timed, ``tried`` candidate indices visited."""
     try:
         plan_cache.remember(_cache_context(), repr(key), {
-            "plan": g.get_plan_name_at_index(best[1]), "ms": best[0], "candidates": built})
+            "plan": g.get_plan_name_at_index(best[1]), "ms": best[0], "candidates": built,
+            "tried": tried})
     except Exception:
         pass
 
