@@ -33,7 +33,7 @@ import time
 import numpy
 
 from . import report
-from .backend import synchronize
+from .backend import get_array_module, synchronize
 from .errors import InputError
 from .functional.conv import set_precision
 from .io.atomic import atomic_output
@@ -114,12 +114,10 @@ def train_step(model, params, optimizer, loss, x, target, scaler=None, comm=None
         comm.allreduce_(params.grad)          # sum of the ranks' mean-loss gradients
         optimizer.step(grad_scale=float(comm.size))  # / R: the global mean's gradient
         return value
-    model.backward_params((dy * scaler.scale).astype(model.dtype))
+    model.backward_params((dy * scaler.scale_on(get_array_module(dy))).astype(model.dtype))
     comm.allreduce_(params.grad)              # float32 master gradients: what Adam reads
-    finite = scaler.finite(params.grad)       # the same verdict on every rank
-    if finite:
-        optimizer.step(grad_scale=scaler.scale * comm.size)
-    scaler.update(finite)
+    # the same verdict on every rank; the update skips itself after an overflow
+    optimizer.step(verdict=scaler.check(params.grad, comm.size))
     return value
 
 

@@ -314,6 +314,52 @@ def test_loss_scaler_rule():
     assert t.state() == s.state()
 
 
+def test_loss_scale_check_follows_the_rule_where_the_gradients_live(xp):
+    """check() gives [1 / (S * ranks), finite] with the S that scaled the step and moves S,
+    clean and skipped by the rule of update(), on the host and on the device alike."""
+    s, ref = LossScaler(scale=8.0, growth_interval=3), LossScaler(scale=8.0, growth_interval=3)
+    good, bad = xp.ones(5, numpy.float32), xp.asarray([1.0, numpy.nan, 2.0], numpy.float32)
+    for g in [good, good, good, bad, good, bad, bad, good, good, good]:
+        finite = bool(xp.isfinite(g).all())
+        verdict = s.check(g, ranks=2)
+        assert verdict.applied() == finite
+        assert verdict.inverse_scale() == 1.0 / (ref.scale * 2)
+        ref.update(finite)
+        assert s.state() == ref.state()
+    assert s.state() == {"scale": 4.0, "clean": 0, "skipped": 3}
+    assert float(s.scale_on(xp)) == 4.0
+
+
+def test_adam_with_a_verdict_skips_an_overflowed_step_and_does_not_count_it(xp):
+    """An overflow's verdict leaves p, m, v unchanged and t uncounted (the fused kernel
+    decides on the device); a finite one equals a step with grad_scale = S."""
+    model = build_model({"arch": "dncnn", "depth": 3, "width": 4, "seed": 0}).to(xp, numpy.float32)
+    params = Parameters(model)
+    params.grad[...] = xp.asarray(numpy.cos(numpy.arange(params.size, dtype=numpy.float32)) * 64)
+    for fused in ((False, True) if xp is not numpy else (False,)):
+        p0 = params.data.copy()
+        opt, twin = Adam(params, lr=0.01, fused=fused), None
+        scaler = LossScaler(scale=64.0)
+        opt.step(verdict=scaler.check(params.grad))
+        after_one = params.data.copy()
+        params.data[...] = p0
+        twin = Adam(params, lr=0.01, fused=fused)
+        twin.step(grad_scale=64.0)
+        assert rel(params.data, after_one) == 0 and opt.t == 1
+        params.data[...] = after_one
+        m, v = opt.m.copy(), opt.v.copy()
+        params.grad[0] = numpy.inf
+        opt.step(verdict=scaler.check(params.grad))
+        assert opt.t == 1 and scaler.skipped == 1 and scaler.scale == 32.0
+        assert bool((params.data == after_one).all()) and bool((opt.m == m).all())
+        assert bool((opt.v == v).all())
+        params.grad[0] = 1.0
+        opt.step(verdict=scaler.check(params.grad))
+        assert opt.t == 2 and not bool((params.data == after_one).all())
+        params.data[...] = p0
+        params.grad[...] = xp.asarray(numpy.cos(numpy.arange(params.size, dtype=numpy.float32)) * 64)
+
+
 def test_adam_unscales_gradients(xp):
     """A step on S * g with grad_scale S equals a step on g (both implementations)."""
     model = build_model({"arch": "dncnn", "depth": 3, "width": 4, "seed": 0}).to(xp, numpy.float32)

@@ -30,3 +30,32 @@ def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0
     T = p.dtype.type
     _adam_kernel(g, T(1.0 / grad_scale), T(lr), T(beta1), T(beta2), T(1 - beta1), T(1 - beta2), T(eps),
                  T(lr * weight_decay), T(1 - beta1 ** t), T(1 - beta2 ** t), p, m, v)
+
+
+_adam_controlled_kernel = elementwise_kernel(
+    "T g_scaled, raw float32 control, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, "
+    "T bc1, T bc2",
+    "T p, T m, T v",
+    """
+    if (control[1] != 0) {
+        const T inv_scale = control[0];
+        const T g = inv_scale == (T)1 ? g_scaled : g_scaled * inv_scale;
+        m = beta1 * m + omb1 * g;
+        v = beta2 * v + omb2 * g * g;
+        const T m_hat = m / bc1;
+        const T v_hat = v / bc2;
+        if (lr_wd != 0) p -= lr_wd * p;
+        p -= lr * m_hat / (sqrt(v_hat) + eps);
+    }
+    """,
+    "cupyden_adam_step_controlled", options=("--fmad=false",))
+
+
+def adam_step_controlled(p, g, m, v, control, lr, beta1, beta2, eps, weight_decay, t):
+    """Fused Adam step in place, its unscaling and its skip read on the device:
+    ``control`` = [1 / grad_scale, 1.0 to update or 0.0 to leave p, m, v unchanged]
+    (float32, from ``LossScaler.check``); the other arguments as in ``adam_step``."""
+    T = p.dtype.type
+    _adam_controlled_kernel(g, control, T(lr), T(beta1), T(beta2), T(1 - beta1), T(1 - beta2),
+                            T(eps), T(lr * weight_decay), T(1 - beta1 ** t), T(1 - beta2 ** t),
+                            p, m, v)

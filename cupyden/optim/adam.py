@@ -44,25 +44,63 @@ class Adam:
         xp = get_array_module(params.data)
         self.m = xp.zeros_like(params.trained)
         self.v = xp.zeros_like(params.trained)
-        self.t = 0
+        self._t, self._pending = 0, None
         self.fused = (xp is not numpy) if fused is None else fused
 
-    def step(self, grad_scale=1.0):
+    @property
+    def t(self):
+        """Steps taken (a skipped float16 step does not count)."""
+        self._settle()
+        return self._t
+
+    @t.setter
+    def t(self, value):
+        self._settle()
+        self._t = int(value)
+
+    def _settle(self):
+        """Take back the count of the last step if its verdict says it was skipped (the
+        verdict was queued a step ago: by now it is on the host, or nearly)."""
+        if self._pending is not None:
+            if not self._pending.applied():
+                self._t -= 1
+            self._pending = None
+
+    def step(self, grad_scale=1.0, verdict=None):
         """One update of every parameter from ``params.grad / grad_scale``.
 
         ``grad_scale`` is the loss scale of mixed-precision training (the gradients are
         unscaled inside the update, in float32). Master weights, when the parameters have
         them, are updated and then rounded into the model's float16 weights.
+
+        ``verdict`` (a :class:`~cupyden.optim.loss_scale.Verdict`) replaces ``grad_scale``:
+        its control vector, on the device, holds 1 / grad_scale and whether the gradients
+        were finite; the fused kernel reads both and leaves p, m, v unchanged after an
+        overflow, so the host never waits for the check. The step count learns the
+        outcome at the next step (or when ``t`` is read).
         """
-        self.t += 1
+        self._settle()
+        self._t += 1
         p = self.params.trained
+        if verdict is not None and self.fused:
+            from ..kernels.adam import adam_step_controlled
+            adam_step_controlled(p, self.params.grad, self.m, self.v, verdict.control, self.lr,
+                                 self.beta1, self.beta2, self.eps, self.weight_decay, self._t)
+            self._pending = verdict
+            self.params.sync()
+            return
+        if verdict is not None:                    # reference path: decide on the host
+            if not verdict.applied():
+                self._t -= 1
+                return
+            grad_scale = 1.0 / verdict.inverse_scale()
         if self.fused:
             from ..kernels.adam import adam_step
             adam_step(p, self.params.grad, self.m, self.v, self.lr, self.beta1,
-                      self.beta2, self.eps, self.weight_decay, self.t, grad_scale)
+                      self.beta2, self.eps, self.weight_decay, self._t, grad_scale)
         else:
             adam_step_reference(p, self.params.grad, self.m, self.v, self.lr,
-                                self.beta1, self.beta2, self.eps, self.weight_decay, self.t,
+                                self.beta1, self.beta2, self.eps, self.weight_decay, self._t,
                                 grad_scale)
         self.params.sync()
 
