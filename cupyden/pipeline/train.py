@@ -1,5 +1,10 @@
 """Train a denoiser on a whole dataset: sources -> pair views -> a patch store -> training.
 
+    options
+      -> resolve_options() the one place a run's options are decided: train()'s keywords,
+                         the recipe's values for those left None (cupyden/recipes.py:
+                         plain, topaz-finetune, ...; "auto" looks at the device and the
+                         data), then the automatic values
     inputs (files, folders, globs)
       -> sources()       the one place the inputs are expanded into files
       -> make_view()     one micrograph: read, split or pair (count split, even/odd frame
