@@ -53,6 +53,7 @@ from docopt import docopt
 from cupyden import recipes, report
 from cupyden.baselines import SIGMAS, gaussian_lowpass
 from cupyden.cli import denoise, train
+from cupyden.io.checkpoint import load_checkpoint
 from cupyden.io.mrc import read_mrc, write_mrc
 from cupyden.io.pairs import count_split
 from cupyden.io.patches import fourier_bin
@@ -90,11 +91,14 @@ PROTOCOL = "--steps 1000000 --val-fraction 0.14 --holdout-fraction 0"
 #: session 10). Session 11: validating, keeping and denoising with the weights' moving
 #: average (--ema 0.9995, about the last 2000 of ~10000 steps) scored +8.51 dB (+8.80 with
 #: --tta 8), its validation loss still falling at the end of the cosine; --ema 0.999 +7.94
-#: (+8.04), best at step 5000 of 10152. "unet-fp16" and "defaults" are the plain recipe
-#: with options of their own.
+#: (+8.04), best at step 5000 of 10152. "auto" is cupyden-train's own choice (on a GPU with
+#: cuDNN: topaz-finetune, or topaz-scratch without topaz-em; its log's first line says
+#: which), with the protocol's options alone. "unet-fp16" and "defaults" are the plain
+#: recipe with options of their own.
 RECIPES = {name: "--recipe %s %s %s" % (name, recipes.options_text(name), PROTOCOL)
            for name in ("topaz-finetune", "topaz-scratch")}
 RECIPES.update({
+    "auto": "--recipe auto " + PROTOCOL,
     "unet-fp16": "--recipe plain --arch unet --precision fp16 --patch-size 256 --stride 64 "
                  "--batch-size 32 --lr-schedule cosine --warmup 100 --steps 20000 "
                  "--val-fraction 0.1 --holdout-fraction 0 --val-every 500 --val-patches 128",
@@ -141,7 +145,8 @@ def main():
     t0 = time.perf_counter()
     assert train.main(cmd) == 0
     t_train = time.perf_counter() - t0
-    precision = opts[opts.index("--precision") + 1] if "--precision" in opts else "fp32"
+    trained = load_checkpoint(os.path.join(out, "model.h5"))["config"]
+    precision = trained["precision"]                  # denoise as it trained (auto: chosen)
     rows = {}
 
     def score(name, model, precision, folder, extra=()):
@@ -174,7 +179,8 @@ def main():
     for name, g in rows.items():
         print("| %s | %.4f | %+.2f dB |" % (name, g["cc_denoised"], g["gain_db"]))
     with open(os.path.join(out, "k2_protocol.json"), "w") as f:
-        json.dump({"recipe": args["--recipe"], "options": opts, "tta": int(args["--tta"]),
+        json.dump({"recipe": args["--recipe"], "trained_recipe": trained.get("recipe"),
+                   "options": opts, "tta": int(args["--tta"]),
                    "train_seconds": t_train, "rows": rows, "history": history}, f, indent=1)
     report.before_after(fourier_bin(A, 4), fourier_bin(den, 4), args["--panel"],
                         ("held-out A half, raw (shown binned 4x)",

@@ -241,10 +241,11 @@ def test_k2_protocol_takes_the_library_recipes(topaz_weights):
            "-d", "0", "-o", "out", "--no-progress"]
     now = options(cmd + k2.override(k2.RECIPES["topaz-finetune"].split(), []))
     then = options(cmd + ["--recipe", "plain"] + before.split())
-    assert now["recipe"] == "topaz-finetune"
-    for o in (now, then):
+    auto = options(cmd + k2.RECIPES["auto"].split())             # the command's own choice
+    assert now["recipe"] == auto["recipe"] == "topaz-finetune"
+    for o in (now, then, auto):
         del o["recipe"], o["recipe_why"]
-    assert now == then
+    assert now == then == auto
     # The library's string with the protocol's options, and --extra replacing an option.
     assert k2.RECIPES["topaz-finetune"] == ("--recipe topaz-finetune %s %s" % (
         recipes.options_text("topaz-finetune"), k2.PROTOCOL))
