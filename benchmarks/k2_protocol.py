@@ -23,8 +23,9 @@ Options:
 Steps, as a user would run them:
 1. rows [0, 2816) of the raw micrograph are written to DIR/train_rows.mrc, and
    ``cupyden-train DIR/train_rows.mrc --dose 47.6 --max-minutes M <recipe>`` trains on
-   them (<recipe>: ``--recipe NAME`` and its options, --list) (its own count split; its validation rows, which choose the checkpoint, are the
-   bottom of these rows; it never sees rows 2816 and below);
+   them (<recipe>: ``--recipe NAME`` and its options, --list; its own count split; its
+   validation rows, which choose the checkpoint, are the bottom of these rows; it never
+   sees rows 2816 and below);
 2. the protocol's count split of the whole micrograph (counts = round(x / scale), scale =
    mean / (47.6 x 0.8538^2), A and B by Binomial(counts, 1/2), seed 0) gives the held-out
    halves of rows [2816, 3838); ``cupyden-denoise DIR/model.h5 DIR/heldout_A.mrc`` denoises

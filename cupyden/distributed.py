@@ -95,8 +95,8 @@ class Plan(NamedTuple):
         InputError
         """
         if batch_size % self.world:
-            raise InputError("--batch-size %d does not split over %d GPUs; use a multiple of %d"
-                             % (batch_size, self.world, self.world))
+            raise InputError("--batch-size %d does not split over %d GPUs; use a multiple "
+                             "of %d" % (batch_size, self.world, self.world))
 
 
 def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None):

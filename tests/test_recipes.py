@@ -108,11 +108,13 @@ def test_half_micrographs_take_it_and_tomograms_do_not(tmp_path, topaz_weights):
     mics = options(["--pairs", "halves", str(tmp_path / "a_EVN.mrc"), "--odd",
                     str(tmp_path / "a_ODD.mrc")])
     assert mics["recipe"] == "topaz-finetune" and mics["resplit"] is False
-    assert mics["recipe_why"] == ("a GPU and half micrographs; --recipe plain for DnCNN-12/32; "
-                                  "--resplit left out: it needs count-split pairs at --bin 1")
+    assert mics["recipe_why"] == ("a GPU and half micrographs; --recipe plain for "
+                                  "DnCNN-12/32; --resplit left out: it needs count-split "
+                                  "pairs at --bin 1")
     vols = options(["--pairs", "halves", str(tmp_path / "a_EVN_vol.mrc"), "--odd",
                     str(tmp_path / "a_ODD_vol.mrc")])
-    assert (vols["recipe"], vols["recipe_why"], vols["arch"]) == ("plain", "tomograms", "unet3d")
+    assert (vols["recipe"], vols["recipe_why"], vols["arch"]) == ("plain", "tomograms",
+                                                                  "unet3d")
     with pytest.raises(InputError, match="use --recipe plain for tomograms"):
         options(["--recipe", "topaz-finetune", "--pairs", "halves",
                  str(tmp_path / "a_EVN_vol.mrc"), "--odd", str(tmp_path / "a_ODD_vol.mrc")])
@@ -251,7 +253,8 @@ def test_k2_protocol_takes_the_library_recipes(topaz_weights):
         recipes.options_text("topaz-finetune"), k2.PROTOCOL))
     scratch = options(cmd + k2.override(k2.RECIPES["topaz-scratch"].split(),
                                         ["--lr", "0.0005"]))
-    assert (scratch["recipe"], scratch["init"], scratch["lr"]) == ("topaz-scratch", None, 0.0005)
+    assert (scratch["recipe"], scratch["init"], scratch["lr"]) == ("topaz-scratch", None,
+                                                                   0.0005)
     assert re.fullmatch(r"--recipe plain .*", k2.RECIPES["defaults"])
 
 

@@ -581,7 +581,8 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     -------
     dict
         ``halves_gain``'s numbers, with "micrograph", "recipe" (the run's), "rows"
-        (scored), "rows_are" (how they were used), "training_rows", "validation_rows", "pixel_size".
+        (scored), "rows_are" (how they were used), "training_rows", "validation_rows",
+        "pixel_size".
     """
     a, b = backend.to_host(v.a), backend.to_host(v.b)
     H = a.shape[-2]
@@ -654,11 +655,12 @@ def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-s
     recipe : str
         "plain" (DnCNN-12/32, fp32, 16 x 64^2 patches: the values given below),
         "topaz-finetune" (Topaz-Denoise's UDenoiseNet from its general model, fp16, 12 x
-        384^2 patches, ``resplit``, ``ema`` 0.9995, a cosine over 4 minutes), "topaz-scratch"
-        (the same without ``init``, lr 0.001) or "auto": topaz-finetune (topaz-scratch
-        without Topaz's weights) on a GPU with cuDNN for micrograph pairs from ``inputs``
-        (count-split, movie, halves), else plain (``recipes.choose``). ``cupyden-train``'s
-        default is "auto"; this function's stays "plain".
+        384^2 patches, ``resplit``, ``ema`` 0.9995, a cosine over 4 minutes),
+        "topaz-scratch" (the same without ``init``, lr 0.001) or "auto": topaz-finetune
+        (topaz-scratch without Topaz's weights) on a GPU with cuDNN for micrograph pairs
+        from ``inputs`` (count-split, movie, halves), else plain (``recipes.choose``;
+        a resumed run keeps its checkpoint's). ``cupyden-train``'s default is "auto";
+        this function's stays "plain".
     pairs : str
         "count-split" (binomial split of counting-mode micrographs), "movie" (even/odd
         frame sums), "halves" (with ``odd``), "gaussian", "poisson" (synthetic noise on
@@ -698,10 +700,11 @@ def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-s
         (recipe) Patch side, pixels after binning (subvolume side for tomograms); plain 64.
     stride : int or None
         (recipe) Step between training patch origins, pixels after binning; plain: 32,
-        and for each tomogram the largest of the patch size, its half and its quarter that cuts
-        at least ``VOLUME_PATCHES`` (512) training subvolumes (:func:`volume_stride`: a
-        512 x 1024 x 1024 tomogram gives ~1500 non-overlapping subvolumes of 64^3, 3 GB
-        in the store; a 96 x 256 x 256 one 195 at a stride of 16).
+        and for each tomogram the largest of the patch size, its half and its quarter
+        that cuts at least ``VOLUME_PATCHES`` (512) training subvolumes
+        (:func:`volume_stride`: a 512 x 1024 x 1024 tomogram gives ~1500 non-overlapping
+        subvolumes of 64^3, 3 GB in the store; a 96 x 256 x 256 one 195 at a stride of
+        16).
     steps : int or None
         (recipe) Optimisation steps; plain: 150 for the embedded crop, else 2000.
     epochs : float or None
@@ -718,9 +721,11 @@ def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-s
         checkpoint choice sees; the evaluation at the end scores the first micrograph's
         (with 0, its validation rows, and says so).
     init : str or None
-        (recipe) Initial weights (fine-tuning): a model.h5 of cupyden-train, or ``topaz:NAME`` for a
-        pretrained Topaz-Denoise model read without PyTorch (``training.initial_weights``);
-        the architecture is then the weights' (``arch`` and its sizes are ignored).
+        (recipe) Initial weights (fine-tuning): a model.h5 of cupyden-train, or
+        ``topaz:NAME`` for a pretrained Topaz-Denoise model read without PyTorch
+        (``training.initial_weights``); the architecture is then the weights' (``arch``
+        and its sizes are ignored; a recipe's ``init`` is left out when an ``arch`` other
+        than its own is given).
     val_every, val_patches : int or None
         (recipe) Validate, log and checkpoint every N steps, on at most this many patches;
         plain 50 and 256.
@@ -729,13 +734,14 @@ def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-s
         weights at the last validation (with a time-budgeted cosine, the annealed end),
         and the validation rows then choose nothing.
     ema : float or None
-        (recipe) 0 (plain): validation, model.h5 and the evaluation use the trained weights; a decay D in
-        (0, 1), e.g. 0.999: they use the weights' exponential moving average, updated after
-        every step with the decay min(D, (1 + t) / (10 + t)) at step t (``optim.ema``;
-        Polyak & Juditsky 1992; TensorFlow's warm-up).
+        (recipe) 0 (plain): validation, model.h5 and the evaluation use the trained
+        weights; a decay D in (0, 1), e.g. 0.999: they use the weights' exponential
+        moving average, updated after every step with the decay min(D, (1 + t) / (10 +
+        t)) at step t (``optim.ema``; Polyak & Juditsky 1992; TensorFlow's warm-up).
     resplit : bool or None
-        (recipe; plain False) Draw a new count split of every training batch (``io.pairs.resplit``): new noise
-        on the same signal at every step. Count-split pairs without binning only.
+        (recipe; plain False) Draw a new count split of every training batch
+        (``io.pairs.resplit``): new noise on the same signal at every step. Count-split
+        pairs without binning only (a recipe's ``resplit`` is left out elsewhere).
     binning : int or None
         Fourier-crop binning factor, applied after splitting; None: 4 for the embedded
         crop, else 1.
@@ -754,7 +760,8 @@ def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-s
     noise_level : float
         Sigma (gaussian, image units) or mean counts per pixel (poisson).
     normalize : str or None
-        (recipe) "robust" (median, MAD; plain), "percentile", or "meanstd" (Topaz's, for its weights).
+        (recipe) "robust" (median, MAD; plain), "percentile", or "meanstd" (Topaz's, for
+        its weights).
     float16_store : bool
         Keep patches as float16 in the store.
     precision : str or None
