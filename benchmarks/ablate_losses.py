@@ -32,7 +32,7 @@ from cupyden.io.store import PatchStore
 from cupyden.metrics import halves_gain
 from cupyden.models import build_model
 from cupyden.io.checkpoint import load_checkpoint
-from cupyden.pipeline.train import build_store, make_view, recipe, sources
+from cupyden.pipeline.train import build_store, make_view, resolve_options, sources
 from cupyden.training import evaluate, fit
 
 CONFIGS = [("MSE", {}, False), ("MSE + 0.05 Fourier", {"fourier": 0.05}, False),
@@ -48,9 +48,9 @@ def main():
     dev = backend.select_device(args["--device"])
     xp, out = dev.xp, args["-o"]
     os.makedirs(out, exist_ok=True)
-    o = recipe([args["--mrc"]] if args["--mrc"] else [], pairs="count-split",
-               binning=int(args["--bin"]), patch_size=int(args["--patch-size"]),
-               stride=int(args["--patch-size"]) // 2, val_fraction=0.25)
+    o = resolve_options([args["--mrc"]] if args["--mrc"] else [], pairs="count-split",
+                        binning=int(args["--bin"]), patch_size=int(args["--patch-size"]),
+                        stride=int(args["--patch-size"]) // 2, val_fraction=0.25)
     store_path = os.path.join(out, "patches.h5")
     build_store(store_path, o, xp)
     store = PatchStore(store_path)

@@ -23,8 +23,9 @@ Options:
 Steps, as a user would run them:
 1. rows [0, 2816) of the raw micrograph are written to DIR/train_rows.mrc, and
    ``cupyden-train DIR/train_rows.mrc --dose 47.6 --max-minutes M <recipe>`` trains on
-   them (its own count split; its validation rows, which choose the checkpoint, are the
-   bottom of these rows; it never sees rows 2816 and below);
+   them (<recipe>: ``--recipe NAME`` and its options, --list; its own count split; its
+   validation rows, which choose the checkpoint, are the bottom of these rows; it never
+   sees rows 2816 and below);
 2. the protocol's count split of the whole micrograph (counts = round(x / scale), scale =
    mean / (47.6 x 0.8538^2), A and B by Binomial(counts, 1/2), seed 0) gives the held-out
    halves of rows [2816, 3838); ``cupyden-denoise DIR/model.h5 DIR/heldout_A.mrc`` denoises
@@ -50,9 +51,10 @@ import time
 import numpy
 from docopt import docopt
 
-from cupyden import report
+from cupyden import recipes, report
 from cupyden.baselines import SIGMAS, gaussian_lowpass
 from cupyden.cli import denoise, train
+from cupyden.io.checkpoint import load_checkpoint
 from cupyden.io.mrc import read_mrc, write_mrc
 from cupyden.io.pairs import count_split
 from cupyden.io.patches import fourier_bin
@@ -62,42 +64,48 @@ from cupyden.training import read_history
 SPLIT_ROW = 2816
 DOSE = 47.6
 
-#: Named cupyden-train options. "topaz-finetune": Topaz's UDenoiseNet (receptive field
-#: 298 px) from Topaz's general pretrained weights, fine-tuned in float16 on 384 px patches
-#: (Topaz trains on 800 px crops), cosine learning rate. A first trial (2026-11-30, H200,
-#: lr 2e-4, cosine over 10000 steps) ran 3410 steps of 12 x 384^2 in 240 s (14.1 steps/s)
-#: and its validation loss was lowest at step 500, then rose: hence 1e-4 and validation
-#: every 250 steps. A cosine over a fixed 4000 steps scored +7.56 dB but ended after 173 s
-#: of the 240 s: the step count cannot fit a time budget on an unknown GPU, so the budget
-#: decides (--steps 1000000): with --max-minutes, cupyden-train re-estimates the cosine's
-#: length at every validation so it ends with the time (Li et al., ICLR 2020). Fine-tuning
-#: overfits the 459 training patches after about 2000 steps (session 9, H200: over 7023
-#: steps in 240 s the training loss kept falling while the validation loss rose from
-#: 0.98308 to 0.98348), so the best validation checkpoint is kept (the default --keep
-#: best): the annealed end (--keep last) scored +6.72 dB on the held-out rows, the best
-#: checkpoint of a 90 s budget +7.54 dB (+7.78 dB with --tta 8). Session 10: --resplit
-#: (a new count split of every batch, drawn on the GPU) removes the overfitting (the
-#: validation loss stays at its minimum to the end) and allows lr 2e-4: +7.88 dB (+7.98
-#: with --tta 8) at 34.4 steps/s; with lr 1e-4 +7.75 (+7.86), and lr 5e-5 without
-#: --resplit +7.54 (+7.75) (benchmarks/RESULTS.md, session 10). Session 11: validating,
-#: keeping and denoising with the weights' moving average (--ema 0.9995, about the last
-#: 2000 of ~10000 steps) scored +8.51 dB (+8.80 with --tta 8), its validation loss still
-#: falling at the end of the cosine; --ema 0.999 +7.94 (+8.04), best at step 5000 of 10152.
-RECIPES = {
-    "topaz-finetune": "--arch topaz --init topaz:unet --normalize meanstd --precision fp16 "
-                      "--patch-size 384 --stride 128 --batch-size 12 --lr 0.0002 --resplit "
-                      "--ema 0.9995 --lr-schedule cosine --warmup 100 --steps 1000000 "
-                      "--val-fraction 0.14 --holdout-fraction 0 --val-every 250 "
-                      "--val-patches 64",
-    "topaz-scratch": "--arch topaz --normalize meanstd --precision fp16 --patch-size 384 "
-                     "--stride 128 --batch-size 12 --lr 0.001 --lr-schedule cosine "
-                     "--warmup 100 --steps 10000 --val-fraction 0.14 --holdout-fraction 0 "
-                     "--val-every 500 --val-patches 64",
-    "unet-fp16": "--arch unet --precision fp16 --patch-size 256 --stride 64 --batch-size 32 "
-                 "--lr-schedule cosine --warmup 100 --steps 20000 --val-fraction 0.1 "
-                 "--holdout-fraction 0 --val-every 500 --val-patches 128",
-    "defaults": "--steps 1000000 --val-fraction 0.1 --holdout-fraction 0 --val-every 500",
-}
+#: The protocol's own options: the budget decides the length (--max-minutes M, so a large
+#: --steps), a larger validation share of the 2816 training rows, and no held-out rows of
+#: cupyden-train's own (the protocol holds rows [2816, 3838) out itself).
+PROTOCOL = "--steps 1000000 --val-fraction 0.14 --holdout-fraction 0"
+
+#: Named cupyden-train options. "topaz-finetune" and "topaz-scratch" are the library's
+#: recipes (cupyden/recipes.py: what cupyden-train does by default on a GPU), written out in
+#: full with --recipe NAME and the protocol's options. How topaz-finetune was found (all on
+#: one H200, 240 s): Topaz's UDenoiseNet (receptive field 298 px) from Topaz's general
+#: pretrained weights, fine-tuned in float16 on 384 px patches (Topaz trains on 800 px
+#: crops), cosine learning rate. A first trial (2026-11-30, lr 2e-4, cosine over 10000
+#: steps) ran 3410 steps of 12 x 384^2 in 240 s (14.1 steps/s) and its validation loss was
+#: lowest at step 500, then rose: hence 1e-4 and validation every 250 steps. A cosine over a
+#: fixed 4000 steps scored +7.56 dB but ended after 173 s of the 240 s: the step count
+#: cannot fit a time budget on an unknown GPU, so the budget decides (--steps 1000000):
+#: with --max-minutes, cupyden-train re-estimates the cosine's length at every validation so
+#: it ends with the time (Li et al., ICLR 2020). Fine-tuning overfits the 459 training
+#: patches after about 2000 steps (session 9: over 7023 steps in 240 s the training loss
+#: kept falling while the validation loss rose from 0.98308 to 0.98348), so the best
+#: validation checkpoint is kept (the default --keep best): the annealed end (--keep last)
+#: scored +6.72 dB on the held-out rows, the best checkpoint of a 90 s budget +7.54 dB
+#: (+7.78 dB with --tta 8). Session 10: --resplit (a new count split of every batch, drawn
+#: on the GPU) removes the overfitting (the validation loss stays at its minimum to the
+#: end) and allows lr 2e-4: +7.88 dB (+7.98 with --tta 8) at 34.4 steps/s; with lr 1e-4
+#: +7.75 (+7.86), and lr 5e-5 without --resplit +7.54 (+7.75) (benchmarks/RESULTS.md,
+#: session 10). Session 11: validating, keeping and denoising with the weights' moving
+#: average (--ema 0.9995, about the last 2000 of ~10000 steps) scored +8.51 dB (+8.80 with
+#: --tta 8), its validation loss still falling at the end of the cosine; --ema 0.999 +7.94
+#: (+8.04), best at step 5000 of 10152. "auto" is cupyden-train's own choice (on a GPU with
+#: cuDNN: topaz-finetune, or topaz-scratch without topaz-em; its log's first line says
+#: which), with the protocol's options alone. "unet-fp16" and "defaults" are the plain
+#: recipe with options of their own.
+RECIPES = {name: "--recipe %s %s %s" % (name, recipes.options_text(name), PROTOCOL)
+           for name in ("topaz-finetune", "topaz-scratch")}
+RECIPES.update({
+    "auto": "--recipe auto " + PROTOCOL,
+    "unet-fp16": "--recipe plain --arch unet --precision fp16 --patch-size 256 --stride 64 "
+                 "--batch-size 32 --lr-schedule cosine --warmup 100 --steps 20000 "
+                 "--val-fraction 0.1 --holdout-fraction 0 --val-every 500 --val-patches 128",
+    "defaults": "--recipe plain --steps 1000000 --val-fraction 0.1 --holdout-fraction 0 "
+                "--val-every 500",
+})
 
 
 def override(recipe, extra):
@@ -138,7 +146,8 @@ def main():
     t0 = time.perf_counter()
     assert train.main(cmd) == 0
     t_train = time.perf_counter() - t0
-    precision = opts[opts.index("--precision") + 1] if "--precision" in opts else "fp32"
+    trained = load_checkpoint(os.path.join(out, "model.h5"))["config"]
+    precision = trained["precision"]                  # denoise as it trained (auto: chosen)
     rows = {}
 
     def score(name, model, precision, folder, extra=()):
@@ -171,7 +180,8 @@ def main():
     for name, g in rows.items():
         print("| %s | %.4f | %+.2f dB |" % (name, g["cc_denoised"], g["gain_db"]))
     with open(os.path.join(out, "k2_protocol.json"), "w") as f:
-        json.dump({"recipe": args["--recipe"], "options": opts, "tta": int(args["--tta"]),
+        json.dump({"recipe": args["--recipe"], "trained_recipe": trained.get("recipe"),
+                   "options": opts, "tta": int(args["--tta"]),
                    "train_seconds": t_train, "rows": rows, "history": history}, f, indent=1)
     report.before_after(fourier_bin(A, 4), fourier_bin(den, 4), args["--panel"],
                         ("held-out A half, raw (shown binned 4x)",

@@ -36,7 +36,7 @@ from docopt import docopt
 
 from cupyden import backend
 from cupyden.io.mrc import write_mrc
-from cupyden.pipeline.train import build_store, recipe
+from cupyden.pipeline.train import build_store, resolve_options
 
 
 def vm(key):
@@ -61,8 +61,9 @@ def main():
             write_mrc(path, counts, 1.0)
             del counts
     dev = backend.select_device(args["-d"])
-    o = recipe(os.path.join(mics, "*.mrc"), pairs="count-split", binning=int(args["--bin"]),
-               patch_size=int(args["--patch-size"]), stride=int(args["--stride"]))
+    o = resolve_options(os.path.join(mics, "*.mrc"), pairs="count-split",
+                        binning=int(args["--bin"]), patch_size=int(args["--patch-size"]),
+                        stride=int(args["--stride"]))
     store = os.path.join(work, "patches.h5")
     if os.path.exists(store):
         os.remove(store)

@@ -86,8 +86,20 @@ class Plan(NamedTuple):
             return "; rank %d of %d (rendezvous %s)" % (self.rank, self.world, self.rendezvous)
         return ""
 
+    def check_batch(self, batch_size):
+        """Refuse a global batch that does not split evenly over the ranks (checked once
+        the run's options, its recipe's included, are known).
 
-def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None, batch_size=1):
+        Raises
+        ------
+        InputError
+        """
+        if batch_size % self.world:
+            raise InputError("--batch-size %d does not split over %d GPUs; use a multiple "
+                             "of %d" % (batch_size, self.world, self.world))
+
+
+def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None):
     """The run's ranks from the options of ``cupyden-train``.
 
     Parameters
@@ -101,8 +113,6 @@ def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None, ba
         and SLURM_NTASKS.
     device : str or int or None
         -d; for a rendezvous rank None reads SLURM_LOCALID.
-    batch_size : int
-        The global batch, which must split evenly over the ranks.
 
     Returns
     -------
@@ -112,7 +122,7 @@ def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None, ba
     ------
     InputError
         Both ``gpus`` and ``rendezvous``; a repeated GPU; a missing rank or world size; a
-        rank out of range; a batch that does not split; an existing rendezvous file.
+        rank out of range; an existing rendezvous file. (The batch: :meth:`Plan.check_batch`.)
     """
     if gpus and rendezvous:
         raise InputError("--gpus (one host) and --rendezvous (several nodes) exclude each "
@@ -122,7 +132,6 @@ def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None, ba
         if len(set(gpus)) != len(gpus) or min(gpus) < 0:
             raise InputError("--gpus must list distinct GPU numbers, got %s"
                              % ",".join(map(str, gpus)))
-        _check_batch(batch_size, len(gpus))
         return Plan(0, len(gpus), str(gpus[0]), gpus, None)
     if not rendezvous:
         return Plan(0, 1, device, None, None)
@@ -130,7 +139,6 @@ def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None, ba
     world = _from_env(world_size, "SLURM_NTASKS", "--world-size")
     if not 0 <= rank < world:
         raise InputError("--rank %d is not in [0, --world-size %d)" % (rank, world))
-    _check_batch(batch_size, world)
     if device is None:
         local = int(os.environ.get("SLURM_LOCALID", "0"))
         device = str(local % max(1, backend.gpu_count()))
@@ -149,12 +157,6 @@ def _from_env(value, variable, option):
         return int(value)
     except ValueError:
         raise InputError("%s must be an integer, got %r" % (option, value))
-
-
-def _check_batch(batch_size, world):
-    if batch_size % world:
-        raise InputError("--batch-size %d does not split over %d GPUs; use a multiple of %d"
-                         % (batch_size, world, world))
 
 
 def rendezvous(p, store_path):

@@ -209,12 +209,15 @@ def test_ranks_whose_parameters_differ_are_stopped():
 
 
 def test_plan_of_a_run(tmp_path, monkeypatch):
-    p = plan(gpus=[0, 1], batch_size=16)
+    p = plan(gpus=[0, 1])
     assert (p.rank, p.world, p.device, p.launch) == (0, 2, "0", True)
-    assert plan(gpus=[3], batch_size=5).launch is False
+    p.check_batch(16)
+    with pytest.raises(InputError, match="does not split over 2"):
+        p.check_batch(15)
+    assert plan(gpus=[3]).launch is False
+    plan(gpus=[3]).check_batch(5)
     assert plan(device="-1").world == 1
-    for kw, match in ((dict(gpus=[0, 1], batch_size=15), "does not split over 2"),
-                      (dict(gpus=[1, 1]), "distinct"),
+    for kw, match in ((dict(gpus=[1, 1]), "distinct"),
                       (dict(gpus=[0, 1], rendezvous="x"), "exclude"),
                       (dict(rendezvous=str(tmp_path / "id")), "--rank")):
         with pytest.raises(InputError, match=match):
@@ -222,12 +225,12 @@ def test_plan_of_a_run(tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_PROCID", "3")
     monkeypatch.setenv("SLURM_NTASKS", "4")
     monkeypatch.setenv("SLURM_LOCALID", "1")
-    p = plan(rendezvous=str(tmp_path / "id"), batch_size=8)
+    p = plan(rendezvous=str(tmp_path / "id"))
     assert (p.rank, p.world, p.launch) == (3, 4, False)
     assert p.device == str(1 % max(1, backend.gpu_count()))
     (tmp_path / "id").write_text("{}")
     with pytest.raises(InputError, match="exists"):
-        plan(rendezvous=str(tmp_path / "id"), rank=0, world_size=4, batch_size=8)
+        plan(rendezvous=str(tmp_path / "id"), rank=0, world_size=4)
 
 
 def _sleep():

@@ -16,7 +16,7 @@ from cupyden.io.checkpoint import load_checkpoint
 from cupyden.io.movies import orient_gain_reference
 from cupyden.io.patches import fourier_bin, normalization, patch_origins
 from cupyden.io.store import PatchStore
-from cupyden.pipeline.train import build_store, recipe
+from cupyden.pipeline.train import build_store, resolve_options
 
 from conftest import smooth, write
 
@@ -64,7 +64,7 @@ def test_streaming_store_equals_the_old_store_count_split(tmp_path):
         a = numpy.random.default_rng(seed + i).binomial(counts, 0.5)   # one stream per micrograph
         views.append((fourier_bin(a.astype(numpy.float32), b),
                       fourier_bin((counts - a).astype(numpy.float32), b)))
-    o = recipe(paths, pairs="count-split", binning=b, dose=dose, seed=seed, **STORE)
+    o = resolve_options(paths, pairs="count-split", binning=b, dose=dose, seed=seed, **STORE)
     store = str(tmp_path / "patches.h5")
     summary = build_store(store, o, numpy, log=lambda *a: None)
     assert summary["micrographs"] == 3 and not summary["skipped"]
@@ -95,8 +95,8 @@ def test_streaming_store_equals_the_old_store_movies_halves_gaussian(tmp_path):
         movies.append(path)
         f = frames[1:].astype(numpy.float64) * gain                     # --drop-frames 1
         views.append((f[0::2].sum(0).astype(numpy.float32), f[1::2].sum(0).astype(numpy.float32)))
-    o = recipe(movies, pairs="movie", drop_frames=1, gain=str(tmp_path / "gain.mrc"), gain_rot=1,
-               **STORE)
+    o = resolve_options(movies, pairs="movie", drop_frames=1, gain=str(tmp_path / "gain.mrc"),
+                        gain_rot=1, **STORE)
     build_store(str(tmp_path / "movies.h5"), o, numpy, log=lambda *a: None)
     assert_store_equals(str(tmp_path / "movies.h5"), old_store(views, 16, 8, 0.25))
 
@@ -108,7 +108,8 @@ def test_streaming_store_equals_the_old_store_movies_halves_gaussian(tmp_path):
         write(tmp_path / "even" / ("m%d_EVN.mrc" % i), e)
         write(tmp_path / "odd" / ("m%d_ODD.mrc" % i), d)
         views.append((e, d))
-    o = recipe([str(tmp_path / "even")], pairs="halves", odd=str(tmp_path / "odd"), **STORE)
+    o = resolve_options([str(tmp_path / "even")], pairs="halves", odd=str(tmp_path / "odd"),
+                        **STORE)
     build_store(str(tmp_path / "halves.h5"), o, numpy, log=lambda *a: None)
     assert_store_equals(str(tmp_path / "halves.h5"), old_store(views, 16, 8, 0.25))
 
@@ -118,7 +119,7 @@ def test_streaming_store_equals_the_old_store_movies_halves_gaussian(tmp_path):
         x = mrcfile.read(p).astype(numpy.float64)
         noise = 0.5 * numpy.random.default_rng(11 + i).standard_normal(x.shape)
         views.append(((x + noise).astype(numpy.float32), x.astype(numpy.float32)))
-    o = recipe(clean, pairs="gaussian", seed=11, noise_level=0.5, **STORE)
+    o = resolve_options(clean, pairs="gaussian", seed=11, noise_level=0.5, **STORE)
     build_store(str(tmp_path / "gauss.h5"), o, numpy, log=lambda *a: None)
     assert_store_equals(str(tmp_path / "gauss.h5"), old_store(views, 16, 8, 0.25))
 
@@ -129,7 +130,7 @@ def test_the_store_built_on_the_device_matches_numpys(tmp_path, xp):
     rng = numpy.random.default_rng(4)
     paths = [write(tmp_path / ("m%d.mrc" % i), rng.poisson(25.0, (128, 96)).astype(numpy.uint16))
              for i in range(2)]
-    o = recipe(paths, pairs="count-split", binning=2, dose=25.0, **STORE)
+    o = resolve_options(paths, pairs="count-split", binning=2, dose=25.0, **STORE)
     build_store(str(tmp_path / "np.h5"), o, numpy, log=lambda *a: None)
     build_store(str(tmp_path / "xp.h5"), o, xp, log=lambda *a: None)
     with h5py.File(str(tmp_path / "np.h5"), "r") as f, h5py.File(str(tmp_path / "xp.h5"), "r") as g:
@@ -143,7 +144,7 @@ def test_an_unusable_micrograph_is_reported_and_skipped(tmp_path):
     good = write(tmp_path / "a.mrc", smooth((64, 64)))
     tiny = write(tmp_path / "b.mrc", smooth((12, 12), 1))
     lines = []
-    o = recipe([good, tiny], pairs="gaussian", **STORE)
+    o = resolve_options([good, tiny], pairs="gaussian", **STORE)
     summary = build_store(str(tmp_path / "p.h5"), o, numpy, log=lines.append)
     assert summary["micrographs"] == 1 and len(summary["skipped"]) == 1
     assert any("b.mrc" in line and "smaller than one 16 px patch" in line for line in lines)
@@ -209,9 +210,10 @@ def test_star_inputs_name_the_micrographs_and_movies(tmp_path, monkeypatch):
     monkeypatch.chdir(project)                         # RELION runs in its project folder
     for pairs, names, extra in (("count-split", mics, {"dose": 20.0}), ("movie", movies, {})):
         a, b = str(tmp_path / (pairs + "_star.h5")), str(tmp_path / (pairs + "_files.h5"))
-        build_store(a, recipe([str(star)], pairs=pairs, **extra, **STORE), numpy,
+        build_store(a, resolve_options([str(star)], pairs=pairs, **extra, **STORE), numpy,
                     log=lambda *x: None)
-        build_store(b, recipe(names, pairs=pairs, **extra, **STORE), numpy, log=lambda *x: None)
+        build_store(b, resolve_options(names, pairs=pairs, **extra, **STORE), numpy,
+                    log=lambda *x: None)
         with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
             assert fa["train/input"].shape[0] > 0
             for key in ("train/input", "train/target", "val/input", "val/target"):

@@ -13,7 +13,7 @@ from cupyden.io.loader import Loader
 import cupyden.backend
 from cupyden.io.pairs import resplit, resplit_keys
 from cupyden.io.store import PatchStore
-from cupyden.pipeline.train import build_store, recipe
+from cupyden.pipeline.train import build_store, resolve_options
 
 from conftest import make_store, smooth, write
 
@@ -85,7 +85,7 @@ def _count_split_store(tmp_path, binning=1):
     rng = numpy.random.default_rng(5)
     paths = [write(tmp_path / ("m%d.mrc" % i), rng.poisson(20.0, (96, 80)).astype(numpy.uint16))
              for i in range(2)]
-    o = recipe(paths, pairs="count-split", binning=binning, dose=20.0, **STORE)
+    o = resolve_options(paths, pairs="count-split", binning=binning, dose=20.0, **STORE)
     path = str(tmp_path / ("p%d.h5" % binning))
     build_store(path, o, numpy, log=lambda *a: None)
     return paths, PatchStore(path)
@@ -135,9 +135,9 @@ def test_resplit_is_refused_where_the_views_are_not_count_split_halves(tmp_path)
     gauss.close()
     mic = write(tmp_path / "clean.mrc", smooth((64, 64)))
     with pytest.raises(InputError, match="--resplit"):
-        recipe([mic], pairs="gaussian", resplit=True, **STORE)
+        resolve_options([mic], pairs="gaussian", resplit=True, **STORE)
     with pytest.raises(InputError, match="--resplit"):
-        recipe([mic], pairs="count-split", binning=2, resplit=True, **STORE)
+        resolve_options([mic], pairs="count-split", binning=2, resplit=True, **STORE)
     out = str(tmp_path / "out")
     assert train_cli.main(["--store", str(tmp_path / "g.h5"), "--resplit", "--steps", "2",
                            "-d", "-1", "--no-progress", "-o", out]) == 2

@@ -281,12 +281,12 @@ def test_relion5_tomograms_star_in_and_out(trained, halves_denoised, tmp_path):
     import starfile
 
     from cupyden.cli import denoise
-    from cupyden.pipeline.train import recipe, sources
+    from cupyden.pipeline.train import resolve_options, sources
 
     _, even, odd, out = trained
     star = tmp_path / "tomograms.star"
     _tomograms_star(star, [even, odd])
-    o = recipe([str(star)], pairs="halves")
+    o = resolve_options([str(star)], pairs="halves")
     assert o["volumes"] and o["arch"] == "unet3d" and o["stride"] is None   # per tomogram
     assert sources(o) == [(even, odd)]
     dest = tmp_path / "den"

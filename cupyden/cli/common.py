@@ -1,6 +1,7 @@
 """What every command shares: error handling, warnings, and option conversion."""
 
 import os
+import re
 import sys
 import warnings
 
@@ -47,6 +48,31 @@ def run(doc, argv, body, name):
     finally:
         warnings.showwarning = shown
     return 0 if rc is None else rc
+
+
+def given_options(doc, argv=None):
+    """The options that ``argv`` gives, as opposed to those docopt filled in from the
+    usage's ``[default: ...]`` markers.
+
+    ``doc`` is parsed again without its default markers (so an option not given reads
+    None or False), by docopt itself: an abbreviated long option (``--lr-s cosine`` for
+    ``--lr-schedule``) counts as the option it stands for.
+
+    Parameters
+    ----------
+    doc : str
+        The docopt usage.
+    argv : list of str or None
+        As for ``docopt`` (None: ``sys.argv[1:]``); already parsed once without error.
+
+    Returns
+    -------
+    set of str
+        Option names as docopt spells them, e.g. {"--lr-schedule", "--resplit"}.
+    """
+    bare = re.sub(r"\[default: [^\]]*\]", "", doc, flags=re.IGNORECASE)
+    args = docopt(bare, argv=argv)
+    return {k for k, v in args.items() if k.startswith("-") and v not in (None, False)}
 
 
 def _warning_line(name):

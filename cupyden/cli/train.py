@@ -5,6 +5,10 @@ counting-mode micrograph (shipped in the package), split into two halves by a bi
 count split, binned by 4 (3.4 Å/px), DnCNN-12/32 trained on the top three quarters,
 judged on the bottom quarter, then the crop denoised (denoised.mrc, before_after.png).
 
+On a GPU, micrographs given as INPUT train by the recipe topaz-finetune (--recipe):
+Topaz-Denoise's general model fine-tuned for 4 minutes (+8.5 dB on the K2 held-out rows
+in 240 s on an H200, against +6.2 dB for DnCNN-12/32; benchmarks/k2_protocol.py).
+
 Usage:
   cupyden-train [options] [INPUT...]
   cupyden-train -h | --help
@@ -28,21 +32,36 @@ Pair sources (--pairs), INPUT being MRC files, folders or globs:
                 (denoised.mrc, central_slice.png)
 
 Options:
+  --recipe NAME       The values of the options marked (recipe) that are not given:
+                      plain (the defaults shown: DnCNN-12/32, fp32, 16 x 64^2 patches);
+                      topaz-finetune (--arch topaz --init topaz:unet --normalize
+                      meanstd --precision fp16 --patch-size 384 --stride 128 --batch-size
+                      12 --lr 0.0002 --resplit --ema 0.9995 --lr-schedule cosine --warmup
+                      100 --val-every 250 --val-patches 64; and --max-minutes 4 with
+                      steps 1000000 unless --steps or --epochs is given; --resplit only
+                      for count-split pairs at --bin 1); topaz-scratch (the same without
+                      its --init, and --lr 0.001); auto = topaz-finetune on a GPU with
+                      cuDNN for micrographs from INPUT (count-split, movie, halves),
+                      topaz-scratch there when topaz-em (Topaz's weights) is not
+                      installed, else plain (the CPU, the embedded default, --store,
+                      tomograms, f2fd, gaussian, poisson); a resumed run keeps its
+                      recipe. The log's first line says which and why [default: auto]
   --pairs SOURCE      Pair source, as above [default: count-split]
   --odd PATTERN       Odd half micrographs or tomograms (folder or glob) for --pairs
                       halves.
   --store H5          Train from an existing patch store instead of building one.
-  --arch ARCH         dncnn, unet, or topaz (Topaz-Denoise's UDenoiseNet: 48 features,
-                      5 poolings, receptive field 298 px; patches best a multiple of
-                      32 px) for micrographs; unet3d (cryoCARE-like 3-D U-Net: 3
-                      poolings, receptive field 96 voxels) for tomograms; auto = unet3d
-                      for tomograms, else dncnn; --pairs f2fd: always F2Fd's U-Net
-                      [default: auto]
-  --init W            Start from these weights (fine-tuning): a model.h5 of
-                      cupyden-train, or topaz:NAME, a pretrained Topaz-Denoise model
-                      (unet, unet-small, unet-v0.2.1, fcnn; needs topaz-em installed,
-                      not PyTorch); the architecture is the weights' (--arch and its
-                      sizes are then ignored).
+  --arch ARCH         (recipe) dncnn, unet, or topaz (Topaz-Denoise's UDenoiseNet: 48
+                      features, 5 poolings, receptive field 298 px; patches best a multiple
+                      of 32 px) for micrographs; unet3d (cryoCARE-like 3-D U-Net: 3
+                      poolings, receptive field 96 voxels) for tomograms; auto = the
+                      recipe's; plain: unet3d for tomograms, else dncnn; --pairs f2fd:
+                      always F2Fd's U-Net [default: auto]
+  --init W            (recipe) Start from these weights (fine-tuning): a model.h5 of
+                      cupyden-train, or topaz:NAME, a pretrained Topaz-Denoise model (unet,
+                      unet-small, unet-v0.2.1, fcnn; needs topaz-em installed, not PyTorch);
+                      the architecture is the weights' (--arch and its sizes are then
+                      ignored; a recipe's --init is left out when an --arch other than its
+                      own is given).
   --depth N           DnCNN conv layers [default: 12]
   --width N           DnCNN channels [default: 32]
   --base N            U-Net channels at the first level; auto = 32 (unet), 16
@@ -58,30 +77,31 @@ Options:
                       scales as fit the 11 px window, up to 5) [default: 0]
   --grad-weight W     Weight of the gradient loss (L1 of finite differences)
                       [default: 0]
-  --lr LR             Adam learning rate (per step, unitless); auto = 0.001, and
-                      0.0001 with --pairs f2fd (F2Fd's U-Net diverged at 0.001 on a
-                      256^3 tomogram, benchmarks/RESULTS.md) [default: auto]
-  --lr-schedule S     constant, step, cosine or plateau; with --max-minutes, cosine
-                      ends when the time does (its length re-estimated at each
-                      validation after the first, at most --steps) [default: constant]
-  --warmup N          Steps of linear learning-rate warm-up [default: 0]
+  --lr LR             (recipe) Adam learning rate (per step, unitless); auto = the recipe's;
+                      plain: 0.001, and 0.0001 with --pairs f2fd (F2Fd's U-Net diverged at
+                      0.001 on a 256^3 tomogram, benchmarks/RESULTS.md) [default: auto]
+  --lr-schedule S     (recipe) constant, step, cosine or plateau; with --max-minutes, cosine
+                      ends when the time does (its length re-estimated at each validation
+                      after the first, at most --steps) [default: constant]
+  --warmup N          (recipe) Steps of linear learning-rate warm-up [default: 0]
   --lr-step N         step: steps between reductions [default: 1000]
   --lr-gamma G        step and plateau: factor of each reduction [default: 0.5]
   --patience N        plateau: validations without improvement before a reduction
                       [default: 3]
-  --batch-size N      Patch pairs per step [default: 16]
-  --patch-size PX     Patch side in pixels (after binning) [default: 64]
-  --stride PX         Step between training patch origins in pixels; auto = 32, and for
-                      tomograms the largest of the patch size, its half and its quarter
-                      that gives at least 512 training subvolumes per tomogram
+  --batch-size N      (recipe) Patch pairs per step [default: 16]
+  --patch-size PX     (recipe) Patch side in pixels (after binning) [default: 64]
+  --stride PX         (recipe) Step between training patch origins in pixels; auto = the
+                      recipe's; plain: 32, and for tomograms the largest of the patch size,
+                      its half and its quarter that gives at least 512 training subvolumes
+                      per tomogram [default: auto]
+  --steps N           (recipe) Optimisation steps; auto = the recipe's; plain: 150 for
+                      the embedded crop (under 3 minutes on 2 CPU cores), else 2000
                       [default: auto]
-  --steps N           Optimisation steps; auto = 150 for the embedded crop (under 3
-                      minutes on 2 CPU cores), else 2000 [default: auto]
   --epochs E          Passes over the training patches; overrides --steps when given.
-  --max-minutes M     Stop (after a last validation) once training has run this long,
-                      in minutes; 0 = no limit. With --lr-schedule cosine the schedule
-                      ends when the time does: give a large --steps and let the time
-                      decide (Li et al., ICLR 2020, "Budgeted Training") [default: 0]
+  --max-minutes M     (recipe) Stop (after a last validation) once training has run this
+                      long, in minutes; 0 = no limit. With --lr-schedule cosine the schedule
+                      ends when the time does: give a large --steps and let the time decide
+                      (Li et al., ICLR 2020, "Budgeted Training") [default: 0]
   --val-fraction F    Share of each micrograph's rows (a tomogram's y extent), below the
                       training rows, that validate: they choose the best checkpoint
                       [default: 0.125]
@@ -89,17 +109,17 @@ Options:
                       training nor the checkpoint choice sees; the evaluation printed
                       at the end scores the first micrograph's (with 0 it scores the
                       validation rows, and says so) [default: 0.125]
-  --val-every N       Validate, log and checkpoint every N steps [default: 50]
-  --val-patches N     At most this many validation patches [default: 256]
+  --val-every N       (recipe) Validate, log and checkpoint every N steps [default: 50]
+  --val-patches N     (recipe) At most this many validation patches [default: 256]
   --keep K            What model.h5 holds: best (the weights of the lowest validation
                       loss) or last (those of the last validation: with --max-minutes
                       and a cosine, the annealed end) [default: best]
-  --ema D             Validate, keep (model.h5) and denoise with the exponential moving
-                      average of the weights, decay D per step (e.g. 0.999: about the
-                      last 1000 steps; warmed up as min(D, (1 + t) / (10 + t)) at step
-                      t, TensorFlow's rule); 0 = off, the weights themselves [default: 0]
-  --resplit           Draw a new count split of every training batch: the same signal
-                      with new noise at every step (count-split pairs, --bin 1;
+  --ema D             (recipe) Validate, keep (model.h5) and denoise with the exponential
+                      moving average of the weights, decay D per step (e.g. 0.999: about the
+                      last 1000 steps; warmed up as min(D, (1 + t) / (10 + t)) at step t,
+                      TensorFlow's rule); 0 = off, the weights themselves [default: 0]
+  --resplit           (recipe) Draw a new count split of every training batch: the same
+                      signal with new noise at every step (count-split pairs, --bin 1;
                       recorrupted-to-recorrupted training, Pang et al. 2021)
   --bin B             Fourier-crop binning factor applied to both views after splitting;
                       auto = 4 for the embedded crop, else 1 [default: auto]
@@ -118,12 +138,12 @@ Options:
                       gain_flip and MotionCor2's FlipGain [default: 0]
   --noise-level L     Sigma (gaussian, image units) or mean counts per px (poisson)
                       [default: 1.0]
-  --normalize M       robust (median, MAD), percentile (95th percentile of |x - mean|)
-                      or meanstd (mean, standard deviation: Topaz's, for its weights)
-                      [default: robust]
+  --normalize M       (recipe) robust (median, MAD), percentile (95th percentile of
+                      |x - mean|) or meanstd (mean, standard deviation: Topaz's, for its
+                      weights) [default: robust]
   --float16-store     Keep patches as float16 in the store (half the disk).
-  --precision P       fp32, tf32 or fp16: the convolutions' arithmetic on a GPU with
-                      cuDNN (fp16: float16 weights and activations, float32 master
+  --precision P       (recipe) fp32, tf32 or fp16: the convolutions' arithmetic on a GPU
+                      with cuDNN (fp16: float16 weights and activations, float32 master
                       weights, dynamic loss scaling); the CPU runs fp32 [default: fp32]
 F2Fd (--pairs f2fd; names as in F2Fd; --patch-size is its subtomo_length, a
 multiple of 32):
@@ -170,12 +190,19 @@ evaluation.json, which names the rows and how they were used).
 from ..errors import InputError
 from ..functional.conv import PRECISIONS
 from ..pipeline.train import ARCHS, NORMALIZATIONS, SOURCES, train
-from .common import as_choice, as_float, as_int, run
+from ..recipes import KEYS, NAMES
+from .common import as_choice, as_float, as_int, given_options, run
 
 
-def _parse(args):
-    """(inputs, output folder, keyword arguments of ``cupyden.pipeline.train.train``)."""
-    kw = {"pairs": as_choice(args, "--pairs", SOURCES),
+def _parse(args, given):
+    """(inputs, output folder, keyword arguments of ``cupyden.pipeline.train.train``).
+
+    ``given``: the options on the command line (``common.given_options``); the options a
+    recipe sets (``recipes.KEYS``) that are not given are passed as None, so that the
+    recipe gives them.
+    """
+    kw = {"recipe": as_choice(args, "--recipe", NAMES),
+          "pairs": as_choice(args, "--pairs", SOURCES),
           "arch": None if args["--arch"] == "auto" else as_choice(args, "--arch", ARCHS),
           "base": None if args["--base"] == "auto" else as_int(args, "--base", 1),
           "stride": None if args["--stride"] == "auto" else as_int(args, "--stride", 1),
@@ -228,14 +255,13 @@ def _parse(args):
     for key in ("rank", "world-size"):
         if args["--" + key] is not None:
             kw[key.replace("-", "_")] = as_int(args, "--" + key, 0)
+    kw.update({k: None for k in KEYS if "--" + k.replace("_", "-") not in given})
     return args["INPUT"], args["--output"], kw
-
-
-def _body(args):
-    inputs, out, kw = _parse(args)
-    train(inputs, out, log=print, **kw)
 
 
 def main(argv=None):
     """Entry point of cupyden-train; returns the exit code."""
-    return run(__doc__, argv, _body, "cupyden-train")
+    def body(args):
+        inputs, out, kw = _parse(args, given_options(__doc__, argv))
+        train(inputs, out, log=print, **kw)
+    return run(__doc__, argv, body, "cupyden-train")

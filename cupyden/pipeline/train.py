@@ -1,5 +1,10 @@
 """Train a denoiser on a whole dataset: sources -> pair views -> a patch store -> training.
 
+    options
+      -> resolve_options() the one place a run's options are decided: train()'s keywords,
+                         the recipe's values for those left None (cupyden/recipes.py:
+                         plain, topaz-finetune, ...; "auto" looks at the device and the
+                         data), then the automatic values
     inputs (files, folders, globs)
       -> sources()       the one place the inputs are expanded into files
       -> make_view()     one micrograph: read, split or pair (count split, even/odd frame
@@ -34,7 +39,7 @@ from typing import NamedTuple
 
 import numpy
 
-from .. import backend, f2fd as f2fd_mod, report
+from .. import backend, f2fd as f2fd_mod, recipes, report
 from ..data import k2_crop
 from ..errors import InputError
 from ..functional.conv import PRECISIONS, set_precision
@@ -91,13 +96,20 @@ def _choice(name, value, choices):
     return value
 
 
-def recipe(inputs=(), **options):
-    """A run's options: :func:`train`'s keywords with its defaults filled in and the
-    automatic values resolved.
+def resolve_options(inputs=(), gpu_problem=None, resume=None, **options):
+    """A run's options: :func:`train`'s keywords with its defaults filled in, the recipe
+    applied and the automatic values resolved.
 
     Parameters
     ----------
     inputs : str or list of str
+    gpu_problem : callable or None
+        () -> None when the run trains on a GPU with cuDNN, else a few words why not; asked
+        only when ``recipe`` is "auto" and the data are micrograph pairs
+        (``recipes.choose``). None: ``recipes.device_problem()`` (the device that
+        ``backend.select_device`` picks by default).
+    resume : str or None
+        The checkpoint a run resumes ("auto" keeps its recipe).
     **options
         Keywords of :func:`train` (those that describe the data and the training, not
         where it runs: ``output_dir``, ``device``, ``gpus``, ... are not taken).
@@ -105,18 +117,21 @@ def recipe(inputs=(), **options):
     Returns
     -------
     dict
-        Every such option, ``inputs`` as a list, ``lr``, ``steps``, ``bin``, ``arch``,
+        Every such option, ``inputs`` as a list; "recipe" (its name, "auto" resolved) and
+        "recipe_why" (why, and the recipe's values left out) with the recipe's values in
+        the options left None (``cupyden.recipes``); ``lr``, ``steps``, ``bin``, ``arch``,
         ``base`` and ``stride`` resolved (an automatic stride of tomograms stays None:
-        :func:`volume_stride` chooses it per tomogram), ``f2fd`` completed from ``F2FD_DEFAULTS``,
-        "embedded" (no inputs and no store: the shipped K2 crop) and "volumes" (the
-        inputs are half tomograms: 3-D training).
+        :func:`volume_stride` chooses it per tomogram), ``f2fd`` completed from
+        ``F2FD_DEFAULTS``, "embedded" (no inputs and no store: the shipped K2 crop) and
+        "volumes" (the inputs are half tomograms: 3-D training).
 
     Raises
     ------
     InputError
-        An unknown choice, ``halves`` without ``odd`` (or a tomograms STAR file), ``gain``
-        without movies, the embedded default with another pair source, a 2-D
-        architecture for tomograms or the reverse, binning of tomograms.
+        An unknown choice or recipe, a topaz recipe for tomograms or f2fd, ``halves``
+        without ``odd`` (or a tomograms STAR file), ``gain`` without movies, the embedded
+        default with another pair source, a 2-D architecture for tomograms or the
+        reverse, binning of tomograms.
     """
     o = {k: p.default for k, p in inspect.signature(train).parameters.items()
          if p.kind is p.KEYWORD_ONLY and k not in RUN_OPTIONS}
@@ -127,6 +142,13 @@ def recipe(inputs=(), **options):
     o["inputs"] = list([inputs] if isinstance(inputs, str) else inputs or ())
     pairs = o["pairs"]
     o["volumes"] = _volumes(o)
+    o["embedded"] = not o["inputs"] and not o["store"]
+    o["bin"] = (4 if o["embedded"] else 1) if o["binning"] is None else int(o["binning"])
+    # The recipe gives the options left None (the command leaves None those not given),
+    # before the automatic values below are resolved from them.
+    o["recipe"], why = recipes.choose(o["recipe"], o, gpu_problem or recipes.device_problem,
+                                      resume)
+    o["recipe_why"] = "; ".join([why] + recipes.apply(o["recipe"], o))
     if o["arch"] is None:
         o["arch"] = "unet3d" if o["volumes"] else "dncnn"
     if o["base"] is None:
@@ -137,9 +159,7 @@ def recipe(inputs=(), **options):
                           ("normalize", NORMALIZATIONS),
                           ("lr_schedule", SCHEDULES), ("precision", PRECISIONS)):
         _choice(name, o[name], choices)
-    o["embedded"] = not o["inputs"] and not o["store"]
     o["lr"] = (1e-4 if pairs == "f2fd" else 1e-3) if o["lr"] is None else float(o["lr"])
-    o["bin"] = (4 if o["embedded"] else 1) if o["binning"] is None else int(o["binning"])
     o["steps"] = (150 if o["embedded"] else 2000) if o["steps"] is None else int(o["steps"])
     o["f2fd"] = dict(F2FD_DEFAULTS, **(o["f2fd"] or {}))
     o["ema"] = float(o["ema"])
@@ -222,7 +242,7 @@ def make_view(i, source, o, xp, gain=None, log=print):
         Its index in :func:`sources` (the seed of its random draws is seed + i).
     source : (str or None, str or None)
     o : dict
-        :func:`recipe`.
+        :func:`resolve_options`.
     xp : module
     gain : array (H, W) of xp or None
         The gain reference of a movie source.
@@ -389,7 +409,7 @@ def build_store(path, o, xp, log=print):
     path : str
         The store (written to a temporary file beside it, renamed when complete).
     o : dict
-        :func:`recipe`.
+        :func:`resolve_options`.
     xp : module
         numpy or cupy: where splitting, binning, normalisation and cutting run.
     log : callable
@@ -487,7 +507,8 @@ def training_config(o, store):
             "keep": o["keep"], "ema": o["ema"], "resplit": bool(o["resplit"]), "patch_size": store.patch, "bin": store.attr("bin", 1),
             "pairs": store.attr("pairs"),
             "normalize": store.attr("normalize", "robust"),
-            "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"]}
+            "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"],
+            "recipe": o["recipe"]}
 
 
 def _loss_weights(o):
@@ -505,9 +526,9 @@ ABSENT_MEANS = {"ema": 0.0}
 
 
 def check_resume(path, config):
-    """Refuse to resume a checkpoint trained with other settings (steps, time and what
-    model.h5 keeps aside; a setting the checkpoint predates counts as its value then,
-    :data:`ABSENT_MEANS`).
+    """Refuse to resume a checkpoint trained with other settings (steps, time, what
+    model.h5 keeps and the recipe's name aside: the settings it gave are compared; a
+    setting the checkpoint predates counts as its value then, :data:`ABSENT_MEANS`).
 
     Raises
     ------
@@ -517,7 +538,7 @@ def check_resume(path, config):
         return
     saved = load_checkpoint(path)["config"]
     diff = sorted(k for k in set(saved) | set(config)
-                  if k not in ("steps", "max_seconds", "keep")
+                  if k not in ("steps", "max_seconds", "keep", "recipe")
                   and saved.get(k, ABSENT_MEANS.get(k)) != config.get(k, ABSENT_MEANS.get(k)))
     if diff:
         raise InputError("%s was trained with other settings (%s); resume with the same "
@@ -552,15 +573,16 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
         The micrograph's two views.
     out_dir : str
     o : dict
-        :func:`recipe`.
+        :func:`resolve_options`.
     xp : module
     log : callable
 
     Returns
     -------
     dict
-        ``halves_gain``'s numbers, with "micrograph", "rows" (scored), "rows_are" (how
-        they were used), "training_rows", "validation_rows", "pixel_size".
+        ``halves_gain``'s numbers, with "micrograph", "recipe" (the run's), "rows"
+        (scored), "rows_are" (how they were used), "training_rows", "validation_rows",
+        "pixel_size".
     """
     a, b = backend.to_host(v.a), backend.to_host(v.b)
     H = a.shape[-2]
@@ -574,7 +596,8 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     rows = (Ellipsis, slice(first, H), slice(None))        # [first, H) along y
     den_a, _ = denoise_array(model, a[rows], xp, norm=normalization(a, o["normalize"]))
     g = halves_gain(den_a, a[rows], b[rows])
-    g.update({"micrograph": v.name, "rows": [first, H], "rows_are": used,
+    g.update({"micrograph": v.name, "recipe": o["recipe"], "rows": [first, H],
+              "rows_are": used,
               "training_rows": [0, split], "validation_rows": [split, end],
               "pixel_size": v.pixel_size})
     with atomic_output(os.path.join(out_dir, "evaluation.json"), ".json") as tmp, \
@@ -594,17 +617,18 @@ def evaluate_heldout(model, v, out_dir, o, xp, log=print):
     return g
 
 
-def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None, store=None,
-          arch=None, depth=12, width=32, base=None, loss="mse", fourier_weight=0.0,
-          fourier_frc=False, ssim_weight=0.0, msssim_weight=0.0, grad_weight=0.0, lr=None,
-          lr_schedule="constant", warmup=0, lr_step=1000, lr_gamma=0.5, patience=3,
-          batch_size=16, patch_size=64, stride=None, steps=None, epochs=None, max_minutes=0.0,
-          val_fraction=0.125, holdout_fraction=0.125, init=None, val_every=50, keep="best",
-          ema=0.0, val_patches=256, resplit=False, binning=None, dose=None, angpix=None, drop_frames=0,
-          align=False, gain=None, gain_rot=0, gain_flip=0, noise_level=1.0,
-          normalize="robust", float16_store=False, precision="fp32", f2fd=None, seed=0,
-          device=None, gpus=None, rendezvous=None, rank=None, world_size=None,
-          nccl_timeout=600.0, resume=None, overwrite=False, progress=True, log=print):
+def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-split",
+          odd=None, store=None, arch=None, depth=12, width=32, base=None, loss="mse",
+          fourier_weight=0.0, fourier_frc=False, ssim_weight=0.0, msssim_weight=0.0,
+          grad_weight=0.0, lr=None, lr_schedule=None, warmup=None, lr_step=1000, lr_gamma=0.5,
+          patience=3, batch_size=None, patch_size=None, stride=None, steps=None, epochs=None,
+          max_minutes=None, val_fraction=0.125, holdout_fraction=0.125, init=None,
+          val_every=None, keep="best", ema=None, val_patches=None, resplit=None, binning=None,
+          dose=None, angpix=None, drop_frames=0, align=False, gain=None, gain_rot=0,
+          gain_flip=0, noise_level=1.0, normalize=None, float16_store=False, precision=None,
+          f2fd=None, seed=0, device=None, gpus=None, rendezvous=None, rank=None,
+          world_size=None, nccl_timeout=600.0, resume=None, overwrite=False, progress=True,
+          log=print):
     """Train a denoiser on pairs of noisy views (Noise2Noise; Lehtinen et al. 2018) or on
     clean images with synthetic noise, as ``cupyden-train`` does.
 
@@ -612,6 +636,9 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     trains, keeps the best model by validation loss, and for two-half sources scores the
     held-out rows of the first micrograph. With no ``inputs`` and no ``store``: the
     embedded default (a real K2 crop, count split, binned 4x).
+
+    The keywords marked "(recipe)" default to None: the value of ``recipe``
+    (``cupyden.recipes``); a value given always wins.
 
     Parameters
     ----------
@@ -625,6 +652,15 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         Created if needed. Receives patches.h5 (the store), model.h5 (best validation
         loss), checkpoint.h5 (latest, with Adam's state), history.csv, loss_curve.png,
         evaluation.json (two-half sources), and for f2fd denoised.mrc, central_slice.png.
+    recipe : str
+        "plain" (DnCNN-12/32, fp32, 16 x 64^2 patches: the values given below),
+        "topaz-finetune" (Topaz-Denoise's UDenoiseNet from its general model, fp16, 12 x
+        384^2 patches, ``resplit``, ``ema`` 0.9995, a cosine over 4 minutes),
+        "topaz-scratch" (the same without ``init``, lr 0.001) or "auto": topaz-finetune
+        (topaz-scratch without Topaz's weights) on a GPU with cuDNN for micrograph pairs
+        from ``inputs`` (count-split, movie, halves), else plain (``recipes.choose``;
+        a resumed run keeps its checkpoint's). ``cupyden-train``'s default is "auto";
+        this function's stays "plain".
     pairs : str
         "count-split" (binomial split of counting-mode micrographs), "movie" (even/odd
         frame sums), "halves" (with ``odd``), "gaussian", "poisson" (synthetic noise on
@@ -635,7 +671,7 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     store : str or None
         Train from this existing patch store instead of building one.
     arch : str or None
-        "dncnn" (``depth`` conv layers of ``width`` channels), "unet" (``base``
+        (recipe) "dncnn" (``depth`` conv layers of ``width`` channels), "unet" (``base``
         channels at the first level) or "topaz" (Topaz-Denoise's UDenoiseNet, Bepler et
         al. 2020: 48 features, 5 poolings, receptive field 298 px) for micrographs;
         "unet3d" (``models.UNet3d``, cryoCARE-like, ``base`` channels, 3 poolings,
@@ -651,28 +687,32 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     fourier_frc : bool
         Weight the Fourier loss per ring by sqrt(2 FRC / (1 + FRC)) of the two views.
     lr : float or None
-        Adam's learning rate; None: 1e-3, and 1e-4 for f2fd.
-    lr_schedule : str
-        "constant", "step", "cosine" or "plateau"; ``warmup`` (steps), ``lr_step``
-        (steps), ``lr_gamma`` (factor) and ``patience`` (validations) as in
+        (recipe) Adam's learning rate; plain: 1e-3, and 1e-4 for f2fd.
+    lr_schedule : str or None
+        (recipe) "constant" (plain), "step", "cosine" or "plateau"; ``lr_step`` (steps),
+        ``lr_gamma`` (factor) and ``patience`` (validations) as in
         ``cupyden.optim.schedules``.
-    batch_size : int
-        Patch pairs per step (the global batch over all GPUs).
-    patch_size : int
-        Patch side, pixels after binning (subvolume side for tomograms).
+    warmup : int or None
+        (recipe) Steps of linear learning-rate warm-up; plain 0.
+    batch_size : int or None
+        (recipe) Patch pairs per step (the global batch over all GPUs); plain 16.
+    patch_size : int or None
+        (recipe) Patch side, pixels after binning (subvolume side for tomograms); plain 64.
     stride : int or None
-        Step between training patch origins, pixels after binning; None: 32, and for
-        each tomogram the largest of the patch size, its half and its quarter that cuts
-        at least ``VOLUME_PATCHES`` (512) training subvolumes (:func:`volume_stride`: a
-        512 x 1024 x 1024 tomogram gives ~1500 non-overlapping subvolumes of 64^3, 3 GB
-        in the store; a 96 x 256 x 256 one 195 at a stride of 16).
+        (recipe) Step between training patch origins, pixels after binning; plain: 32,
+        and for each tomogram the largest of the patch size, its half and its quarter
+        that cuts at least ``VOLUME_PATCHES`` (512) training subvolumes
+        (:func:`volume_stride`: a 512 x 1024 x 1024 tomogram gives ~1500 non-overlapping
+        subvolumes of 64^3, 3 GB in the store; a 96 x 256 x 256 one 195 at a stride of
+        16).
     steps : int or None
-        Optimisation steps; None: 150 for the embedded crop, else 2000.
+        (recipe) Optimisation steps; plain: 150 for the embedded crop, else 2000.
     epochs : float or None
         Passes over the training patches; overrides ``steps``.
-    max_minutes : float
-        Stop after a last validation once training has run this long (0: no limit; with
-        several GPUs checked at each validation).
+    max_minutes : float or None
+        (recipe) Stop after a last validation once training has run this long (0: no
+        limit, plain's; with several GPUs checked at each validation). A recipe's time
+        budget applies when neither ``steps`` nor ``epochs`` is given.
     val_fraction : float
         Share of each micrograph's rows (a tomogram's y extent), below the training rows,
         that validate: they choose the best checkpoint.
@@ -681,23 +721,27 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         checkpoint choice sees; the evaluation at the end scores the first micrograph's
         (with 0, its validation rows, and says so).
     init : str or None
-        Initial weights (fine-tuning): a model.h5 of cupyden-train, or ``topaz:NAME`` for a
-        pretrained Topaz-Denoise model read without PyTorch (``training.initial_weights``);
-        the architecture is then the weights' (``arch`` and its sizes are ignored).
-    val_every, val_patches : int
-        Validate, log and checkpoint every N steps, on at most this many patches.
+        (recipe) Initial weights (fine-tuning): a model.h5 of cupyden-train, or
+        ``topaz:NAME`` for a pretrained Topaz-Denoise model read without PyTorch
+        (``training.initial_weights``); the architecture is then the weights' (``arch``
+        and its sizes are ignored; a recipe's ``init`` is left out when an ``arch`` other
+        than its own is given).
+    val_every, val_patches : int or None
+        (recipe) Validate, log and checkpoint every N steps, on at most this many patches;
+        plain 50 and 256.
     keep : str
         "best": model.h5 holds the weights with the lowest validation loss; "last": the
         weights at the last validation (with a time-budgeted cosine, the annealed end),
         and the validation rows then choose nothing.
-    ema : float
-        0: validation, model.h5 and the evaluation use the trained weights; a decay D in
-        (0, 1), e.g. 0.999: they use the weights' exponential moving average, updated after
-        every step with the decay min(D, (1 + t) / (10 + t)) at step t (``optim.ema``;
-        Polyak & Juditsky 1992; TensorFlow's warm-up).
-    resplit : bool
-        Draw a new count split of every training batch (``io.pairs.resplit``): new noise
-        on the same signal at every step. Count-split pairs without binning only.
+    ema : float or None
+        (recipe) 0 (plain): validation, model.h5 and the evaluation use the trained
+        weights; a decay D in (0, 1), e.g. 0.999: they use the weights' exponential
+        moving average, updated after every step with the decay min(D, (1 + t) / (10 +
+        t)) at step t (``optim.ema``; Polyak & Juditsky 1992; TensorFlow's warm-up).
+    resplit : bool or None
+        (recipe; plain False) Draw a new count split of every training batch
+        (``io.pairs.resplit``): new noise on the same signal at every step. Count-split
+        pairs without binning only (a recipe's ``resplit`` is left out elsewhere).
     binning : int or None
         Fourier-crop binning factor, applied after splitting; None: 4 for the embedded
         crop, else 1.
@@ -715,12 +759,13 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
         down, 2 left to right) as RELION's --gain_rot and --gain_flip (``io.movies``).
     noise_level : float
         Sigma (gaussian, image units) or mean counts per pixel (poisson).
-    normalize : str
-        "robust" (median, MAD), "percentile", or "meanstd" (Topaz's, for its weights).
+    normalize : str or None
+        (recipe) "robust" (median, MAD; plain), "percentile", or "meanstd" (Topaz's, for
+        its weights).
     float16_store : bool
         Keep patches as float16 in the store.
-    precision : str
-        "fp32", "tf32" or "fp16" (GPU with cuDNN); the CPU runs fp32.
+    precision : str or None
+        (recipe) "fp32" (plain), "tf32" or "fp16" (GPU with cuDNN); the CPU runs fp32.
     f2fd : dict or None
         F2Fd's options, overriding ``F2FD_DEFAULTS`` (p, Vmask_pct,
         volumetric_scale_factor, dropout_p, total_samples, n_bernoulli_samples, features,
@@ -774,13 +819,19 @@ def train(inputs=(), output_dir="cupyden-out", *, pairs="count-split", odd=None,
     run_args = dict(locals())
     from .. import distributed
 
-    o = recipe(**{k: v for k, v in run_args.items() if k not in RUN_OPTIONS})
-    plan = distributed.plan(gpus, rendezvous, rank, world_size, device, o["batch_size"])
+    plan = distributed.plan(gpus, rendezvous, rank, world_size, device)
+    # The recipe "auto" asks for the device only when the data could take a topaz recipe:
+    # the device the run will use (plan.device: -d, --gpus, rendezvous; None:
+    # CUPYDEN_DEVICE, else the first GPU if any).
+    o = resolve_options(gpu_problem=lambda: recipes.device_problem(plan.device), resume=resume,
+                        **{k: v for k, v in run_args.items() if k not in RUN_OPTIONS})
+    plan.check_batch(o["batch_size"])
     dev = backend.select_device(plan.device)
     dtype = set_precision(o["precision"], dev.xp)       # exit 2 now, not after a store
     output_folder(output_dir)
     if not resume and plan.rank == 0:
         refuse_to_overwrite(output_dir, ("model.h5", "checkpoint.h5"), overwrite)
+    log("recipe %s (%s)" % (o["recipe"], o["recipe_why"]))
     log("device: %s; precision %s%s" % (dev.name, o["precision"], plan.describe()))
     t0 = time.perf_counter()
     if o["pairs"] == "f2fd":
@@ -872,7 +923,8 @@ def _train_f2fd(o, dev, dtype, out, resume, progress, log, t0):
               "val_patches": pairs.size("val"), "seed": o["seed"],
               "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
               "ema": o["ema"], "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
-              "normalize": "f2fd", "pixel_size": pixel_size, "input": name}
+              "normalize": "f2fd", "pixel_size": pixel_size, "input": name,
+              "recipe": o["recipe"]}
     check_resume(resume, config)
     kind = "tomogram" if x.ndim == 3 else "micrograph"
     log("F2Fd on the %s %s (%s voxels, %.4g A/voxel): %d steps of %d patches of %d"
