@@ -191,7 +191,8 @@ def test_model_h5_holds_the_average_that_validation_scored(tmp_path, store, monk
     for t, w in enumerate(seen[1:], 1):
         d = min(0.8, (1 + t) / (10 + t))
         want = d * want + (1 - d) * w
-    params = Parameters(build_model(CONFIG["model"]).to(numpy, numpy.float32))
+    params = Parameters(build_model(CONFIG["model"]).to(numpy, numpy.float32),
+                        filters_channels_last=xp is not numpy)    # the run's flat layout
     flat = numpy.zeros(params.size, numpy.float32)
     params.load_named(flat, model_h5["weights"])
     assert len(seen) == 9 and model_h5["step"] == 8

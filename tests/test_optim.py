@@ -49,10 +49,12 @@ def test_adam_state_round_trip_by_name(xp):
     state = opt.state()
     assert state["step"] == 3 and "conv2.w" in state["m"]
     model = DnCNN(4, 8, seed=0).to(xp, numpy.float32)
-    opt2 = Adam(Parameters(model))
+    opt2 = Adam(Parameters(model))              # on a GPU: filters channels-last
     opt2.load_state(state)
     assert opt2.t == 3
-    assert rel(opt2.m, opt.m) == 0 and rel(opt2.v, opt.v) == 0
+    for flat, flat2 in ((opt.m, opt2.m), (opt.v, opt2.v)):
+        a, b = opt.params.named(flat), opt2.params.named(flat2)
+        assert all(numpy.array_equal(a[n], b[n]) for n in a)
 
 
 @pytest.mark.parametrize("arch", [{"arch": "unet", "base": 8}, {"arch": "topaz-unet"}])
@@ -70,8 +72,10 @@ def test_filters_stored_channels_last_train_like_contiguous_ones(xp, arch):
         model = build_model(dict(arch, seed=0)).to(xp, numpy.float32).train()
         params = Parameters(model, filters_channels_last=layout)
         opt = Adam(params, lr=1e-2)
-        losses = [float(train_step(model, params, opt, "mse", x, t)) for _ in range(2)]
-        out.append((losses, params.named(params.data), params.named(opt.m)))
+        losses = [float(train_step(model, params, opt, "mse", x, t))]
+        grads = params.named(params.grad)
+        losses.append(float(train_step(model, params, opt, "mse", x, t)))
+        out.append((losses, grads, params.named(params.data)))
         if layout:
             for name, layer, k in model.named_parameters():
                 w = layer.params[k]
@@ -79,7 +83,9 @@ def test_filters_stored_channels_last_train_like_contiguous_ones(xp, arch):
                     assert name in params.channels_last and w.strides[1] == w.itemsize
                     assert w.data.ptr % 16 == 0 if xp is not numpy else \
                         w.__array_interface__["data"][0] % 16 == 0
-    (l0, w0, m0), (l1, w1, m1) = out
-    assert rel(numpy.array(l1), numpy.array(l0)) < 1e-6
-    for n in w0:
-        assert w1[n].flags.c_contiguous and rel(w1[n], w0[n]) < 1e-5 and rel(m1[n], m0[n]) < 1e-5
+    (l0, g0, w0), (l1, g1, w1) = out
+    assert rel(numpy.array(l1), numpy.array(l0)) < 1e-5
+    for n in g0:
+        assert w1[n].flags.c_contiguous and rel(g1[n], g0[n]) < 1e-4
+        if xp is numpy:       # the GPU's convolutions may sum in another order: a gradient
+            assert rel(w1[n], w0[n]) < 1e-6   # near 0 then flips Adam's first step

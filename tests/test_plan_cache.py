@@ -99,7 +99,8 @@ def test_second_process_builds_the_recorded_plan_untimed(cache):
     cudnn_fe._PLANS.clear()                     # as a fresh process would start
     y2 = cudnn_fe.conv_forward(x, w, b, 1, 1, 0.0)
     recalled = [p for k, p in cudnn_fe._PLANS.items() if k[0] == "fprop"]
-    assert recalled[0].candidates == 0 and recalled[0].index == tuned[0].index
+    name = lambda p: p.graph.get_plan_name_at_index(p.index)   # heuristics lists repeat names
+    assert recalled[0].candidates == 0 and name(recalled[0]) == name(tuned[0])
     assert bool((y1 == y2).all())
 
 

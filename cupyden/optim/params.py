@@ -107,7 +107,7 @@ class Parameters:
         """{name: host array} of a flat buffer of this layout (for saving), each
         C-contiguous in its logical shape."""
         host = to_device(flat, numpy)
-        return {n: numpy.ascontiguousarray(self.view(n, host)) for n in self.names}
+        return {n: numpy.array(self.view(n, host), order="C") for n in self.names}
 
     def load_named(self, flat, arrays):
         """Fill a flat buffer of this layout from {name: array}.
