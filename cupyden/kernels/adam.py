@@ -9,11 +9,9 @@ multiply-adds, so it rounds where the reference rounds.
 
 from ..backend import elementwise_kernel
 
-_adam_kernel = elementwise_kernel(
-    "T g_scaled, T inv_scale, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, "
-    "T bc1, T bc2",
-    "T p, T m, T v",
-    """
+#: One element's update, given inv_scale = 1 / grad_scale (the arithmetic and order of
+#: ``adam_step_reference``).
+_STEP = """
     const T g = inv_scale == (T)1 ? g_scaled : g_scaled * inv_scale;
     m = beta1 * m + omb1 * g;
     v = beta2 * v + omb2 * g * g;
@@ -21,8 +19,13 @@ _adam_kernel = elementwise_kernel(
     const T v_hat = v / bc2;
     if (lr_wd != 0) p -= lr_wd * p;
     p -= lr * m_hat / (sqrt(v_hat) + eps);
-    """,
-    "cupyden_adam_step", options=("--fmad=false",))
+"""
+
+_adam_kernel = elementwise_kernel(
+    "T g_scaled, T inv_scale, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, "
+    "T bc1, T bc2",
+    "T p, T m, T v",
+    _STEP, "cupyden_adam_step", options=("--fmad=false",))
 
 
 def adam_step(p, g, m, v, lr, beta1, beta2, eps, weight_decay, t, grad_scale=1.0):
@@ -36,18 +39,7 @@ _adam_controlled_kernel = elementwise_kernel(
     "T g_scaled, raw float32 control, T lr, T beta1, T beta2, T omb1, T omb2, T eps, T lr_wd, "
     "T bc1, T bc2",
     "T p, T m, T v",
-    """
-    if (control[1] != 0) {
-        const T inv_scale = control[0];
-        const T g = inv_scale == (T)1 ? g_scaled : g_scaled * inv_scale;
-        m = beta1 * m + omb1 * g;
-        v = beta2 * v + omb2 * g * g;
-        const T m_hat = m / bc1;
-        const T v_hat = v / bc2;
-        if (lr_wd != 0) p -= lr_wd * p;
-        p -= lr * m_hat / (sqrt(v_hat) + eps);
-    }
-    """,
+    "if (control[1] != 0) { const T inv_scale = control[0];" + _STEP + "}",
     "cupyden_adam_step_controlled", options=("--fmad=false",))
 
 
