@@ -49,9 +49,12 @@ class Parameters:
         The names stored as (F, *K, C).
     """
 
-    #: Parameters start at multiples of 8 elements: 16 bytes for float16 (cuDNN reads a
-    #: channels-last operand in place only from a 16-byte aligned address).
-    ALIGN = 8
+    #: Parameters start at multiples of 128 elements: 256 bytes for float16, as CuPy aligns
+    #: its own allocations (cuDNN reads a channels-last operand in place only from a 16-byte
+    #: aligned address). With 8 elements (16 bytes), DnCNN-17/64's float16 training step
+    #: took 13.2 ms on an H200 against 10.8 ms with the filters copied to fresh memory
+    #: (benchmarks/RESULTS.md, session 11); the alignment is the suspect, not yet measured.
+    ALIGN = 128
 
     def __init__(self, model, filters_channels_last=None):
         self.xp, dtype = model.xp, model.dtype
