@@ -346,9 +346,8 @@ def _plan(key, make, buffers, dtype):
         best, built, tried = _recall(g, key, n), 0, 0   # an earlier process's choice, built
         limit = SETTINGS.tune_plans
         for i in range(0 if best else n):
-            if built >= limit and limit == SETTINGS.tune_plans > 1 and best is not None \
-                    and best[0] > SLOW_PLAN_MS:
-                limit = WIDE_TUNING * SETTINGS.tune_plans     # a slow graph: look further
+            if built >= limit and best is not None and best[0] > SLOW_PLAN_MS:
+                limit = _wide_limit()                        # a slow graph: look further
             if built >= limit:
                 break
             tried = i + 1
@@ -385,14 +384,21 @@ def _cache_context():
                                         getattr(_STATE["cudnn"], "__version__", None))
 
 
+def _wide_limit():
+    """Candidates a slow graph may have timed: ``WIDE_TUNING`` times ``SETTINGS.tune_plans``
+    (1 stays 1: the heuristics' first choice, untimed)."""
+    n = SETTINGS.tune_plans
+    return n if n <= 1 else WIDE_TUNING * n
+
+
 def _recall(g, key, n):
     """(ms, index, workspace) of the plan ``plan_cache`` holds for ``key``, built, or None
     (no entry, no candidate of that name, it fails to build, or it is a slow graph's choice
     from a narrower search than this process would make: the caller tunes)."""
     try:
         entry = plan_cache.lookup(_cache_context(), repr(key))
-        if entry and float(entry["ms"]) > SLOW_PLAN_MS and SETTINGS.tune_plans > 1 and \
-                entry.get("tried", entry["candidates"]) < min(n, WIDE_TUNING * SETTINGS.tune_plans):
+        if entry and float(entry["ms"]) > SLOW_PLAN_MS and \
+                entry.get("tried", entry["candidates"]) < min(n, _wide_limit()):
             return None
         for i in range(g.get_execution_plan_count() if entry else 0):
             if g.get_plan_name_at_index(i) == entry["plan"]:

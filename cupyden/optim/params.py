@@ -13,7 +13,7 @@ take the optimizer's updates and float32 gradients (``grad``) collect the backwa
 
 import numpy
 
-from ..backend import to_device
+from ..backend import get_array_module, to_device
 
 
 class Parameters:
@@ -99,8 +99,7 @@ class Parameters:
         shape = self.shapes[name]
         if name not in self.channels_last:
             return flat.reshape(shape)
-        xp = self.xp if not isinstance(flat, numpy.ndarray) else numpy
-        return xp.moveaxis(flat.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+        return get_array_module(flat).moveaxis(flat.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
 
     def zero_grad(self):
         """Set every gradient to 0 (one fill of the flat buffer)."""
