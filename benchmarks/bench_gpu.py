@@ -1,10 +1,14 @@
 """cupyden against PyTorch eager on one GPU, in one run: train steps and 4k inference.
 
 Usage:
-  bench_gpu.py [--repeats N] [--only TEXT] [--modes LIST] [--im2col] [--markdown FILE]
+  bench_gpu.py [--repeats N] [--blocks B] [--only TEXT] [--modes LIST] [--im2col]
+               [--markdown FILE]
 
 Options:
-  --repeats N      Timed train steps (inference passes: N / 4, at least 3) [default: 20]
+  --repeats N      Timed train steps per block (inference passes: N / 4, at least 3)
+                   [default: 20]
+  --blocks B       Timed blocks per measurement; the time is the best block's mean
+                   [default: 3]
   --only TEXT      Run only the workloads whose name contains TEXT (comma: any of them).
   --modes LIST     Precisions to time, of fp32,tf32,fp16 (fp16: PyTorch fp16 and bf16)
                    [default: fp32,tf32,fp16]
@@ -24,8 +28,11 @@ cupyden runs cuDNN fp32 (strict), tf32 and fp16 (float16 weights and activations
 master weights, dynamic loss scaling), and im2col (float32) with --im2col. PyTorch (a peer
 in this benchmark only, never a dependency) runs fp32 (TF32 off), tf32, and fp16 / bf16
 autocast with channels_last memory; its fp16 training uses GradScaler. Each time is the
-mean of ``--repeats`` steps after 5 warm-up steps (cupyden's cuDNN plans are tuned during
-the warm-up), measured with a synchronisation before and after. Ratios are PyTorch time /
+best of ``--blocks`` blocks, and a block's time the mean of ``--repeats`` steps measured
+with a synchronisation before and after, all after 5 warm-up steps (cupyden's cuDNN plans
+are tuned during the warm-up); the same rule for both, as ``timeit`` takes the best of its
+repeats (one pause of the host, or of the GPU's clocks, spoils a block, not the row). Each
+measurement's block times are printed as it ends. Ratios are PyTorch time /
 cupyden time in the same precision (> 1: cupyden is faster); cupyden fp16 is compared with
 PyTorch's faster 16-bit autocast. Targets (issue 15): every training ratio >= 1.3 at tf32
 and 16-bit; every 4096^2 inference at most half PyTorch's time (ratio >= 2). Run it alone
@@ -58,15 +65,25 @@ WORK = [("train", "topaz", (8, 1, 512, 512)), ("infer", "topaz", (1, 1, 4096, 40
 TORCH = ["fp32", "tf32", "fp16", "bf16"]
 
 
-def timed(fn, repeats, sync):
+#: timed blocks per measurement (--blocks)
+BLOCKS = 3
+
+
+def timed(fn, repeats, sync, what=""):
+    """Milliseconds per call of ``fn``: the best of ``BLOCKS`` blocks' means of ``repeats``
+    calls, after 5 warm-up calls; prints every block's mean."""
     for _ in range(5):
         fn()
     sync()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return 1000 * (time.perf_counter() - t0) / repeats
+    blocks = []
+    for _ in range(BLOCKS):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        blocks.append(1000 * (time.perf_counter() - t0) / repeats)
+    print("  %s: blocks %s ms" % (what, " ".join("%.1f" % b for b in blocks)), flush=True)
+    return min(blocks)
 
 
 # ----------------------------------------------------------------------------- cupyden
@@ -85,12 +102,12 @@ def cupyden_time(cp, net, mode, kind, shape, repeats):
             x = cp.asarray(rng.standard_normal(shape, dtype=numpy.float32))
             t = cp.asarray(rng.standard_normal(shape, dtype=numpy.float32))
             ms = timed(lambda: train_step(model, params, opt, "mse", x, t, scaler), repeats,
-                       lambda: backend.synchronize(cp))
+                       lambda: backend.synchronize(cp), "cupyden %s %s %s" % (mode, kind, net))
         else:
             model.eval()
             x = cp.asarray(rng.standard_normal(shape, dtype=numpy.float32)).astype(dtype)
             ms = timed(lambda: model.forward(x), max(3, repeats // 4),
-                       lambda: backend.synchronize(cp))
+                       lambda: backend.synchronize(cp), "cupyden %s %s %s" % (mode, kind, net))
     set_precision("fp32", cp)
     return ms
 
@@ -171,7 +188,7 @@ def torch_time(torch, net, mode, kind, shape, repeats):
             scaler.scale(loss).backward()
             scaler.step(opt)
             scaler.update()
-        return timed(step, repeats, sync)
+        return timed(step, repeats, sync, "PyTorch %s %s %s" % (mode, kind, net))
     model.eval()
     x = torch.randn(shape, device=dev).to(memory_format=fmt)
 
@@ -179,7 +196,7 @@ def torch_time(torch, net, mode, kind, shape, repeats):
         with torch.no_grad(), torch.autocast("cuda", dtype=half or torch.float32,
                                              enabled=half is not None):
             model(x)
-    return timed(infer, max(3, repeats // 4), sync)
+    return timed(infer, max(3, repeats // 4), sync, "PyTorch %s %s %s" % (mode, kind, net))
 
 
 # ----------------------------------------------------------------------------- main
@@ -187,6 +204,8 @@ def torch_time(torch, net, mode, kind, shape, repeats):
 def main():
     args = docopt(__doc__)
     repeats = int(args["--repeats"])
+    global BLOCKS
+    BLOCKS = int(args["--blocks"])
     cp = backend.gpu_module()
     if backend.gpu_count() == 0:
         raise SystemExit("bench_gpu.py needs a GPU: %s" % backend.why_no_gpu())
