@@ -94,14 +94,16 @@ def lookup(context, key):
     Returns
     -------
     dict or None
-        {"plan": engine-configuration name, "ms": float, "candidates": int}.
+        What :func:`remember` stored: for a plan {"plan": engine-configuration name,
+        "ms": float, "candidates": int, "tried": int}; for a forward convolution's route
+        {"split": bool, "fused_ms": float, "split_ms": float}.
     """
     path = cache_path()
     if path is None:
         return None
     with _LOCK:
         entry = _entries(path).get(context, {}).get(key)
-    return entry if isinstance(entry, dict) and isinstance(entry.get("plan"), str) else None
+    return entry if isinstance(entry, dict) else None
 
 
 def remember(context, key, entry):
@@ -112,7 +114,7 @@ def remember(context, key, entry):
     context, key : str
         As in :func:`lookup`.
     entry : dict
-        JSON-serialisable; {"plan", "ms", "candidates"}.
+        JSON-serialisable; the forms of :func:`lookup`.
 
     Returns
     -------
