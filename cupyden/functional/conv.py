@@ -296,8 +296,8 @@ def conv2d_backward(dy, cache, input_grad=True):
     dy : array (N, F, OH, OW)
     cache : Conv2dCache
     input_grad : bool
-        False: dx is not needed (the network's input) and None is returned for it; the CPU
-        and im2col paths then skip its computation (cuDNN's computes and drops it).
+        False: dx is not needed (the network's input) and None is returned for it; every
+        path then skips its computation.
 
     Returns
     -------
@@ -309,9 +309,9 @@ def conv2d_backward(dy, cache, input_grad=True):
     if isinstance(cache, conv_cpu.Conv2dCpuCache):
         return conv_cpu.conv2d_backward(dy, cache, input_grad)
     if isinstance(cache, conv_cudnn.CudnnConvCache):
-        out = conv_cudnn.conv_backward(dy, cache._replace(bias=True))
+        out = conv_cudnn.conv_backward(dy, cache._replace(bias=True), input_grad)
         if out is not None:
-            return (out[0] if input_grad else None,) + tuple(out[1:])
+            return out
         cache = Conv2dCache(pad_zeros(cache.x, cache.padding), cache.w, cache.stride,
                             cache.padding, cache.x.shape, cache.y, cache.slope, None)
     xp = get_array_module(dy)
