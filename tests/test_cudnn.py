@@ -253,7 +253,7 @@ def test_both_forward_routes_equal_the_direct_sum(precision, shape, F, K, slope)
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_input_layer_backward_runs_no_dgrad(precision):
     """A layer reading the network's input (``input_grad`` False, during backward_params)
-    gives dx None and the same dw and db, to the bit, without running cuDNN's dgrad graph
+    gives dx None and the same dw and db without running cuDNN's dgrad graph
     (Topaz's 11 x 11 first layer: 3.8 ms of a 12 x 384^2 float16 step on an H200)."""
     from cupyden.functional.conv import conv2d_backward, conv2d_forward
     cp, cudnn_fe = _cudnn()
@@ -271,11 +271,16 @@ def test_input_layer_backward_runs_no_dgrad(precision):
             ops = sorted(k[0] for k in cudnn_fe._PLANS)
             cudnn_fe._PLANS.clear()
             none, dw2, db2 = conv2d_backward(dy, cache, input_grad=False)
-            assert sorted(k[0] for k in cudnn_fe._PLANS) == [op for op in ops if op != "dgrad"]
+            ops2 = sorted(k[0] for k in cudnn_fe._PLANS)
     finally:
         set_precision("fp32", cp)
-    assert "dgrad" in ops and dx.shape == x.shape and none is None
-    assert bool((dw == dw2).all()) and bool((db == db2).all())
+    assert "dgrad" in ops, ops
+    assert "dgrad" not in ops2 and "wgrad" in ops2, ops2
+    assert dx.shape == x.shape and none is None
+    # dw is not bit-equal between two calls at fp32 (H200 call 5 of session 12; the fp16
+    # case was): cuDNN's wgrad engines need not be deterministic
+    tol = {"fp32": 1e-6, "fp16": 1e-3}[precision]
+    assert rel(dw2, dw) < tol and rel(db2, db) < tol
 
 
 @pytest.mark.gpu
