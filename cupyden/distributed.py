@@ -86,17 +86,37 @@ class Plan(NamedTuple):
             return "; rank %d of %d (rendezvous %s)" % (self.rank, self.world, self.rendezvous)
         return ""
 
-    def check_batch(self, batch_size):
-        """Refuse a global batch that does not split evenly over the ranks (checked once
-        the run's options, its recipe's included, are known).
+    def check_batch(self, batch_size, given=True):
+        """The run's global batch, which must split evenly over the ranks (checked once the
+        run's options, its recipe's included, are known).
+
+        Parameters
+        ----------
+        batch_size : int
+        given : bool
+            The user gave it (``--batch-size``). A batch from a recipe is rounded up to the
+            next multiple of the ranks instead of refused (the K2 recipe's 12 over 8 GPUs:
+            16).
+
+        Returns
+        -------
+        batch_size : int
+        note : str or None
+            For the log, when the batch was rounded up.
 
         Raises
         ------
         InputError
+            A given batch that does not split.
         """
-        if batch_size % self.world:
+        if batch_size % self.world == 0:
+            return batch_size, None
+        if given:
             raise InputError("--batch-size %d does not split over %d GPUs; use a multiple "
                              "of %d" % (batch_size, self.world, self.world))
+        rounded = -(-batch_size // self.world) * self.world
+        return rounded, ("--batch-size %d: the recipe's %d rounded up to split over %d GPUs"
+                         % (rounded, batch_size, self.world))
 
 
 def plan(gpus=None, rendezvous=None, rank=None, world_size=None, device=None):

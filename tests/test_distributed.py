@@ -211,11 +211,16 @@ def test_ranks_whose_parameters_differ_are_stopped():
 def test_plan_of_a_run(tmp_path, monkeypatch):
     p = plan(gpus=[0, 1])
     assert (p.rank, p.world, p.device, p.launch) == (0, 2, "0", True)
-    p.check_batch(16)
+    assert p.check_batch(16) == (16, None)
     with pytest.raises(InputError, match="does not split over 2"):
         p.check_batch(15)
     assert plan(gpus=[3]).launch is False
-    plan(gpus=[3]).check_batch(5)
+    assert plan(gpus=[3]).check_batch(5) == (5, None)
+    # a recipe's batch (not given) is rounded up: the K2 recipe's 12 over 5, 7 and 8 GPUs
+    for n, want in ((4, 12), (5, 15), (7, 14), (8, 16)):
+        batch, note = plan(gpus=list(range(n))).check_batch(12, given=False)
+        assert batch == want and (note is None) == (want == 12)
+    assert "the recipe's 12 rounded up to split over 8 GPUs" in note
     assert plan(device="-1").world == 1
     for kw, match in ((dict(gpus=[1, 1]), "distinct"),
                       (dict(gpus=[0, 1], rendezvous="x"), "exclude"),

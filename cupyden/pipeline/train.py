@@ -825,7 +825,9 @@ def train(inputs=(), output_dir="cupyden-out", *, recipe="plain", pairs="count-s
     # CUPYDEN_DEVICE, else the first GPU if any).
     o = resolve_options(gpu_problem=lambda: recipes.device_problem(plan.device), resume=resume,
                         **{k: v for k, v in run_args.items() if k not in RUN_OPTIONS})
-    plan.check_batch(o["batch_size"])
+    o["batch_size"], note = plan.check_batch(o["batch_size"], run_args["batch_size"] is not None)
+    if note:
+        o["recipe_why"] += "; " + note
     dev = backend.select_device(plan.device)
     dtype = set_precision(o["precision"], dev.xp)       # exit 2 now, not after a store
     output_folder(output_dir)
