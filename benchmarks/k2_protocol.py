@@ -93,9 +93,11 @@ PROTOCOL = "--steps 1000000 --val-fraction 0.14 --holdout-fraction 0"
 #: average (--ema 0.9995, about the last 2000 of ~10000 steps) scored +8.51 dB (+8.80 with
 #: --tta 8), its validation loss still falling at the end of the cosine; --ema 0.999 +7.94
 #: (+8.04), best at step 5000 of 10152; the recipe as committed, with this session's faster
-#: float16 steps (11310 steps), +8.78 (+8.89); topaz-scratch +7.72 (+7.89). "auto" is cupyden-train's own choice (on a GPU with
-#: cuDNN: topaz-finetune, or topaz-scratch without topaz-em; its log's first line says
-#: which), with the protocol's options alone. "unet-fp16" and "defaults" are the plain
+#: float16 steps (11310 steps), +8.78 (+8.89); topaz-scratch +7.72 (+7.89). Session 12, on
+#: a machine with 16 host cores instead of 32: "auto" +7.91 (+8.00) in 9243 steps (the
+#: loader's host thread). "auto" is cupyden-train's own choice (on a GPU with cuDNN:
+#: topaz-finetune, or topaz-scratch without topaz-em; its log's first line says which),
+#: with the protocol's options alone. "unet-fp16" and "defaults" are the plain
 #: recipe with options of their own.
 RECIPES = {name: "--recipe %s %s %s" % (name, recipes.options_text(name), PROTOCOL)
            for name in ("topaz-finetune", "topaz-scratch")}

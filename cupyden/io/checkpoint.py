@@ -103,8 +103,8 @@ def load_checkpoint(path):
     ------
     InputError
         Missing, unreadable, or not a cupyden checkpoint; weights, Adam moments, the
-        weights' average or the float16 loss scale holding NaN or Inf (a run that diverged: neither resumed nor
-        used to denoise).
+        weights' average or the float16 loss scale holding NaN or Inf (a run that diverged:
+        neither resumed nor used to denoise).
     """
     if not os.path.isfile(path):
         raise InputError("%s: no such model or checkpoint file" % path)

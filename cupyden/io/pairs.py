@@ -346,7 +346,6 @@ def synthetic_pair(clean, noise="gaussian", level=1.0, seed=0):
     raise InputError("noise must be 'gaussian' or 'poisson', got %r" % noise)
 
 
-
 #: Bits of a random word's index that count the words of one pixel (2^20 words of 64
 #: coins: far more electrons than a counting-mode pixel holds).
 WORD_BITS = 20
@@ -444,4 +443,3 @@ def _popcount64_swar(v):
     v = (v + (v >> u(4))) & u(0x0F0F0F0F0F0F0F0F)                   # 8-bit sums
     with numpy.errstate(over="ignore"):
         return (v * u(0x0101010101010101)) >> u(56)                 # the bytes' total
-

@@ -247,8 +247,9 @@ def _dense_channels_last(shape, strides, itemsize):
 def operand(a, count=True):
     """``a`` itself when its memory is dense channels-last with a 16-byte aligned start,
     else a channels-last copy. Copies of activations are counted in ``COPIES`` (the
-    models' ops keep channels-last, so a training step makes none); filters, views of the
-    flat parameter buffer, are copied every call (a few MB at most) and not counted."""
+    models' ops keep channels-last, so a training step makes none); filters are read in
+    place when ``optim.Parameters`` stores them channels-last (on a GPU), else copied
+    every call (a few MB at most), and not counted."""
     if a.data.ptr % 16 == 0 and _dense_channels_last(a.shape, a.strides, a.itemsize):
         return a
     COPIES[0] += count

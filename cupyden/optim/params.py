@@ -51,9 +51,9 @@ class Parameters:
 
     #: Parameters start at multiples of 128 elements: 256 bytes for float16, as CuPy aligns
     #: its own allocations (cuDNN reads a channels-last operand in place only from a 16-byte
-    #: aligned address). With 8 elements (16 bytes), DnCNN-17/64's float16 training step
-    #: took 13.2 ms on an H200 against 10.8 ms with the filters copied to fresh memory
-    #: (benchmarks/RESULTS.md, session 11); the alignment is the suspect, not yet measured.
+    #: aligned address). 8 elements ran as fast: DnCNN-17/64's float16 step took 10.4-10.6
+    #: ms of GPU time on an H200 at either, and with the filters copied (benchmarks/
+    #: RESULTS.md, session 12).
     ALIGN = 128
 
     def __init__(self, model, filters_channels_last=None):
@@ -99,7 +99,8 @@ class Parameters:
         shape = self.shapes[name]
         if name not in self.channels_last:
             return flat.reshape(shape)
-        return get_array_module(flat).moveaxis(flat.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],)), -1, 1)
+        stored = flat.reshape((shape[0],) + tuple(shape[2:]) + (shape[1],))   # (F, *K, C)
+        return get_array_module(flat).moveaxis(stored, -1, 1)
 
     def zero_grad(self):
         """Set every gradient to 0 (one fill of the flat buffer)."""

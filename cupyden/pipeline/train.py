@@ -504,7 +504,8 @@ def training_config(o, store):
             "lr_options": _lr_options(o), "lr": o["lr"], "batch_size": o["batch_size"],
             "steps": steps, "val_every": o["val_every"], "val_patches": o["val_patches"],
             "seed": o["seed"], "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
-            "keep": o["keep"], "ema": o["ema"], "resplit": bool(o["resplit"]), "patch_size": store.patch, "bin": store.attr("bin", 1),
+            "keep": o["keep"], "ema": o["ema"], "resplit": bool(o["resplit"]),
+            "patch_size": store.patch, "bin": store.attr("bin", 1),
             "pairs": store.attr("pairs"),
             "normalize": store.attr("normalize", "robust"),
             "pixel_size": store.attr("pixel_size", 0.0), "init": o["init"],
@@ -924,7 +925,8 @@ def _train_f2fd(o, dev, dtype, out, resume, progress, log, t0):
               "batch_size": o["batch_size"], "steps": o["steps"], "val_every": o["val_every"],
               "val_patches": pairs.size("val"), "seed": o["seed"],
               "max_seconds": 60 * o["max_minutes"], "precision": o["precision"],
-              "ema": o["ema"], "patch_size": prm.subtomo_length, "bin": o["bin"], "pairs": "f2fd", "f2fd": params,
+              "ema": o["ema"], "patch_size": prm.subtomo_length, "bin": o["bin"],
+              "pairs": "f2fd", "f2fd": params,
               "normalize": "f2fd", "pixel_size": pixel_size, "input": name,
               "recipe": o["recipe"]}
     check_resume(resume, config)
