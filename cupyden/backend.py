@@ -338,6 +338,13 @@ def pinned_empty(shape, dtype):
     return numpy.frombuffer(mem, dtype, n).reshape(shape)
 
 
+def free_device_bytes():
+    """Bytes the current GPU could still give: the driver's free memory plus what CuPy's
+    pool holds unused (``cudaMemGetInfo``)."""
+    pool = cupy.get_default_memory_pool()
+    return int(cupy.cuda.runtime.memGetInfo()[0]) + pool.free_bytes()
+
+
 def new_stream():
     """A non-blocking CUDA stream (for host-to-device copies beside the compute)."""
     return cupy.cuda.Stream(non_blocking=True)

@@ -54,6 +54,12 @@ class Settings:
         cuDNN candidate plans built and timed for each new graph (``kernels.cudnn_fe``);
         8 by default (the heuristics' first plan was up to 6x slower than the best,
         PERFORMANCE.md), 1 keeps the heuristics' first choice.
+    resident_gib : float
+        On a GPU, a training split of micrograph patches up to this size (GiB, both views
+        as float32) and up to half the free device memory is copied to the GPU once, and
+        each batch is gathered and augmented there by one kernel (``io.loader.Loader``);
+        larger ones, and 0, read every batch from the store on the host. 4 by default:
+        one K2 micrograph's 459 pairs of 384 px are 0.5 GiB.
     """
 
     def __init__(self):
@@ -62,6 +68,7 @@ class Settings:
         self.cpu_conv = "taps"
         self.precision = "fp32"
         self.tune_plans = 8
+        self.resident_gib = 4.0
 
     @property
     def tf32(self):
@@ -72,7 +79,7 @@ class Settings:
         """The settings as a plain dict (for reports)."""
         return {"device": getattr(self.device, "name", None), "conv": self.conv,
                 "cpu_conv": self.cpu_conv, "precision": self.precision,
-                "tune_plans": self.tune_plans}
+                "tune_plans": self.tune_plans, "resident_gib": self.resident_gib}
 
 
 #: The one settings object of the process.
@@ -97,6 +104,8 @@ def configure(**values):
         if name == "precision" and value not in PRECISIONS:
             raise ValueError("precision must be one of %s, got %r" % (", ".join(PRECISIONS),
                                                                      value))
+        if name == "resident_gib" and not float(value) >= 0:
+            raise ValueError("resident_gib must be >= 0, got %r" % value)
         setattr(SETTINGS, name, value)
 
 

@@ -485,6 +485,9 @@ def fit(store, out_dir, config, xp, resume=None, progress=True, log=print, comm=
               store.loader(B, xp, seed=config["seed"], start=start, rank=comm.rank,
                            world=comm.size, resplit=resplit))   # (F2Fd's pairs: no shares)
     per_epoch = loader.per_epoch
+    if getattr(loader, "resident", 0):
+        log("training patches held on the GPU (%.2f GiB): each batch is gathered and "
+            "augmented there" % (loader.resident / 2 ** 30))
     t0, running, n_running = time.perf_counter(), 0.0, 0
     t_start = t_last = t0
     elapsed0 = history[-1]["seconds"] if history else 0.0

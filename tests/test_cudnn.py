@@ -436,6 +436,8 @@ def test_settings_are_one_checked_object():
         with settings.using(tune_plans=1, precision="tf32"):
             assert settings.SETTINGS.tf32 and settings.SETTINGS.tune_plans == 1
         assert settings.SETTINGS.tune_plans == 8 and not settings.SETTINGS.tf32
+    with pytest.raises(ValueError, match="resident_gib"):
+        settings.configure(resident_gib=-1)
     assert settings.SETTINGS.conv == "auto"
     for bad in ({"conv": "fast"}, {"precision": "bf16"}, {"colour": 1}, {"tf32": True}):
         with pytest.raises(ValueError):

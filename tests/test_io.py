@@ -148,6 +148,40 @@ def test_store_and_loader_are_deterministic(tmp_path, xp):
     resumed.close()
 
 
+def test_patches_held_on_the_gpu_give_the_batches_read_from_the_store(tmp_path, xp):
+    """On a GPU the training patches are copied once and each batch is gathered and
+    augmented by one kernel (``kernels.augment``): the same batches, bit for bit, as
+    reading and augmenting every batch on the host (``resident_gib=0``; NumPy's loader),
+    for the whole batch and for each rank's share; on the CPU nothing is resident."""
+    from cupyden.settings import using
+    rng = numpy.random.default_rng(1)
+    a = rng.standard_normal((96, 96)).astype(numpy.float32)
+    path = str(tmp_path / "p.h5")
+    with PatchStoreWriter(path, 16) as w:
+        w.append("train", *cut_patches(a, rng.standard_normal((96, 96)).astype(numpy.float32),
+                                       16, 8))
+    store = PatchStore(path)
+    runs = {"resident": {}, "read": {"resident_gib": 0}}
+    ref = Loader(store, 8, numpy, seed=4)
+    want = [tuple(v.copy() for v in next(ref)) for _ in range(18)]   # 15 per epoch
+    ref.close()
+    for name, settings in runs.items():
+        with using(**settings):
+            whole = Loader(store, 8, xp, seed=4)
+            ranks = [Loader(store, 8, xp, seed=4, rank=r, world=2) for r in (0, 1)]
+        assert bool(whole.resident) == (xp is not numpy and name == "resident")
+        assert whole.resident in (0, 2 * store.size("train") * 16 * 16 * 4)
+        for k in range(18):
+            got = [to_host(v) for v in next(whole)]
+            shares = [[to_host(v) for v in next(r)] for r in ranks]
+            for j in (0, 1):
+                assert numpy.array_equal(got[j], want[k][j]), (name, k)
+                assert numpy.array_equal(numpy.concatenate([s[j] for s in shares]), got[j])
+        for loader in [whole] + ranks:
+            loader.close()
+    store.close()
+
+
 def test_normalization_robust():
     rng = numpy.random.default_rng(0)
     x = rng.normal(10, 2, (200, 200))

@@ -263,6 +263,32 @@ def cut_patches(a, b, patch, stride, rows=None):
     return xp.concatenate([p[0] for p in parts]), xp.concatenate([p[1] for p in parts])
 
 
+def augment_draw(rng, n, volume=False, part=slice(None)):
+    """The transforms :func:`augment` applies to a batch of ``n`` samples (and
+    ``kernels.augment`` on the GPU): one draw of ``rng`` for all of them.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator
+    n : int
+        Samples in the drawn batch.
+    volume : bool
+        Subvolumes (16 transforms) instead of micrograph patches (8).
+    part : slice
+        The samples kept (a data-parallel rank's share).
+
+    Returns
+    -------
+    ops : int64 array (len(part),)
+        Transform of each sample (0: none).
+    swap : bool array (len(part),)
+        Whether the two views are exchanged.
+    """
+    ops = rng.integers(0, 16 if volume else 8, size=n)[part]
+    swap = rng.random(n)[part] < 0.5
+    return ops, swap
+
+
 def augment(x, y, rng, batch=None, part=slice(None)):
     """Random flips and 90-degree rotations and a random swap of the two views, per
     sample, in place on host arrays.
@@ -286,10 +312,8 @@ def augment(x, y, rng, batch=None, part=slice(None)):
     part : slice
         The samples of the drawn batch that x and y hold.
     """
-    n = x.shape[0] if batch is None else batch
     volume = x.ndim == 5
-    ops = rng.integers(0, 16 if volume else 8, size=n)[part]
-    swap = rng.random(n)[part] < 0.5
+    ops, swap = augment_draw(rng, x.shape[0] if batch is None else batch, volume, part)
     x[swap], y[swap] = y[swap], x[swap].copy()
     for op in range(1, 16 if volume else 8):
         idx = numpy.nonzero(ops == op)[0]
