@@ -95,7 +95,8 @@ PROTOCOL = "--steps 1000000 --val-fraction 0.14 --holdout-fraction 0"
 #: (+8.04), best at step 5000 of 10152; the recipe as committed, with this session's faster
 #: float16 steps (11310 steps), +8.78 (+8.89); topaz-scratch +7.72 (+7.89). Session 12, on
 #: a machine with 16 host cores instead of 32: "auto" +7.91 (+8.00) in 9243 steps (the
-#: loader's host thread). "auto" is cupyden-train's own choice (on a GPU with cuDNN:
+#: loader's host thread). Session 13, the training patches held on the GPU: "auto" +8.81
+#: (+8.93) in 15456 steps with 16 host cores, +8.80 (+8.92) in 16679 with 32. "auto" is cupyden-train's own choice (on a GPU with cuDNN:
 #: topaz-finetune, or topaz-scratch without topaz-em; its log's first line says which),
 #: with the protocol's options alone. "unet-fp16" and "defaults" are the plain
 #: recipe with options of their own.

@@ -313,7 +313,8 @@ def denoise_array(model, image, xp, tile=None, batch_size=4, norm=None, tta=1):
             shape, model, numpy.dtype(getattr(model, "dtype", numpy.float32)).itemsize)
     out, boxes = None, []
     # a micrograph's raw values go to the device once and are normalised there (the host's
-    # pass over a 4096^2 float32 micrograph took 47 ms on a 2-core Xeon); a volume is
+    # pass over a 4096^2 float32 micrograph took 71 ms on the H200 machine's host, 0.3 ms on
+    # the GPU: benchmarks/RESULTS.md, session 13); a volume is
     # normalised on the host, so that the device holds one copy of it (a tomogram's 2 GiB)
     raw = to_device(image, xp) if image.ndim == 2 else image
     for g in TTA[tta]:

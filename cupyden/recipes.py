@@ -15,10 +15,10 @@ values as it always did.
                      split of every batch (``--resplit``; Pang et al. 2021), Adam at 0.0002
                      on a cosine with 100 warm-up steps, validated, kept and applied as the
                      weights' moving average (``--ema 0.9995``), for 4 minutes. On the K2
-                     protocol (one H200, 240 s of training): +8.78 dB on rows training never
-                     saw with 32 host cores, +7.91 dB with 16 (fewer steps: the loader's host
-                     thread), DnCNN-12/32 +6.2 dB, Topaz-Denoise trained by its own CLI
-                     +7.6 dB (benchmarks/k2_protocol.py, benchmarks/RESULTS.md).
+                     protocol (one H200, 240 s of training): +8.81 dB on rows training never
+                     saw (15456 steps, the patches held on the GPU), DnCNN-12/32 +6.2 dB,
+                     Topaz-Denoise trained by its own CLI +7.6 dB
+                     (benchmarks/k2_protocol.py, benchmarks/RESULTS.md).
     topaz-scratch    The same network and training without Topaz's weights, at lr 0.001.
 
 The length of a topaz recipe is its time: with neither ``steps`` nor ``epochs`` given it

@@ -6,9 +6,8 @@ count split, binned by 4 (3.4 Å/px), DnCNN-12/32 trained on the top three quart
 judged on the bottom quarter, then the crop denoised (denoised.mrc, before_after.png).
 
 On a GPU, micrographs given as INPUT train by the recipe topaz-finetune (--recipe):
-Topaz-Denoise's general model fine-tuned for 4 minutes (+8.78 dB on the K2 held-out rows
-in 240 s on an H200 with 32 host cores, +7.91 dB with 16; +6.2 dB for DnCNN-12/32;
-benchmarks/k2_protocol.py).
+Topaz-Denoise's general model fine-tuned for 4 minutes (+8.81 dB on the K2 held-out rows
+in 240 s on an H200; +6.2 dB for DnCNN-12/32; benchmarks/k2_protocol.py).
 
 Usage:
   cupyden-train [options] [INPUT...]
