@@ -350,7 +350,8 @@ def _arch_checkpoint(path, arch):
 @pytest.mark.parametrize("arch", ["dncnn", "unet", pytest.param(
     "topaz-unet", marks=pytest.mark.xfail(strict=False, reason=(
         "measured rel 3.4e-3 on an H200 (2026-11-30): Topaz's UDenoiseNet in float16 "
-        "misses 2e-3; issue 16 is left open on it"))), "f2fd-unet"])
+        "misses 2e-3; known since session 6, not explained (issue 16 was resolved "
+        "without it)"))), "f2fd-unet"])
 def test_fp16_output_within_2e_3_of_fp32(tmp_path, arch):
     """--precision auto's fp16 on every shipped 2-D architecture (zero-mean input, so the
     comparison is not swamped by the mean the normalisation adds back)."""
